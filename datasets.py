@@ -1,0 +1,319 @@
+"""Datasets and transforms for ImageNet-1K/22K, CIFAR-100 and the bundled 8x8 digits.
+
+`build_dataset(is_train, args) -> (dataset, nb_classes)` reads `args.data_set`:
+
+* 'IMNET'        -- ImageFolder(args.data_path/train) or ImageFolder(args.data_path/val).
+* 'image_folder' -- ImageFolder(args.data_path) for training, ImageFolder(args.eval_data_path) for
+                    evaluation (ImageNet-22K: 21841 class folders, pass --nb_classes 21841).
+* 'CIFAR'        -- CIFAR-100 from a local copy of the "python version"
+                    (args.data_path/cifar-100-python/{train,test,meta}). Never downloads.
+* 'DIGITS'       -- scikit-learn's bundled 8x8 handwritten digits (10 classes, 1797 images, no
+                    download), split 80/20 deterministically and served as 32x32 RGB PIL images.
+
+For the folder datasets, --nb_classes must equal the number of class folders (checked, with an
+error that says which number to pass). CIFAR and DIGITS have a fixed class count (100, 10).
+
+Transforms (`build_transform`) follow the release: timm `create_transform` for training
+(RandAugment string --aa, color jitter, random erasing, --train_interpolation); for evaluation a
+bicubic resize of the short side to input_size / crop_pct (crop_pct defaults to 224/256) then a
+center crop, except that input_size >= 384 resizes (warps) straight to input_size x input_size
+and ignores crop_pct. Inputs of 32 pixels or less use RandomCrop(input_size, padding=4) for
+training and no resize at all for evaluation. --imagenet_default_mean_and_std false switches to
+the inception mean/std (0.5, 0.5, 0.5).
+
+Unreadable images: by default reading one raises an error naming the file. With
+`args.skip_corrupt_images` the sample comes back as None, is reported on stderr and counted;
+build the DataLoader with `collate_fn=collate_skipping_corrupt` to drop it, and read the number
+skipped so far (summed over DataLoader workers) with `count_skipped(dataset)`.
+
+Reproducible augmentation: the training dataset is wrapped in `SeededAugmentation`, which seeds
+python `random`, numpy and torch from (args.seed, epoch, sample index) around every sample. Call
+`dataset.set_epoch(epoch)` before creating each epoch's DataLoader iterator (workers must not be
+persistent, so that they pick up the new epoch). The same sample index then gets the same
+augmentation whatever the number of workers or processes, and after a resume. The global random
+states of the calling process are restored after each sample, so loading data in the main
+process (num_workers=0) does not disturb the training loop's random numbers.
+"""
+import contextlib
+import multiprocessing
+import os
+import pickle
+import random
+import sys
+
+import numpy as np
+import torch
+from PIL import Image
+from timm.data import create_transform
+from timm.data.constants import (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
+                                 IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD)
+from torch.utils.data import Dataset, default_collate
+from torchvision import datasets, transforms
+from torchvision.transforms import InterpolationMode
+
+DATA_SETS = ('IMNET', 'image_folder', 'CIFAR', 'DIGITS')
+DIGITS_IMAGE_SIZE = 32   # the 8x8 digits are enlarged 4x so the <=32-pixel transform path applies
+DIGITS_VAL_FRACTION = 0.2
+DEFAULT_CROP_PCT = 224 / 256
+
+
+# ----------------------------------------------------------------------------------------------
+# Transforms
+# ----------------------------------------------------------------------------------------------
+
+def normalization(args):
+    """(mean, std): timm's ImageNet defaults, or inception 0.5/0.5 when the flag is false."""
+    if args.imagenet_default_mean_and_std:
+        return IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    return IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
+
+
+def build_transform(is_train, args):
+    mean, std = normalization(args)
+    is_small_input = args.input_size <= 32
+
+    if is_train:
+        # '--aa none' turns RandAugment off (timm itself only accepts None for that).
+        auto_augment = None if str(args.aa).lower() in ('', 'none') else args.aa
+        transform = create_transform(
+            input_size=args.input_size, is_training=True, color_jitter=args.color_jitter,
+            auto_augment=auto_augment, interpolation=args.train_interpolation,
+            re_prob=args.reprob, re_mode=args.remode, re_count=args.recount, mean=mean, std=std)
+        if is_small_input:
+            # CIFAR-style training: pad-and-crop instead of RandomResizedCrop.
+            transform.transforms[0] = transforms.RandomCrop(args.input_size, padding=4)
+        return transform
+
+    steps = []
+    if not is_small_input:
+        if args.input_size >= 384:
+            # Fine-tuned 384 models are evaluated on the whole image, warped to a square.
+            steps.append(transforms.Resize((args.input_size, args.input_size),
+                                           interpolation=InterpolationMode.BICUBIC))
+        else:
+            crop_pct = args.crop_pct if args.crop_pct is not None else DEFAULT_CROP_PCT
+            steps.append(transforms.Resize(int(args.input_size / crop_pct),
+                                           interpolation=InterpolationMode.BICUBIC))
+            steps.append(transforms.CenterCrop(args.input_size))
+    steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    return transforms.Compose(steps)
+
+
+# ----------------------------------------------------------------------------------------------
+# Image folders with an explicit policy for unreadable files
+# ----------------------------------------------------------------------------------------------
+
+class CheckedImageFolder(datasets.ImageFolder):
+    """torchvision ImageFolder that names the file it cannot read, or skips and counts it.
+
+    With skip_corrupt=True an unreadable sample is returned as None (see
+    `collate_skipping_corrupt`). The counter lives in shared memory so that skips inside
+    DataLoader worker processes are seen by the main process.
+    """
+
+    def __init__(self, root, transform, skip_corrupt):
+        super().__init__(root, transform=transform)
+        self.skip_corrupt = skip_corrupt
+        self._skipped = multiprocessing.Value('q', 0)
+
+    @property
+    def skipped_count(self):
+        return self._skipped.value
+
+    def __getitem__(self, index):
+        path, target = self.samples[index]
+        try:
+            image = self.loader(path)
+        except (OSError, Image.DecompressionBombError) as err:
+            if not self.skip_corrupt:
+                raise RuntimeError(
+                    f"Cannot read image '{path}' ({type(err).__name__}: {err}). Replace or delete the "
+                    "file, or pass --skip_corrupt_images true to skip unreadable images.") from err
+            with self._skipped.get_lock():
+                self._skipped.value += 1
+            print(f"Skipping unreadable image '{path}' ({type(err).__name__}: {err})",
+                  file=sys.stderr, flush=True)
+            return None
+        return self.transform(image), target
+
+
+def collate_skipping_corrupt(batch):
+    """default_collate after dropping skipped (None) samples.
+
+    If dropping leaves an odd number of samples out of an even batch, one more sample is dropped:
+    timm's Mixup/CutMix needs even batches.
+    """
+    kept = [sample for sample in batch if sample is not None]
+    if len(kept) % 2 == 1 and len(batch) % 2 == 0:
+        kept = kept[:-1]
+    if not kept:
+        raise RuntimeError(
+            f"All {len(batch)} images of a batch were unreadable; the data set looks broken "
+            "(see the 'Skipping unreadable image' messages above).")
+    return default_collate(kept)
+
+
+def count_skipped(dataset):
+    """Number of unreadable samples skipped so far (0 for datasets that cannot skip)."""
+    return getattr(dataset, 'skipped_count', 0)
+
+
+def image_folder(root, transform, args, what):
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{what} folder not found: expected '{root}' (one sub-folder per class).")
+    dataset = CheckedImageFolder(root, transform, skip_corrupt=getattr(args, 'skip_corrupt_images', False))
+    if len(dataset.classes) != args.nb_classes:
+        raise ValueError(
+            f"'{root}' has {len(dataset.classes)} class folders but --nb_classes is {args.nb_classes}. "
+            f"Pass --nb_classes {len(dataset.classes)} (or point --data_path/--eval_data_path at the "
+            "right folder).")
+    return dataset
+
+
+# ----------------------------------------------------------------------------------------------
+# CIFAR-100 (local copy only) and the bundled digits
+# ----------------------------------------------------------------------------------------------
+
+class LocalCIFAR100(Dataset):
+    """CIFAR-100 read from the python-version pickles; never downloads.
+
+    torchvision's CIFAR100 is not used because it downloads when asked and insists on the
+    official checksums; this reads the same files (train/test: b'data' N x 3072 uint8 and
+    b'fine_labels'; meta: b'fine_label_names').
+    """
+
+    def __init__(self, folder, train, transform):
+        with open(os.path.join(folder, 'train' if train else 'test'), 'rb') as f:
+            entry = pickle.load(f, encoding='bytes')
+        with open(os.path.join(folder, 'meta'), 'rb') as f:
+            meta = pickle.load(f, encoding='bytes')
+        self.images = np.asarray(entry[b'data'], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        self.targets = [int(label) for label in entry[b'fine_labels']]
+        self.classes = [name.decode() for name in meta[b'fine_label_names']]
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, index):
+        return self.transform(Image.fromarray(self.images[index])), self.targets[index]
+
+
+def cifar100_folder(data_path):
+    """The folder holding train/test/meta: data_path/cifar-100-python or data_path itself."""
+    required = ('train', 'test', 'meta')
+    for folder in (os.path.join(data_path, 'cifar-100-python'), data_path):
+        if all(os.path.isfile(os.path.join(folder, name)) for name in required):
+            return folder
+    raise FileNotFoundError(
+        f"CIFAR-100 not found: expected the files train, test and meta in "
+        f"'{os.path.join(data_path, 'cifar-100-python')}'. Download cifar-100-python.tar.gz "
+        "(python version) from https://www.cs.toronto.edu/~kriz/cifar.html, extract it into "
+        "--data_path, and run again; this code never downloads data.")
+
+
+class Digits(Dataset):
+    """scikit-learn's 8x8 digits as 32x32 RGB PIL images; 80/20 split, stratified, fixed seed."""
+
+    def __init__(self, train, transform):
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+        digits = load_digits()
+        train_idx, val_idx = train_test_split(
+            np.arange(len(digits.target)), test_size=DIGITS_VAL_FRACTION,
+            stratify=digits.target, random_state=0)
+        indices = train_idx if train else val_idx
+        # Pixel values are 0..16; scale to 0..255 and enlarge with nearest-neighbour.
+        images = (digits.images[indices] * (255.0 / 16.0)).round().astype(np.uint8)
+        self.images = images.repeat(DIGITS_IMAGE_SIZE // 8, axis=1).repeat(DIGITS_IMAGE_SIZE // 8, axis=2)
+        self.targets = [int(t) for t in digits.target[indices]]
+        self.classes = [str(d) for d in range(10)]
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, index):
+        image = Image.fromarray(self.images[index]).convert('RGB')
+        return self.transform(image), self.targets[index]
+
+
+# ----------------------------------------------------------------------------------------------
+# Seeded augmentation
+# ----------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def seeded_random_state(seed):
+    """Seed python `random`, numpy and torch; restore the previous states on exit."""
+    saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.set_rng_state(saved[2])
+
+
+class SeededAugmentation(Dataset):
+    """Makes each sample's random augmentation a function of (seed, epoch, index) only."""
+
+    def __init__(self, dataset, seed):
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    @property
+    def classes(self):
+        return self.dataset.classes
+
+    @property
+    def skipped_count(self):
+        return count_skipped(self.dataset)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        sample_seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]
+        with seeded_random_state(int(sample_seed)):
+            return self.dataset[index]
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------------------------
+
+def build_dataset(is_train, args):
+    """(dataset, nb_classes) for args.data_set; the training set is wrapped in SeededAugmentation."""
+    transform = build_transform(is_train, args)
+    split = 'train' if is_train else 'val'
+
+    if args.data_set == 'IMNET':
+        dataset = image_folder(os.path.join(args.data_path, split), transform, args,
+                               f"ImageNet {split}")
+    elif args.data_set == 'image_folder':
+        if is_train:
+            dataset = image_folder(args.data_path, transform, args, "Training (--data_path)")
+        elif args.eval_data_path is None:
+            raise ValueError("--data_set image_folder needs --eval_data_path for evaluation "
+                             "(or pass --disable_eval true to train without a validation set).")
+        else:
+            dataset = image_folder(args.eval_data_path, transform, args, "Evaluation (--eval_data_path)")
+    elif args.data_set == 'CIFAR':
+        dataset = LocalCIFAR100(cifar100_folder(args.data_path), is_train, transform)
+    elif args.data_set == 'DIGITS':
+        dataset = Digits(is_train, transform)
+    else:
+        raise ValueError(f"Unknown --data_set '{args.data_set}'; choose one of {', '.join(DATA_SETS)}.")
+
+    nb_classes = len(dataset.classes)
+    if is_train:
+        dataset = SeededAugmentation(dataset, args.seed)
+    print(f"{args.data_set} {split}: {len(dataset)} images, {nb_classes} classes")
+    return dataset, nb_classes
