@@ -243,27 +243,27 @@ class ConvFFN(nn.Module):
 
 
 @contextlib.contextmanager
-def _bn_running_stats_frozen(module: nn.Module):
-    """Training-mode BNs in `module` normalise with batch statistics but do not update their running statistics."""
-    bns = [m for m in module.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
-    for bn in bns:
-        bn.track_running_stats = False
+def _bn_running_stats_restored(module: nn.Module):
+    """Put every BN buffer (running mean/var, batch counter) in `module` back as it was before the block ran."""
+    buffers = [b for m in module.modules() if isinstance(m, _BatchNorm) for b in m.buffers()]
+    saved = [b.clone() for b in buffers]
     try:
         yield
     finally:
-        for bn in bns:
-            bn.track_running_stats = True
+        with torch.no_grad():
+            for buffer, value in zip(buffers, saved):
+                buffer.copy_(value)
 
 
 def checkpointed_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """module(x) under non-reentrant activation checkpointing.
 
     The backward pass re-runs the forward; without care every training-mode BN would update its running
-    statistics a second time (the original release had this drift). The recomputation therefore runs with the
-    running statistics frozen, so checkpointed and plain training give the same weights, gradients and BN buffers.
+    statistics a second time (the original release had this drift). The recomputation therefore restores the BN
+    buffers afterwards, so checkpointed and plain training give the same gradients and BN statistics.
     """
     return checkpoint(module, x, use_reentrant=False,
-                      context_fn=lambda: (contextlib.nullcontext(), _bn_running_stats_frozen(module)))
+                      context_fn=lambda: (contextlib.nullcontext(), _bn_running_stats_restored(module)))
 
 
 class RepLKNetStage(nn.Module):
@@ -488,12 +488,15 @@ class RepLKNet(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict:
-        """Parameter groups for layer-wise LR decay: stem, then per stage (coarse) or per block, transition last."""
+        """Parameter groups for layer-wise LR decay: stem, then one group per stage (coarse) or per block.
+
+        A transition and a stage norm join the group of the stage's last block (99999 is timm's MATCH_PREV_GROUP).
+        """
         return dict(
             stem=r'^stem',
             blocks=[(r'^stages\.(\d+)', None), (r'^transitions\.(\d+)', (99999,))] if coarse else [
                 (r'^stages\.(\d+)\.blocks\.(\d+)', None),
-                (r'^stages\.(\d+)\.norm', (99998,)),
+                (r'^stages\.(\d+)\.norm', (99999,)),
                 (r'^transitions\.(\d+)', (99999,)),
             ],
         )
