@@ -389,7 +389,7 @@ class RepLKNet(nn.Module):
     def _forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem[0](x)
         for layer in self.stem[1:]:
-            # the first conv sees the raw image, which needs no grad, so the original checkpoints only layers 1-3
+            # layers 1-3 only, as in the original: the first layer's input (the image) needs no gradient
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpointed_forward(layer, x)
             else:
