@@ -48,6 +48,7 @@ from timm.models._features import feature_take_indices
 __all__ = [
     'RepLKNet', 'ReparamLargeKernelConv', 'RepLKBlock', 'ConvFFN', 'RepLKNetStage', 'ConvBN', 'get_conv2d',
     'create_RepLKNet31B', 'create_RepLKNet31L', 'create_RepLKNetXL', 'REPLKNET_ALIASES', 'resolve_replknet_name',
+    'describe_state_dict_mismatch', 'checkpointed_forward',
 ]
 
 _logger = logging.getLogger(__name__)
