@@ -291,3 +291,24 @@ def test_reparameterized_checkpoint_loads_into_the_deploy_backbone(cfg, deploy_k
     with torch.no_grad():
         for expected, got in zip(trained(x), deploy(x)):
             assert torch.allclose(expected, got, rtol=1e-4, atol=1e-5)
+
+
+def test_reparameterize_script_writes_a_deploy_checkpoint(tmp_path, monkeypatch):
+    from mmcv_custom import reparameterize
+    seen_options = {}
+
+    def fake_load_config(path, cfg_options):  # stands in for mmcv/mmengine Config.fromfile + merge_from_dict
+        seen_options.update(cfg_options)
+        backbone = types.SimpleNamespace(to_dict=lambda: dict(TINY_REPLKNET))
+        return types.SimpleNamespace(model=types.SimpleNamespace(backbone=backbone))
+
+    monkeypatch.setattr(reparameterize, '_load_config', fake_load_config)
+    trained = _randomize_batchnorms(built_backbone(TINY_REPLKNET)).eval()
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in trained.state_dict().items()}, 'meta': {}},
+               tmp_path / 'trained.pth')
+    reparameterize.main(['config.py', str(tmp_path / 'trained.pth'), str(tmp_path / 'deploy.pth'),
+                         '--cfg-options', 'model.backbone.use_checkpoint=False', 'work_dir=out/run1'])
+    assert seen_options == {'model.backbone.use_checkpoint': False, 'work_dir': 'out/run1'}
+    state = torch.load(tmp_path / 'deploy.pth')['state_dict']
+    deploy = built_backbone(dict(TINY_REPLKNET, small_kernel_merged=True))
+    deploy.load_state_dict({k[len('backbone.'):]: v for k, v in state.items()})
