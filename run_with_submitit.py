@@ -26,6 +26,7 @@ that step checkpoint.
 import argparse
 import copy
 import os
+import shlex
 import signal
 import sys
 import uuid
@@ -33,9 +34,9 @@ from pathlib import Path
 
 import submitit
 
-import main as training
-import utils
-
+# main.py and utils.py (torch, timm: seconds to import) are imported inside the functions that use them.
+# The job unpickles this module's Trainer before submitit installs its signal handler; while that takes
+# seconds, an early SIGUSR2 (a short time limit, a preemption) would kill the task with no requeue.
 REPO_ROOT = Path(__file__).resolve().parent
 # submitit's preemption signal: USR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise.
 PREEMPTION_SIGNAL = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
@@ -81,6 +82,8 @@ def get_launcher_parser():
 
 def parse_args(argv=None):
     """Split argv into (launcher options, main.py options); main.parse_args handles --config and errors."""
+    import main as training
+
     argv = sys.argv[1:] if argv is None else list(argv)
     if "-h" in argv or "--help" in argv:
         argparse.ArgumentParser("run_with_submitit.py", description=__doc__.split("\n\n")[0],
@@ -88,6 +91,8 @@ def parse_args(argv=None):
         sys.exit(0)
     launcher_args, train_argv = get_launcher_parser().parse_known_args(argv)
     train_args = training.parse_args(train_argv)
+    if train_args.output_dir:
+        train_args.output_dir = os.path.abspath(train_args.output_dir)
     check_args(launcher_args, train_args)
     return launcher_args, train_args
 
@@ -108,6 +113,9 @@ def check_args(launcher_args, train_args):
         raise SystemExit(f"--ngpus 0 runs CPU ranks but --device is '{train_args.device}': add --device cpu")
     if launcher_args.tasks_per_node is not None and launcher_args.tasks_per_node < 1:
         raise SystemExit(f"--tasks_per_node must be at least 1 (got {launcher_args.tasks_per_node})")
+    if not train_args.save_ckpt:
+        raise SystemExit("--save_ckpt false: a requeued job would have no checkpoint to resume from and would "
+                         "start over; drop --save_ckpt false")
     if launcher_args.cluster == "local" and launcher_args.nodes != 1:
         raise SystemExit("--cluster local runs on this machine only: use --nodes 1")
     if timeout_minutes(launcher_args) < 1:
@@ -132,10 +140,13 @@ def job_dir_template(launcher_args):
     return os.path.abspath(os.path.expanduser(job_dir))
 
 
+def pythonpath_with_repo():
+    """PYTHONPATH for the job: it must import main.py and utils.py whatever its working directory."""
+    return os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+
+
 def executor_parameters(launcher_args):
-    """Keyword arguments for submitit.AutoExecutor.update_parameters (generic ones, then 'slurm_'/'local_')."""
-    # The job must import main.py and utils.py whatever the working directory of the submission.
-    setup = [f"export PYTHONPATH={REPO_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"]
+    """Keyword arguments for submitit.AutoExecutor.update_parameters (generic ones, then 'slurm_' ones)."""
     params = {
         "name": launcher_args.job_name,
         "nodes": launcher_args.nodes,
@@ -148,10 +159,10 @@ def executor_parameters(launcher_args):
     if launcher_args.mem_gb is not None:
         params["mem_gb"] = launcher_args.mem_gb
     if launcher_args.cluster == "local":
-        params["local_setup"] = setup
-        return params
+        return params  # the local job inherits PYTHONPATH from submit()
 
-    params["slurm_setup"] = setup
+    # Set in the batch script, as some clusters do not pass the submitting environment to jobs.
+    params["slurm_setup"] = [f"export PYTHONPATH={shlex.quote(pythonpath_with_repo())}"]
     params["slurm_signal_delay_s"] = launcher_args.signal_delay_s
     constraints = [c for c in (launcher_args.constraint, "volta32gb" if launcher_args.use_volta32 else None) if c]
     if constraints:
@@ -181,24 +192,36 @@ class Trainer:
         self.rendezvous_id = uuid.uuid4().hex
 
     def __call__(self):
+        # Until main.py is imported, a preemption signal is only noted: nothing has been trained yet.
+        early_signals = []
+        submitit_handler = signal.signal(PREEMPTION_SIGNAL, lambda signum, frame: early_signals.append(signum))
+        import main as training
+        import utils
+
+        signal.signal(PREEMPTION_SIGNAL, utils.request_stop)
         job_env = submitit.JobEnvironment()
         args = self._task_args(job_env)
         print(f"[run_with_submitit] {job_env}: SLURM_RESTART_COUNT={os.environ.get('SLURM_RESTART_COUNT', 0)} "
-              f"requeues_by_launcher={self.requeues} output_dir={args.output_dir}", flush=True)
-        submitit_handler = signal.signal(PREEMPTION_SIGNAL, utils.request_stop)
-        try:
-            return training.main(args)
-        except utils.TrainingInterrupted:
-            if not callable(submitit_handler):  # not started by submitit: nothing can requeue us
-                raise
-            if job_env.global_rank == 0:
-                print("[run_with_submitit] training stopped at an update boundary and the step checkpoint is "
-                      "written; handing over to submitit to requeue", flush=True)
-            # Rank 0: calls self.checkpoint(), requeues and exits (or raises when out of timeouts).
-            # Other ranks: submitit logs and returns; they end here without a result file, so the job is
-            # not mistaken for finished.
-            submitit_handler(PREEMPTION_SIGNAL, None)
-            sys.exit(0)
+              f"requeues_by_launcher={self.requeues} pid={os.getpid()} output_dir={args.output_dir}", flush=True)
+        if not early_signals:
+            try:
+                return training.main(args)
+            except utils.TrainingInterrupted:
+                pass
+        self._hand_over_to_submitit(submitit_handler, job_env.global_rank)
+
+    def _hand_over_to_submitit(self, submitit_handler, global_rank):
+        """Requeue through submitit's own handler once training stopped (and rank 0 wrote the step checkpoint)."""
+        if not callable(submitit_handler):
+            raise RuntimeError("training stopped on a preemption signal outside a submitit job: nothing can "
+                               "requeue it; resubmit with the same --output_dir to auto-resume")
+        if global_rank == 0:
+            print("[run_with_submitit] training stopped for a timeout or preemption; requeuing", flush=True)
+        # Rank 0: calls self.checkpoint(), requeues and exits (or raises when out of timeouts).
+        # Other ranks: submitit logs and returns; they end here without a result file, so the job is
+        # not mistaken for finished.
+        submitit_handler(PREEMPTION_SIGNAL, None)
+        sys.exit(0)
 
     def _task_args(self, job_env):
         args = copy.deepcopy(self.train_args)
@@ -214,6 +237,8 @@ class Trainer:
 
     def checkpoint(self):
         """Called by submitit on global rank 0 after the step checkpoint is written: resubmit to resume."""
+        import utils
+
         train_args = copy.deepcopy(self.train_args)
         train_args.auto_resume = True
         # An explicit --resume would take precedence over auto-resume and restart from that older file.
@@ -252,7 +277,8 @@ def submit(launcher_args, train_args):
                                      slurm_max_num_timeout=launcher_args.max_num_timeout,
                                      local_max_num_timeout=launcher_args.max_num_timeout)
     executor.update_parameters(**executor_parameters(launcher_args))
-    job = executor.submit(Trainer(train_args, job_dir))
+    with submitit.helpers.environment_variables(PYTHONPATH=pythonpath_with_repo()):
+        job = executor.submit(Trainer(train_args, job_dir))
     print(f"Submitted job {job.job_id}; logs, rendezvous file and checkpoints in "
           f"{expand_job_id(train_args.output_dir or job_dir, job.job_id)}")
     return job
