@@ -1,0 +1,204 @@
+"""Training and evaluation loops.
+
+`train_one_epoch` runs the optimizer updates of one epoch (optionally from a mid-epoch step after a
+resume): per-update cosine LR/WD, gradient accumulation over --update_freq micro-batches (DDP
+gradients are synchronised only on the last one), AMP (float16 with a GradScaler, or bfloat16),
+gradient clipping in every precision, EMA updates, and at every update boundary one small all-reduce
+that agrees across ranks on "some loss was not finite" and "a stop was requested".
+
+`evaluate` returns top-1/top-5 accuracy and loss computed from summed counts, so a distributed
+evaluation over an unpadded sampler gives the single-process result.
+"""
+import contextlib
+import math
+
+import torch
+import torch.distributed as dist
+
+import utils
+
+
+class Precision:
+    """Autocast, backward scaling and the optimizer update for one precision setting.
+
+    float16 autocast uses a GradScaler (CUDA only); bfloat16 needs no scaler and also works on CPU.
+    Gradients are always unscaled before clipping, so --clip_grad means the same in every precision.
+    """
+
+    def __init__(self, device, use_amp, amp_dtype='float16'):
+        self.device_type = torch.device(device).type
+        self.enabled = use_amp
+        self.dtype = {'float16': torch.float16, 'bfloat16': torch.bfloat16}[amp_dtype]
+        if use_amp and self.dtype == torch.float16 and self.device_type != 'cuda':
+            raise ValueError('--use_amp true with --amp_dtype float16 needs a CUDA device; '
+                             'on CPU pass --amp_dtype bfloat16')
+        self.scaler = torch.amp.GradScaler('cuda', enabled=use_amp and self.dtype == torch.float16)
+
+    def autocast(self):
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype, enabled=self.enabled)
+
+    def backward(self, loss):
+        self.scaler.scale(loss).backward()
+
+    def step(self, optimizer, parameters, clip_grad=None):
+        """Unscale, clip (if clip_grad) and apply the gradients; return the total gradient norm."""
+        self.scaler.unscale_(optimizer)
+        max_norm = clip_grad if clip_grad else float('inf')
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        return grad_norm
+
+    def state_dict(self):
+        return self.scaler.state_dict()
+
+    def load_state_dict(self, state_dict):
+        if state_dict:
+            self.scaler.load_state_dict(state_dict)
+
+
+def set_schedule_values(optimizer, lr, weight_decay):
+    """Apply the scheduled LR (times each group's layer-decay lr_scale) and weight decay."""
+    for group in optimizer.param_groups:
+        group['lr'] = lr * group.get('lr_scale', 1.0)
+        if weight_decay is not None and group['weight_decay'] > 0:
+            group['weight_decay'] = weight_decay
+
+
+def train_one_epoch(model, criterion, data_loader, optimizer, precision, device, epoch, *,
+                    steps_per_epoch, lr_schedule, wd_schedule=None, start_step=0, update_freq=1,
+                    clip_grad=None, mixup_fn=None, model_ema=None, log_writer=None,
+                    channels_last=False, save_every_steps=0, save_step_checkpoint=None,
+                    print_freq=10):
+    """Train from optimizer update `start_step` to the end of the epoch.
+
+    data_loader must yield exactly (steps_per_epoch - start_step) * update_freq micro-batches (see
+    utils.ResumableTrainSampler). After each update, `save_step_checkpoint(epoch, steps_done)` is
+    called on all ranks when `save_every_steps` divides the global update count, or when a stop was
+    requested; in the latter case utils.TrainingInterrupted is raised afterwards.
+    Returns the epoch's averaged meters (loss, lr, min_lr, weight_decay, grad_norm, class_acc).
+    """
+    model.train()
+    model_without_ddp = model.module if hasattr(model, 'module') else model
+    metric_logger = utils.MetricLogger(delimiter='  ')
+    metric_logger.add_meter('lr', utils.SmoothedValue(window_size=1, fmt='{value:.6f}'))
+    metric_logger.add_meter('min_lr', utils.SmoothedValue(window_size=1, fmt='{value:.6f}'))
+    header = f'Epoch: [{epoch}]'
+    optimizer.zero_grad()
+    loss_was_nonfinite = False
+    first_micro_step = start_step * update_freq
+
+    for micro_step, (samples, targets) in enumerate(
+            metric_logger.log_every(data_loader, print_freq, header), start=first_micro_step):
+        step = micro_step // update_freq
+        iteration = epoch * steps_per_epoch + step
+        is_update = (micro_step + 1) % update_freq == 0
+        if micro_step % update_freq == 0:
+            set_schedule_values(optimizer, lr_schedule[iteration],
+                                None if wd_schedule is None else wd_schedule[iteration])
+
+        samples = samples.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        if channels_last:
+            samples = samples.contiguous(memory_format=torch.channels_last)
+        if mixup_fn is not None:
+            samples, targets = mixup_fn(samples, targets)
+
+        # DDP all-reduces gradients in backward; skip that on the micro-batches that only accumulate.
+        sync_context = model.no_sync() if (not is_update and hasattr(model, 'no_sync')) \
+            else contextlib.nullcontext()
+        with sync_context:
+            with precision.autocast():
+                output = model(samples)
+                loss = criterion(output, targets)
+            loss_value = loss.item()
+            # Every rank runs backward even on a bad loss, so no rank is left waiting in DDP's all-reduce.
+            precision.backward(loss / update_freq)
+        loss_was_nonfinite = loss_was_nonfinite or not math.isfinite(loss_value)
+
+        grad_norm = None
+        if is_update:
+            nonfinite_anywhere, stop = utils.any_rank_true([loss_was_nonfinite, utils.stop_requested()], device)
+            if nonfinite_anywhere:
+                print(f'Loss is not finite (this rank: {loss_value}) at epoch {epoch}, step {step}, '
+                      f'lr {lr_schedule[iteration]:.3e}; stopping training without writing a checkpoint. '
+                      'Try a lower --lr, --clip_grad, or --amp_dtype bfloat16.')
+                raise utils.NonFiniteLossError(f'non-finite loss at epoch {epoch}, step {step}')
+            grad_norm = precision.step(optimizer, model.parameters(), clip_grad).item()
+            optimizer.zero_grad()
+            if model_ema is not None:
+                model_ema.update(model_without_ddp)
+
+        class_acc = None
+        if mixup_fn is None:
+            class_acc = (output.argmax(dim=-1) == targets).float().mean().item()
+        lrs = [group['lr'] for group in optimizer.param_groups]
+        weight_decay = next((group['weight_decay'] for group in reversed(optimizer.param_groups)
+                             if group['weight_decay'] > 0), None)
+        meters = dict(loss=loss_value, class_acc=class_acc, lr=max(lrs), min_lr=min(lrs),
+                      weight_decay=weight_decay, grad_norm=grad_norm)
+        metric_logger.update(**meters)
+        if log_writer is not None:
+            log_writer.set_step(epoch * steps_per_epoch * update_freq + micro_step)
+            log_writer.update(head='loss', loss=loss_value, class_acc=class_acc)
+            log_writer.update(head='opt', lr=max(lrs), min_lr=min(lrs), weight_decay=weight_decay,
+                              grad_norm=grad_norm)
+
+        if is_update:
+            steps_done = step + 1
+            global_updates = iteration + 1
+            periodic = save_every_steps > 0 and global_updates % save_every_steps == 0
+            if save_step_checkpoint is not None and (periodic or stop):
+                save_step_checkpoint(epoch, steps_done)
+            if stop:
+                utils.barrier()
+                print(f'Stop requested: checkpoint written at epoch {epoch}, step {steps_done}.')
+                raise utils.TrainingInterrupted(f'stopped at epoch {epoch}, step {steps_done}')
+
+    metric_logger.synchronize_between_processes()
+    print('Averaged stats:', metric_logger)
+    return {name: meter.global_avg for name, meter in metric_logger.meters.items()}
+
+
+@torch.no_grad()
+def evaluate(data_loader, model, device, precision, distributed=False, channels_last=False, print_freq=10):
+    """Top-1/top-5 accuracy (%) and mean cross-entropy over every sample the loader yields.
+
+    Sums (loss, correct@1, correct@5, count) and, when `distributed`, adds them over ranks, so a
+    sampler that hands each sample to exactly one rank reproduces the single-process numbers.
+    """
+    model.eval()
+    criterion = torch.nn.CrossEntropyLoss(reduction='sum')
+    metric_logger = utils.MetricLogger(delimiter='  ')
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, correct1, correct5, count
+
+    for images, targets in metric_logger.log_every(data_loader, print_freq, 'Test:'):
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with precision.autocast():
+            output = model(images)
+        if isinstance(output, dict):
+            output = output['main']
+        output = output.float()
+        top = output.topk(min(5, output.shape[1]), dim=1).indices
+        hits = top.eq(targets[:, None])
+        batch_totals = torch.stack([criterion(output, targets).double(), hits[:, 0].sum().double(),
+                                    hits.any(dim=1).sum().double(),
+                                    torch.tensor(len(targets), dtype=torch.float64, device=device)])
+        totals += batch_totals
+        batch_size = len(targets)
+        metric_logger.update(loss=batch_totals[0].item() / batch_size,
+                             acc1=100.0 * batch_totals[1].item() / batch_size,
+                             acc5=100.0 * batch_totals[2].item() / batch_size)
+
+    if distributed and utils.is_dist_avail_and_initialized():
+        dist.all_reduce(totals)
+    loss_sum, correct1, correct5, count = totals.tolist()
+    count = max(count, 1)
+    stats = {'loss': loss_sum / count, 'acc1': 100.0 * correct1 / count, 'acc5': 100.0 * correct5 / count,
+             'num_images': int(totals[3].item())}
+    print(f"* Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f} loss {stats['loss']:.3f} "
+          f"({stats['num_images']} images)")
+    return stats

@@ -1,0 +1,684 @@
+"""Train and evaluate UniRepLKNet and RepLKNet on ImageNet-1K/22K (and small local data sets).
+
+Options keep the names, meanings and defaults of the original release's main.py, plus
+--use_checkpoint, --config, --amp_dtype, --channels_last, --sync_bn, --reparam, --throughput,
+--save_ckpt_every_steps, --skip_corrupt_images, --model_overrides and --unsafe_load_checkpoint.
+
+    python main.py --model unireplknet_a --data_set DIGITS --input_size 32 --device cpu ...
+    torchrun --nproc_per_node=8 main.py --model unireplknet_s --data_path /path/to/imagenet-1k ...
+    python -m torch.distributed.launch --nproc_per_node=4 main.py ...    (same options)
+
+A run can be killed at any moment: --auto_resume (default on) continues from the newest checkpoint in
+--output_dir at the exact optimizer step, with the same random streams, so the final weights equal
+those of an uninterrupted run.
+"""
+import argparse
+import copy
+import datetime
+import json
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import timm
+import torch
+import torch.backends.cudnn as cudnn
+import yaml
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.utils import ModelEmaV3, reparameterize_model
+
+import replknet  # noqa: F401  (registers replknet_* with timm)
+import unireplknet  # noqa: F401  (registers unireplknet_* with timm)
+import utils
+from datasets import build_dataset, collate_skipping_corrupt
+from engine import Precision, evaluate, train_one_epoch
+from optim_factory import cosine_scheduler, create_optimizer, layer_decay_assigner
+from utils import str2bool
+
+# How many batches --throughput runs before and while timing.
+THROUGHPUT_WARMUP_ITERS = 10
+THROUGHPUT_TIMED_ITERS = 30
+
+
+# New on/off options accept the bare flag too: `--reparam` means `--reparam true`.
+OPTIONAL_BOOL = dict(type=str2bool, nargs='?', const=True, default=False)
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser('UniRepLKNet / RepLKNet training and evaluation', add_help=False)
+    parser.add_argument('--config', default=None, type=str, metavar='FILE.yaml',
+                        help='YAML file of option defaults (keys = option names without --); explicit flags win')
+    parser.add_argument('--batch_size', default=64, type=int, help='Per GPU batch size')
+    parser.add_argument('--epochs', default=300, type=int)
+    parser.add_argument('--update_freq', default=1, type=int, help='gradient accumulation steps')
+
+    # Model parameters
+    parser.add_argument('--model', default='convnext_tiny', type=str, metavar='MODEL',
+                        help='unireplknet_{a,f,p,n,t,s,b,l,xl}, replknet_{31b,31l,xl} or '
+                             'RepLKNet-31B / RepLKNet-31L / RepLKNet-XL')
+    parser.add_argument('--drop_path', type=float, default=0, metavar='PCT', help='Drop path rate (default: 0.0)')
+    parser.add_argument('--input_size', default=224, type=int, help='image input size')
+    parser.add_argument('--layer_scale_init_value', default=1e-6, type=float,
+                        help='Layer scale initial values (UniRepLKNet)')
+    parser.add_argument('--use_checkpoint', type=str2bool, default=False,
+                        help='activation checkpointing (torch.utils.checkpoint) in every block to save memory')
+    parser.add_argument('--sync_bn', **OPTIONAL_BOOL,
+                        help='SyncBatchNorm in the model (multi-GPU; PyTorch does not support it on CPU)')
+    parser.add_argument('--model_overrides', default=None, type=str, metavar='YAML',
+                        help='extra model constructor kwargs as a YAML/JSON dict, for experiments and tests, '
+                             'e.g. \'{"depths": [1,1,1,1], "dims": [8,16,32,64], '
+                             '"kernel_sizes": [[3],[7],[3],[5]]}\'')
+
+    # EMA related parameters
+    parser.add_argument('--model_ema', type=str2bool, default=False)
+    parser.add_argument('--model_ema_decay', type=float, default=0.9999, help='')
+    parser.add_argument('--model_ema_force_cpu', type=str2bool, default=False, help='')
+    parser.add_argument('--model_ema_eval', type=str2bool, default=False, help='Using ema to eval during training.')
+
+    # Optimization parameters
+    parser.add_argument('--opt', default='adamw', type=str, metavar='OPTIMIZER',
+                        help='Optimizer from timm: adamw, sgd, lamb, lookahead_adamw, ... (default: "adamw")')
+    parser.add_argument('--opt_eps', default=1e-8, type=float, metavar='EPSILON', help='Optimizer Epsilon')
+    parser.add_argument('--opt_betas', default=None, type=float, nargs='+', metavar='BETA', help='Optimizer Betas')
+    parser.add_argument('--clip_grad', type=float, default=None, metavar='NORM',
+                        help='Clip gradient norm (default: None, no clipping); applies in every precision')
+    parser.add_argument('--momentum', type=float, default=0.9, metavar='M', help='SGD momentum (default: 0.9)')
+    parser.add_argument('--weight_decay', type=float, default=0.05, help='weight decay (default: 0.05)')
+    parser.add_argument('--weight_decay_end', type=float, default=None,
+                        help='Final value of the weight decay (cosine schedule); default: --weight_decay')
+    parser.add_argument('--lr', type=float, default=4e-3, metavar='LR',
+                        help='learning rate (default: 4e-3), with total batch size 4096')
+    parser.add_argument('--layer_decay', type=float, default=1.0)
+    parser.add_argument('--min_lr', type=float, default=1e-6, metavar='LR',
+                        help='lower lr bound for cyclic schedulers that hit 0 (1e-6)')
+    parser.add_argument('--warmup_epochs', type=int, default=20, metavar='N',
+                        help='epochs to warmup LR, if scheduler supports')
+    parser.add_argument('--warmup_steps', type=int, default=-1, metavar='N',
+                        help='num of steps to warmup LR, will overload warmup_epochs if set > 0')
+
+    # Augmentation parameters
+    parser.add_argument('--color_jitter', type=float, default=0.4, metavar='PCT',
+                        help='Color jitter factor (default: 0.4)')
+    parser.add_argument('--aa', type=str, default='rand-m9-mstd0.5-inc1', metavar='NAME',
+                        help='Use AutoAugment policy. "v0" or "original" ("none" turns it off)')
+    parser.add_argument('--smoothing', type=float, default=0.1, help='Label smoothing (default: 0.1)')
+    parser.add_argument('--train_interpolation', type=str, default='bicubic',
+                        help='Training interpolation (random, bilinear, bicubic default: "bicubic")')
+
+    # Evaluation parameters
+    parser.add_argument('--crop_pct', type=float, default=None)
+
+    # Random Erase params
+    parser.add_argument('--reprob', type=float, default=0.25, metavar='PCT',
+                        help='Random erase prob (default: 0.25)')
+    parser.add_argument('--remode', type=str, default='pixel', help='Random erase mode (default: "pixel")')
+    parser.add_argument('--recount', type=int, default=1, help='Random erase count (default: 1)')
+    parser.add_argument('--resplit', type=str2bool, default=False,
+                        help='Do not random erase first (clean) augmentation split (accepted, unused as in '
+                             'the original)')
+
+    # Mixup params
+    parser.add_argument('--mixup', type=float, default=0.8, help='mixup alpha, mixup enabled if > 0.')
+    parser.add_argument('--cutmix', type=float, default=1.0, help='cutmix alpha, cutmix enabled if > 0.')
+    parser.add_argument('--cutmix_minmax', type=float, nargs='+', default=None,
+                        help='cutmix min/max ratio, overrides alpha and enables cutmix if set (default: None)')
+    parser.add_argument('--mixup_prob', type=float, default=1.0,
+                        help='Probability of performing mixup or cutmix when either/both is enabled')
+    parser.add_argument('--mixup_switch_prob', type=float, default=0.5,
+                        help='Probability of switching to cutmix when both mixup and cutmix enabled')
+    parser.add_argument('--mixup_mode', type=str, default='batch',
+                        help='How to apply mixup/cutmix params. Per "batch", "pair", or "elem"')
+
+    # Finetuning params
+    parser.add_argument('--finetune', default='', help='finetune from checkpoint (path or https URL)')
+    parser.add_argument('--head_init_scale', default=1.0, type=float,
+                        help='classifier head initial scale, typically adjusted in fine-tuning')
+    parser.add_argument('--model_key', default='model|module', type=str, help='which key to load from saved state dict')
+    parser.add_argument('--model_prefix', default='', type=str)
+
+    # Dataset parameters
+    parser.add_argument('--data_path', default='/datasets01/imagenet_full_size/061417/', type=str,
+                        help='dataset path')
+    parser.add_argument('--eval_data_path', default=None, type=str, help='dataset path for evaluation')
+    parser.add_argument('--nb_classes', default=1000, type=int, help='number of the classification types')
+    parser.add_argument('--imagenet_default_mean_and_std', type=str2bool, default=True)
+    parser.add_argument('--data_set', default='IMNET', choices=['CIFAR', 'IMNET', 'image_folder', 'DIGITS'],
+                        type=str, help='ImageNet dataset path')
+    parser.add_argument('--skip_corrupt_images', **OPTIONAL_BOOL,
+                        help='skip (and count) unreadable images instead of stopping with an error')
+    parser.add_argument('--output_dir', default='', help='path where to save, empty for no saving')
+    parser.add_argument('--log_dir', default=None, help='path where to tensorboard log')
+    parser.add_argument('--device', default='cuda', help='device to use for training / testing (cuda or cpu)')
+    parser.add_argument('--seed', default=0, type=int)
+
+    parser.add_argument('--resume', default='', help='resume from checkpoint (path or https URL)')
+    parser.add_argument('--auto_resume', type=str2bool, default=True)
+    parser.add_argument('--save_ckpt', type=str2bool, default=True)
+    parser.add_argument('--save_ckpt_freq', default=1, type=int)
+    parser.add_argument('--save_ckpt_num', default=3, type=int)
+    parser.add_argument('--save_ckpt_every_steps', default=0, type=int, metavar='N',
+                        help='also write a checkpoint every N optimizer updates (bounds the work a crash loses)')
+    parser.add_argument('--unsafe_load_checkpoint', **OPTIONAL_BOOL,
+                        help='allow checkpoints that need arbitrary unpickling (only for files you trust)')
+
+    parser.add_argument('--start_epoch', default=0, type=int, metavar='N', help='start epoch')
+    parser.add_argument('--eval', type=str2bool, default=False, help='Perform evaluation only')
+    parser.add_argument('--dist_eval', type=str2bool, default=True, help='Enabling distributed evaluation')
+    parser.add_argument('--disable_eval', type=str2bool, default=False,
+                        help='Disabling evaluation during training')
+    parser.add_argument('--reparam', **OPTIONAL_BOOL,
+                        help='evaluate (and --throughput time) the structurally re-parameterised model')
+    parser.add_argument('--throughput', **OPTIONAL_BOOL,
+                        help='measure inference speed (img/s) on random input after a warm-up, then exit')
+    parser.add_argument('--num_workers', default=10, type=int)
+    parser.add_argument('--pin_mem', type=str2bool, default=True,
+                        help='Pin CPU memory in DataLoader for more efficient (sometimes) transfer to GPU.')
+
+    # distributed training parameters
+    parser.add_argument('--world_size', default=1, type=int, help='number of distributed processes')
+    parser.add_argument('--local_rank', '--local-rank', dest='local_rank', default=-1, type=int)
+    parser.add_argument('--dist_on_itp', type=str2bool, default=False)
+    parser.add_argument('--dist_url', default='env://', help='url used to set up distributed training')
+
+    parser.add_argument('--use_amp', type=str2bool, default=False,
+                        help='Use mixed precision (see --amp_dtype)')
+    parser.add_argument('--amp_dtype', default='float16', choices=['float16', 'bfloat16'],
+                        help='autocast dtype with --use_amp true: float16 (CUDA, with a GradScaler) or bfloat16')
+    parser.add_argument('--channels_last', **OPTIONAL_BOOL, help='channels-last memory format')
+
+    # Weights and Biases arguments
+    parser.add_argument('--enable_wandb', type=str2bool, default=False, help='enable logging to Weights and Biases')
+    parser.add_argument('--project', default='convnext', type=str, help='The name of the W&B project')
+    parser.add_argument('--wandb_ckpt', type=str2bool, default=False,
+                        help='Save model checkpoints as W&B Artifacts.')
+    return parser
+
+
+def apply_config_file(parser, path):
+    """Use a YAML file's values as parser defaults; unknown keys and bad choices are errors."""
+    if not os.path.isfile(path):
+        parser.error(f'--config {path}: file not found')
+    with open(path) as f:
+        config = yaml.safe_load(f) or {}
+    if not isinstance(config, dict):
+        parser.error(f'--config {path}: expected a mapping of option names to values')
+    actions = {action.dest: action for action in parser._actions if action.dest not in ('help', 'config')}
+    unknown = sorted(set(config) - set(actions))
+    if unknown:
+        parser.error(f'--config {path}: unknown key(s) {", ".join(unknown)}; keys are main.py option names '
+                     'without the leading --, e.g. batch_size, lr, model')
+    for key, value in config.items():
+        choices = actions[key].choices
+        if choices is not None and value not in choices:
+            parser.error(f'--config {path}: {key}: {value!r} is not one of {list(choices)}')
+    # String values still go through each option's type when argparse applies the defaults.
+    parser.set_defaults(**config)
+
+
+def parse_args(argv=None, parser=None):
+    """Parse main.py options, with --config FILE.yaml supplying defaults that explicit flags override."""
+    if parser is None:
+        parser = argparse.ArgumentParser('UniRepLKNet / RepLKNet training and evaluation',
+                                         parents=[get_args_parser()])
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        apply_config_file(parser, known.config)
+    args = parser.parse_args(argv)
+    if isinstance(args.model_overrides, str):
+        overrides = yaml.safe_load(args.model_overrides)
+        if not isinstance(overrides, dict):
+            parser.error(f'--model_overrides must be a YAML/JSON dict, got {args.model_overrides!r}')
+        args.model_overrides = overrides
+    return args
+
+
+# --------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------
+
+def model_names():
+    """Every accepted --model value."""
+    return (timm.list_models('unireplknet_*') + timm.list_models('replknet_*')
+            + sorted(replknet.REPLKNET_ALIASES))
+
+
+def canonical_model_name(name):
+    """The registered timm name for --model (maps 'RepLKNet-31B' to 'replknet_31b')."""
+    name = replknet.REPLKNET_ALIASES.get(name, name)
+    if name not in model_names():
+        raise ValueError(f'unknown --model {name!r}; choose one of: {", ".join(model_names())}')
+    return name
+
+
+def build_model(args):
+    """Create the --model with the options of this run; --model_overrides adds constructor kwargs."""
+    name = canonical_model_name(args.model)
+    kwargs = dict(num_classes=args.nb_classes, drop_path_rate=args.drop_path,
+                  with_cp=args.use_checkpoint, use_sync_bn=args.sync_bn)
+    if name.startswith('unireplknet'):
+        kwargs.update(layer_scale_init_value=args.layer_scale_init_value, head_init_scale=args.head_init_scale)
+    kwargs.update(args.model_overrides or {})
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def load_finetune_weights(args, model):
+    """--finetune: load weights non-strictly; a classifier head of another shape is left out."""
+    print(f'Load pre-trained checkpoint from: {args.finetune}')
+    checkpoint = utils.load_checkpoint_file(args.finetune, unsafe=args.unsafe_load_checkpoint)
+    state_dict = dict(utils.select_model_state(checkpoint, args.model_key, args.model_prefix))
+    own = model.state_dict()
+    for key in ('head.weight', 'head.bias'):
+        if key in state_dict and key in own and state_dict[key].shape != own[key].shape:
+            print(f'Removing key {key} from pretrained checkpoint (shape {tuple(state_dict[key].shape)} '
+                  f'vs {tuple(own[key].shape)})')
+            del state_dict[key]
+    missing, unexpected = utils.load_model_state(model, state_dict, strict=False, source=args.finetune)
+    if missing:
+        print(f'Weights of {type(model).__name__} not initialized from pretrained model: {missing}')
+    if unexpected:
+        print(f'Weights from pretrained model not used in {type(model).__name__}: {unexpected}')
+
+
+def inference_model(model, reparam):
+    """The model to evaluate: a structurally re-parameterised copy with --reparam, else the model."""
+    if not reparam:
+        return model
+    return reparameterize_model(copy.deepcopy(model).eval())
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------------------
+
+class Checkpointer:
+    """Writes and restores the full training state (see utils' module docstring for the contents)."""
+
+    def __init__(self, args, model, optimizer, precision, model_ema, steps_per_epoch):
+        self.args = args
+        self.model = model
+        self.optimizer = optimizer
+        self.precision = precision
+        self.model_ema = model_ema
+        self.steps_per_epoch = steps_per_epoch
+        self.max_accuracy = 0.0
+        self.max_accuracy_ema = 0.0
+
+    @property
+    def enabled(self):
+        return bool(self.args.output_dir) and self.args.save_ckpt
+
+    def save(self, name, epoch, step, epoch_done):
+        """Collective (every rank contributes its RNG state); rank 0 writes output_dir/name."""
+        rng_states = utils.gather_rng_states()
+        if not utils.is_main_process():
+            return
+        state = {
+            'model': self.model.state_dict(),
+            'optimizer': self.optimizer.state_dict(),
+            'scaler': self.precision.state_dict(),
+            'epoch': epoch,
+            'step': step,
+            'epoch_done': epoch_done,
+            'steps_per_epoch': self.steps_per_epoch,
+            'max_accuracy': self.max_accuracy,
+            'max_accuracy_ema': self.max_accuracy_ema,
+            'rng_states': rng_states,
+            'args': utils.to_plain_data(self.args),
+        }
+        if self.model_ema is not None:
+            state['model_ema'] = self.model_ema.module.state_dict()
+        utils.save_on_master(state, os.path.join(self.args.output_dir, name))
+
+    def save_periodic(self, epoch, step=None):
+        """checkpoint-{epoch}.pth after a finished epoch, checkpoint-{epoch}-step{step}.pth inside one."""
+        if not self.enabled:
+            return
+        self.save(utils.checkpoint_name(epoch, step), epoch,
+                  self.steps_per_epoch if step is None else step, epoch_done=step is None)
+        if utils.is_main_process():
+            utils.prune_checkpoints(self.args.output_dir, self.args.save_ckpt_num)
+
+    def save_best(self, epoch, suffix):
+        if self.enabled:
+            self.save(f'checkpoint-{suffix}.pth', epoch, self.steps_per_epoch, epoch_done=True)
+
+    def restore(self, path, weights_only):
+        """Load a checkpoint; return (start_epoch, start_step) to continue from.
+
+        Released files and bare state_dicts restore the weights only (as does weights_only=True, for
+        --eval). Full checkpoints also restore optimizer, scaler, EMA, best accuracies and RNG states.
+        """
+        checkpoint = utils.load_checkpoint_file(path, unsafe=self.args.unsafe_load_checkpoint)
+        state_dict = checkpoint['model'] if 'model' in checkpoint else checkpoint
+        utils.load_model_state(self.model, state_dict, strict=True, source=path)
+        print(f'Resume checkpoint {path}')
+        if weights_only or 'optimizer' not in checkpoint or not isinstance(checkpoint.get('epoch'), int):
+            return self.args.start_epoch, 0
+
+        self.optimizer.load_state_dict(checkpoint['optimizer'])
+        self.precision.load_state_dict(checkpoint.get('scaler'))
+        if self.model_ema is not None:
+            # Original checkpoints without an EMA start it from the restored weights.
+            self.model_ema.module.load_state_dict(checkpoint.get('model_ema', self.model.state_dict()))
+        self.max_accuracy = checkpoint.get('max_accuracy', 0.0)
+        self.max_accuracy_ema = checkpoint.get('max_accuracy_ema', 0.0)
+        rng_states = checkpoint.get('rng_states')
+        if rng_states is not None and len(rng_states) == utils.get_world_size():
+            utils.restore_rng_state(rng_states[utils.get_rank()])
+        else:
+            print('The checkpoint has no random-number states for this number of processes: training '
+                  'continues correctly but not bit-for-bit like an uninterrupted run.')
+
+        epoch = checkpoint['epoch']
+        if checkpoint.get('epoch_done', True):
+            print(f'With optim & sched! Continuing after epoch {epoch}')
+            return epoch + 1, 0
+        step = checkpoint['step']
+        if checkpoint.get('steps_per_epoch') != self.steps_per_epoch:
+            raise utils.CheckpointError(
+                f'{path} was written inside epoch {epoch} with {checkpoint.get("steps_per_epoch")} steps per '
+                f'epoch, but this run has {self.steps_per_epoch} (batch size, update_freq or number of '
+                'processes changed). Resume with the original settings, or from an end-of-epoch checkpoint.')
+        print(f'With optim & sched! Continuing at epoch {epoch}, step {step}')
+        return epoch, step
+
+
+# --------------------------------------------------------------------------------------------------
+# Setup helpers
+# --------------------------------------------------------------------------------------------------
+
+def check_device(args):
+    if str(args.device).startswith('cuda') and not torch.cuda.is_available():
+        raise RuntimeError(f'--device {args.device} but CUDA is not available (torch.cuda.is_available() is '
+                           'False); pass --device cpu')
+
+
+def select_device(args):
+    if str(args.device).startswith('cuda') and args.distributed:
+        return torch.device('cuda', args.gpu)
+    return torch.device(args.device)
+
+
+def check_options(args, device):
+    if args.sync_bn and args.distributed and device.type != 'cuda':
+        raise ValueError('--sync_bn true needs CUDA: PyTorch SyncBatchNorm does not run on CPU tensors. '
+                         'Drop --sync_bn on CPU.')
+    if args.update_freq < 1:
+        raise ValueError(f'--update_freq must be at least 1, got {args.update_freq}')
+    if args.eval and args.disable_eval:
+        raise ValueError('--eval true with --disable_eval true leaves nothing to do; drop --disable_eval')
+
+
+def seed_everything(seed):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def loader_generator_seed(seed, epoch):
+    """Seed of the DataLoader's own generator (worker base seed), a function of (seed, epoch) only,
+    so creating an iterator never consumes the global torch RNG that training uses."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def build_mixup(args):
+    if not (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None):
+        return None
+    print('Mixup is activated!')
+    return Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                 prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                 label_smoothing=args.smoothing, num_classes=args.nb_classes)
+
+
+def build_criterion(args, mixup_fn):
+    if mixup_fn is not None:
+        return SoftTargetCrossEntropy()  # smoothing is applied inside Mixup's targets
+    if args.smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    return torch.nn.CrossEntropyLoss()
+
+
+@torch.no_grad()
+def measure_throughput(args, device):
+    """--throughput: images per second of inference at --batch_size and --input_size, then exit."""
+    model = inference_model(build_model(args).to(device).eval(), args.reparam)
+    images = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    precision = Precision(device, args.use_amp, args.amp_dtype)
+
+    def synchronize():
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+
+    with precision.autocast():
+        for _ in range(THROUGHPUT_WARMUP_ITERS):
+            model(images)
+        synchronize()
+        start = time.perf_counter()
+        for _ in range(THROUGHPUT_TIMED_ITERS):
+            model(images)
+        synchronize()
+    elapsed = time.perf_counter() - start
+    throughput = args.batch_size * THROUGHPUT_TIMED_ITERS / elapsed
+    print(f'{args.model}{" (reparameterized)" if args.reparam else ""}: throughput {throughput:.1f} img/s '
+          f'(batch {args.batch_size}, input {args.input_size}, {device}, '
+          f'{"amp " + args.amp_dtype if args.use_amp else "float32"})')
+    return throughput
+
+
+# --------------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------------
+
+def main(args):
+    check_device(args)
+    utils.init_distributed_mode(args)
+    device = select_device(args)
+    check_options(args, device)
+    print(json.dumps(utils.to_plain_data(args), indent=1))
+    seed_everything(args.seed + utils.get_rank())
+    cudnn.benchmark = True
+
+    if args.throughput:
+        return measure_throughput(args, device)
+
+    if args.output_dir and utils.is_main_process():
+        os.makedirs(args.output_dir, exist_ok=True)
+        utils.remove_stale_temporaries(args.output_dir)
+    world_size, rank = utils.get_world_size(), utils.get_rank()
+
+    # ---------------- data ----------------
+    dataset_train = None
+    if not args.eval:
+        dataset_train, args.nb_classes = build_dataset(is_train=True, args=args)
+    dataset_val = None
+    if args.disable_eval:
+        args.dist_eval = False
+    else:
+        dataset_val, args.nb_classes = build_dataset(is_train=False, args=args)
+
+    collate_fn = collate_skipping_corrupt if args.skip_corrupt_images else None
+    pin_memory = args.pin_mem and device.type == 'cuda'
+    loader_generator = torch.Generator()
+    total_batch_size = args.batch_size * args.update_freq * world_size
+    steps_per_epoch = 0
+    if dataset_train is not None:
+        steps_per_epoch = len(dataset_train) // total_batch_size
+        if steps_per_epoch == 0:
+            raise ValueError(f'the training set has {len(dataset_train)} images, fewer than one total batch '
+                             f'({args.batch_size} x update_freq {args.update_freq} x {world_size} processes '
+                             f'= {total_batch_size}); lower --batch_size or --update_freq')
+        sampler_train = utils.ResumableTrainSampler(
+            dataset_train, num_replicas=world_size, rank=rank, seed=args.seed,
+            samples_per_epoch=steps_per_epoch * args.update_freq * args.batch_size)
+        data_loader_train = torch.utils.data.DataLoader(
+            dataset_train, sampler=sampler_train, batch_size=args.batch_size, num_workers=args.num_workers,
+            pin_memory=pin_memory, drop_last=True, collate_fn=collate_fn, generator=loader_generator)
+    if dataset_val is not None:
+        if args.dist_eval and args.distributed:
+            sampler_val = utils.UnpaddedDistributedSampler(dataset_val, num_replicas=world_size, rank=rank)
+        else:
+            sampler_val = torch.utils.data.SequentialSampler(dataset_val)
+        data_loader_val = torch.utils.data.DataLoader(
+            dataset_val, sampler=sampler_val, batch_size=int(1.5 * args.batch_size),
+            num_workers=args.num_workers, pin_memory=pin_memory, drop_last=False, collate_fn=collate_fn,
+            generator=loader_generator)
+    mixup_fn = build_mixup(args) if not args.eval else None
+
+    # ---------------- model ----------------
+    model = build_model(args)
+    if args.finetune:
+        load_finetune_weights(args, model)
+    model.to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model_ema = None
+    if args.model_ema:
+        # After .to(device) and before DDP, like the original.
+        model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
+                               device=torch.device('cpu') if args.model_ema_force_cpu else None)
+        print(f'Using EMA with decay = {args.model_ema_decay:.8f}')
+    model_without_ddp = model
+    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f'Model = {args.model}')
+    print(f'number of params: {n_parameters}')
+    print(f'LR = {args.lr:.8f}')
+    print(f'Batch size = {total_batch_size}')
+    print(f'Update frequent = {args.update_freq}')
+    print(f'Number of training examples = {len(dataset_train) if dataset_train is not None else 0}')
+    print(f'Number of training steps per epoch = {steps_per_epoch}')
+
+    if args.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[args.gpu] if device.type == 'cuda' else None, find_unused_parameters=False)
+        model_without_ddp = model.module
+
+    assigner = layer_decay_assigner(canonical_model_name(args.model), args.layer_decay)
+    if assigner is not None:
+        print(f'Assigned values = {assigner.values}')
+    optimizer = create_optimizer(
+        args, model_without_ddp,
+        get_num_layer=assigner.get_layer_id if assigner is not None else None,
+        get_layer_scale=assigner.get_scale if assigner is not None else None)
+    precision = Precision(device, args.use_amp, args.amp_dtype)
+    checkpointer = Checkpointer(args, model_without_ddp, optimizer, precision, model_ema, steps_per_epoch)
+
+    # ---------------- resume ----------------
+    resume_path = args.resume
+    if not resume_path and args.auto_resume:
+        resume_path = utils.find_latest_checkpoint(args.output_dir)
+    start_epoch, start_step = args.start_epoch, 0
+    if resume_path:
+        start_epoch, start_step = checkpointer.restore(resume_path, weights_only=args.eval)
+
+    if args.eval:
+        test_stats = evaluate(data_loader_val, inference_model(model_without_ddp, args.reparam), device,
+                              precision, distributed=args.dist_eval, channels_last=args.channels_last)
+        print(f"Accuracy of the network on {test_stats['num_images']} test images: {test_stats['acc1']:.5f}%")
+        if model_ema is not None and args.model_ema_eval:
+            ema_stats = evaluate(data_loader_val, inference_model(model_ema.module, args.reparam), device,
+                                 precision, distributed=args.dist_eval, channels_last=args.channels_last)
+            print(f"Accuracy of the EMA model on {ema_stats['num_images']} test images: {ema_stats['acc1']:.5f}%")
+        utils.barrier()
+        return test_stats
+
+    # ---------------- schedules, loss, loggers ----------------
+    lr_schedule = cosine_scheduler(args.lr, args.min_lr, args.epochs, steps_per_epoch,
+                                   warmup_epochs=args.warmup_epochs, warmup_steps=args.warmup_steps)
+    weight_decay_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
+    wd_schedule = cosine_scheduler(args.weight_decay, weight_decay_end, args.epochs, steps_per_epoch)
+    print(f'Max WD = {max(wd_schedule):.7f}, Min WD = {min(wd_schedule):.7f}')
+    criterion = build_criterion(args, mixup_fn)
+    print(f'criterion = {criterion}')
+
+    log_writer = wandb_logger = None
+    if utils.is_main_process():
+        if args.log_dir:
+            os.makedirs(args.log_dir, exist_ok=True)
+            log_writer = utils.TensorboardLogger(args.log_dir)
+        if args.enable_wandb:
+            wandb_logger = utils.WandbLogger(args)
+    log_path = os.path.join(args.output_dir, 'log.txt') if args.output_dir else None
+    if log_path and utils.is_main_process():
+        utils.drop_log_lines_from_epoch(log_path, start_epoch)
+
+    # ---------------- training ----------------
+    print(f'Start training for {args.epochs} epochs')
+    start_time = time.time()
+    for epoch in range(start_epoch, args.epochs):
+        first_step = start_step if epoch == start_epoch else 0
+        if hasattr(dataset_train, 'set_epoch'):
+            dataset_train.set_epoch(epoch)
+        sampler_train.set_epoch(epoch, start_sample=first_step * args.update_freq * args.batch_size)
+        loader_generator.manual_seed(loader_generator_seed(args.seed, epoch))
+        train_stats = train_one_epoch(
+            model, criterion, data_loader_train, optimizer, precision, device, epoch,
+            steps_per_epoch=steps_per_epoch, lr_schedule=lr_schedule, wd_schedule=wd_schedule,
+            start_step=first_step, update_freq=args.update_freq, clip_grad=args.clip_grad, mixup_fn=mixup_fn,
+            model_ema=model_ema, log_writer=log_writer, channels_last=args.channels_last,
+            save_every_steps=args.save_ckpt_every_steps if checkpointer.enabled else 0,
+            save_step_checkpoint=checkpointer.save_periodic if checkpointer.enabled else None)
+
+        log_stats = {**{f'train_{k}': v for k, v in train_stats.items()}, 'epoch': epoch,
+                     'n_parameters': n_parameters}
+        if dataset_val is not None:
+            test_stats = evaluate(data_loader_val, inference_model(model_without_ddp, args.reparam), device,
+                                  precision, distributed=args.dist_eval, channels_last=args.channels_last)
+            print(f"Accuracy of the model on the {test_stats['num_images']} test images: {test_stats['acc1']:.1f}%")
+            if test_stats['acc1'] > checkpointer.max_accuracy:
+                checkpointer.max_accuracy = test_stats['acc1']
+                checkpointer.save_best(epoch, 'best')
+            print(f'Max accuracy: {checkpointer.max_accuracy:.2f}%')
+            log_stats.update({f'test_{k}': v for k, v in test_stats.items()})
+            if log_writer is not None:
+                log_writer.update(head='perf', step=epoch, test_acc1=test_stats['acc1'],
+                                  test_acc5=test_stats['acc5'], test_loss=test_stats['loss'])
+            if model_ema is not None and args.model_ema_eval:
+                ema_stats = evaluate(data_loader_val, inference_model(model_ema.module, args.reparam), device,
+                                     precision, distributed=args.dist_eval, channels_last=args.channels_last)
+                print(f"Accuracy of the model EMA on {ema_stats['num_images']} test images: "
+                      f"{ema_stats['acc1']:.1f}%")
+                if ema_stats['acc1'] > checkpointer.max_accuracy_ema:
+                    checkpointer.max_accuracy_ema = ema_stats['acc1']
+                    checkpointer.save_best(epoch, 'best-ema')
+                print(f'Max EMA accuracy: {checkpointer.max_accuracy_ema:.2f}%')
+                log_stats.update({f'test_{k}_ema': v for k, v in ema_stats.items()})
+                if log_writer is not None:
+                    log_writer.update(head='perf', step=epoch, test_acc1_ema=ema_stats['acc1'])
+
+        # The log line goes before the epoch checkpoint: a resume from an older checkpoint drops the
+        # lines of the epochs it repeats (utils.drop_log_lines_from_epoch), so each epoch is logged once.
+        if utils.is_main_process():
+            if log_path:
+                utils.append_json_line(log_path, log_stats)
+            if log_writer is not None:
+                log_writer.flush()
+            if wandb_logger is not None:
+                wandb_logger.log_epoch(log_stats, epoch)
+        if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
+            checkpointer.save_periodic(epoch)
+
+    if wandb_logger is not None:
+        if args.wandb_ckpt and args.output_dir:
+            wandb_logger.upload_checkpoints(args.output_dir)
+        wandb_logger.finish()
+    total_time = datetime.timedelta(seconds=int(time.time() - start_time))
+    print(f'Training time {total_time}')
+    utils.barrier()
+    return checkpointer.max_accuracy
+
+
+if __name__ == '__main__':
+    cli_args = parse_args()
+    try:
+        main(cli_args)
+    except (utils.NonFiniteLossError, utils.CheckpointError, FileNotFoundError) as error:
+        sys.exit(f'error: {error}')
+    finally:
+        if utils.is_dist_avail_and_initialized():
+            torch.distributed.destroy_process_group()

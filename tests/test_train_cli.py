@@ -1,0 +1,323 @@
+"""In-process tests of main.py's options, model building, samplers, checkpoint files and input errors."""
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+import main
+import utils
+from train_helpers import (BATCH_INDEPENDENT_UNIREPLKNET, NUM_CLASSES, REPO_ROOT, TINY_UNIREPLKNET,
+                                 make_tiny_dataset, subprocess_env, tiny_data_args)
+
+# The training README's commands (seed document), with their line continuations joined. The 22K
+# commands' main.py part is what run_with_submitit.py forwards after its own options.
+README_MAIN_COMMANDS = {
+    'in1k_a': '--model unireplknet_a --drop_path 0.0 --batch_size 128 --lr 4e-3 --update_freq 8 '
+              '--mixup 0.3 --cutmix 0.3 --data_path /path/to/imagenet-1k --output_dir /path/to/save_results',
+    'in1k_f': '--model unireplknet_f --drop_path 0.0 --batch_size 128 --lr 4e-3 --update_freq 8 '
+              '--mixup 0.3 --cutmix 0.3 --data_path /path/to/imagenet-1k --output_dir /path/to/save_results',
+    'in1k_p': '--model unireplknet_p --drop_path 0.1 --batch_size 128 --lr 4e-3 --update_freq 8 '
+              '--mixup 0.3 --cutmix 0.3 --data_path /path/to/imagenet-1k --output_dir /path/to/save_results',
+    'in1k_n': '--model unireplknet_n --drop_path 0.1 --batch_size 128 --lr 4e-3 --update_freq 8 '
+              '--mixup 0.5 --cutmix 0.5 --data_path /path/to/imagenet-1k --output_dir /path/to/save_results',
+    'in1k_t': '--model unireplknet_t --drop_path 0.2 --batch_size 128 --lr 4e-3 --update_freq 8 '
+              '--mixup 0.8 --cutmix 1.0 --data_path /path/to/imagenet-1k --output_dir /path/to/save_results',
+    'in1k_s': '--model unireplknet_s --drop_path 0.4 --batch_size 64 --lr 4e-3 --update_freq 8 '
+              '--mixup 0.8 --cutmix 1.0 --data_path /path/to/imagenet-1k --output_dir /path/to/save_results',
+    'in22k_s': '--model unireplknet_s --drop_path 0.1 --batch_size 32 --lr 4e-3 --update_freq 8 '
+               '--warmup_epochs 5 --epochs 90 --data_set image_folder --nb_classes 21841 --disable_eval true '
+               '--data_path /path/to/imagenet-1k',
+    'in22k_b': '--model unireplknet_b --drop_path 0.1 --batch_size 32 --lr 4e-3 --update_freq 8 '
+               '--warmup_epochs 5 --epochs 90 --data_set image_folder --nb_classes 21841 --disable_eval true '
+               '--data_path /path/to/imagenet-1k',
+    'in22k_l': '--model unireplknet_l --drop_path 0.1 --batch_size 64 --lr 1e-3 --update_freq 4 --input_size 192 '
+               '--warmup_epochs 5 --epochs 90 --data_set image_folder --nb_classes 21841 --disable_eval true '
+               '--data_path /path/to/imagenet-1k',
+    'in22k_xl': '--model unireplknet_xl --drop_path 0.2 --batch_size 32 --lr 1e-3 --update_freq 4 --input_size 192 '
+                '--warmup_epochs 5 --epochs 90 --data_set image_folder --nb_classes 21841 --disable_eval true '
+                '--data_path /path/to/imagenet-1k',
+    'ft_s': '--model unireplknet_s --drop_path 0.2 --input_size 384 --batch_size 64 --lr 5e-5 --update_freq 2 '
+            '--warmup_epochs 0 --epochs 30 --weight_decay 1e-8 --layer_decay 0.8 --head_init_scale 0.001 '
+            '--cutmix 0 --mixup 0 --finetune /path/to/checkpoint.pth --data_path /path/to/imagenet-1k '
+            '--output_dir /path/to/save_results',
+    'ft_b': '--model unireplknet_b --drop_path 0.2 --input_size 384 --batch_size 64 --lr 5e-5 --update_freq 2 '
+            '--warmup_epochs 0 --epochs 30 --weight_decay 1e-8 --layer_decay 0.8 --head_init_scale 0.001 '
+            '--cutmix 0 --mixup 0 --finetune /path/to/checkpoint.pth --data_path /path/to/imagenet-1k '
+            '--output_dir /path/to/save_results',
+    'ft_l': '--model unireplknet_l --drop_path 0.3 --input_size 384 --batch_size 64 --lr 5e-5 --update_freq 2 '
+            '--model_ema true --model_ema_eval true --warmup_epochs 0 --epochs 20 --weight_decay 1e-8 '
+            '--smoothing 0.3 --layer_decay 0.8 --head_init_scale 0.001 --cutmix 0 --mixup 0 '
+            '--finetune /path/to/checkpoint.pth --data_path /path/to/imagenet-1k --output_dir /path/to/save_results',
+    'ft_xl': '--model unireplknet_xl --drop_path 0.3 --input_size 384 --batch_size 32 --lr 5e-5 --update_freq 2 '
+             '--model_ema true --model_ema_eval true --warmup_epochs 0 --epochs 20 --weight_decay 1e-8 '
+             '--smoothing 0.3 --layer_decay 0.8 --head_init_scale 0.001 --cutmix 0 --mixup 0 '
+             '--finetune /path/to/checkpoint.pth --data_path /path/to/imagenet-1k --output_dir /path/to/save_results',
+    'oom_hint': '--model unireplknet_b --use_checkpoint true --data_path /path/to/imagenet-1k',
+    'eval_example': '--model unireplknet_b --eval true --resume /path/ckpt.pth --input_size 384 '
+                    '--data_path /path/to/imagenet-1k',
+}
+
+
+@pytest.mark.parametrize('name', sorted(README_MAIN_COMMANDS))
+def test_readme_command_parses_with_documented_values(name):
+    argv = shlex.split(README_MAIN_COMMANDS[name])
+    args = main.parse_args(argv)
+    # Every flag given on the command line arrives with the value written there.
+    for flag, value in zip(argv[::2], argv[1::2]):
+        parsed = getattr(args, flag[2:])
+        expected = main.str2bool(value) if isinstance(parsed, bool) else type(parsed)(value)
+        assert parsed == expected, flag
+    main.canonical_model_name(args.model)  # a registered model
+
+
+def test_defaults_match_the_original_release():
+    args = main.parse_args([])
+    expected = dict(batch_size=64, epochs=300, update_freq=1, drop_path=0, input_size=224,
+                    layer_scale_init_value=1e-6, model_ema=False, model_ema_decay=0.9999, opt='adamw',
+                    opt_eps=1e-8, opt_betas=None, clip_grad=None, momentum=0.9, weight_decay=0.05,
+                    weight_decay_end=None, lr=4e-3, layer_decay=1.0, min_lr=1e-6, warmup_epochs=20,
+                    warmup_steps=-1, color_jitter=0.4, aa='rand-m9-mstd0.5-inc1', smoothing=0.1,
+                    train_interpolation='bicubic', crop_pct=None, reprob=0.25, remode='pixel', recount=1,
+                    mixup=0.8, cutmix=1.0, mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode='batch',
+                    finetune='', head_init_scale=1.0, model_key='model|module', model_prefix='',
+                    nb_classes=1000, imagenet_default_mean_and_std=True, data_set='IMNET', output_dir='',
+                    device='cuda', seed=0, resume='', auto_resume=True, save_ckpt=True, save_ckpt_freq=1,
+                    save_ckpt_num=3, start_epoch=0, eval=False, dist_eval=True, disable_eval=False,
+                    num_workers=10, pin_mem=True, world_size=1, local_rank=-1, dist_on_itp=False,
+                    dist_url='env://', use_amp=False, enable_wandb=False, project='convnext', wandb_ckpt=False,
+                    use_checkpoint=False, amp_dtype='float16', channels_last=False, sync_bn=False,
+                    reparam=False, throughput=False, save_ckpt_every_steps=0, skip_corrupt_images=False)
+    for name, value in expected.items():
+        assert getattr(args, name) == value, name
+
+
+def test_launcher_local_rank_spellings():
+    assert main.parse_args(['--local_rank=3']).local_rank == 3
+    assert main.parse_args(['--local-rank=2']).local_rank == 2
+    assert main.parse_args(['--reparam']).reparam is True
+    assert main.parse_args(['--reparam', 'false']).reparam is False
+
+
+def test_config_file_sets_defaults_and_flags_win(tmp_path):
+    config = tmp_path / 'run.yaml'
+    config.write_text(yaml.safe_dump({'lr': '4e-3', 'batch_size': 32, 'model_ema': True, 'opt': 'lamb',
+                                      'opt_betas': [0.9, 0.99]}))
+    args = main.parse_args(['--config', str(config), '--batch_size', '16'])
+    assert args.lr == 4e-3 and isinstance(args.lr, float)  # YAML reads 4e-3 as a string
+    assert args.batch_size == 16 and args.model_ema is True and args.opt == 'lamb'
+    assert args.opt_betas == [0.9, 0.99]
+
+
+def test_config_file_with_unknown_key_is_rejected(tmp_path, capsys):
+    config = tmp_path / 'bad.yaml'
+    config.write_text('learning_rate: 0.1\n')
+    with pytest.raises(SystemExit) as exit_info:
+        main.parse_args(['--config', str(config)])
+    assert exit_info.value.code != 0
+    assert 'unknown key(s) learning_rate' in capsys.readouterr().err
+
+
+def test_model_overrides_reach_the_constructor():
+    args = main.parse_args(['--model', 'unireplknet_a', '--model_overrides', TINY_UNIREPLKNET, '--nb_classes', '3',
+                            '--use_checkpoint', 'true', '--head_init_scale', '0.001', '--drop_path', '0.1'])
+    model = main.build_model(args)
+    assert model.head.out_features == 3 and model.dims == (8, 16, 24, 32)
+    assert all(block.with_cp for stage in model.stages for block in stage)
+    assert model.head.weight.abs().max() < 0.001 * 0.05  # trunc-normal(0.02) weights scaled by 0.001
+
+
+def test_unknown_model_lists_the_valid_names():
+    args = main.parse_args(['--model', 'convnext_tiny'])
+    with pytest.raises(ValueError, match='unireplknet_a.*RepLKNet-31B'):
+        main.build_model(args)
+
+
+def test_replknet_names_and_aliases_build():
+    assert main.canonical_model_name('RepLKNet-31B') == 'replknet_31b'
+    assert main.canonical_model_name('replknet_xl') == 'replknet_xl'
+
+
+def test_reparameterised_evaluation_model_matches():
+    args = main.parse_args(['--model', 'unireplknet_a', '--model_overrides', TINY_UNIREPLKNET, '--nb_classes', '3'])
+    model = main.build_model(args)
+    with torch.no_grad():  # give BN non-trivial statistics and the layer scale weight
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+        for stage in model.stages:
+            for block in stage:
+                block.gamma.fill_(0.5)
+    model.eval()
+    reparameterized = main.inference_model(model, reparam=True)
+    images = torch.randn(4, 3, 32, 32)
+    assert not any('bn' in key or 'norm.running' in key for key in reparameterized.state_dict())
+    assert torch.allclose(model(images), reparameterized(images), atol=1e-4)
+    assert any('dil_bn' in key for key in model.state_dict())  # the original is left untouched
+
+
+def test_throughput_mode_prints_images_per_second(capsys):
+    args = main.parse_args(['--model', 'unireplknet_a', '--model_overrides', TINY_UNIREPLKNET, '--nb_classes', '3',
+                            '--throughput', '--reparam', '--batch_size', '2', '--input_size', '32',
+                            '--device', 'cpu'])
+    throughput = main.main(args)
+    assert throughput > 0
+    assert 'img/s' in capsys.readouterr().out
+
+
+def test_cuda_device_without_cuda_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip('this machine has CUDA')
+    args = main.parse_args(['--model', 'unireplknet_a', '--data_set', 'DIGITS'])
+    with pytest.raises(RuntimeError, match='pass --device cpu'):
+        main.main(args)
+
+
+# ---------------------------------------------------------------- data errors
+
+@pytest.fixture(scope='module')
+def tiny_data(tmp_path_factory):
+    return make_tiny_dataset(str(tmp_path_factory.mktemp('data')))
+
+
+def test_missing_data_path_names_the_expected_folder(tmp_path):
+    args = main.parse_args(['--model', 'unireplknet_a', '--device', 'cpu', '--data_path', str(tmp_path / 'none')])
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / 'none' / 'train')):
+        main.main(args)
+
+
+def test_wrong_nb_classes_names_the_right_number(tiny_data):
+    train, val = tiny_data
+    argv = tiny_data_args(train, val)
+    argv[argv.index('--nb_classes') + 1] = '1000'
+    args = main.parse_args(['--model', 'unireplknet_a', *argv])
+    with pytest.raises(ValueError, match=f'Pass --nb_classes {NUM_CLASSES}'):
+        main.main(args)
+
+
+def test_sync_bn_on_cpu_processes_is_refused():
+    args = argparse.Namespace(sync_bn=True, distributed=True, update_freq=1, eval=False, disable_eval=False)
+    with pytest.raises(ValueError, match='--sync_bn true needs CUDA'):
+        main.check_options(args, torch.device('cpu'))
+
+
+# ---------------------------------------------------------------- samplers
+
+def test_train_sampler_skips_consumed_samples_without_fetching_them():
+    dataset = list(range(23))
+    full = utils.ResumableTrainSampler(dataset, num_replicas=2, rank=1, seed=5, samples_per_epoch=8)
+    full.set_epoch(3)
+    resumed = utils.ResumableTrainSampler(dataset, num_replicas=2, rank=1, seed=5, samples_per_epoch=8)
+    resumed.set_epoch(3, start_sample=6)
+    assert len(full) == 8 and list(resumed) == list(full)[6:] and len(resumed) == 2
+    reference = torch.utils.data.DistributedSampler(dataset, num_replicas=2, rank=1, shuffle=True, seed=5)
+    reference.set_epoch(3)
+    assert list(full) == list(reference)[:8]
+
+
+def test_eval_sampler_covers_every_sample_once():
+    dataset = list(range(21))
+    parts = [list(utils.UnpaddedDistributedSampler(dataset, num_replicas=2, rank=rank)) for rank in range(2)]
+    assert sorted(parts[0] + parts[1]) == dataset
+
+
+# ---------------------------------------------------------------- checkpoint files
+
+def tiny_model(nb_classes=NUM_CLASSES, overrides=TINY_UNIREPLKNET):
+    return main.build_model(main.parse_args(['--model', 'unireplknet_a', '--model_overrides', overrides,
+                                             '--nb_classes', str(nb_classes)]))
+
+
+def test_truncated_checkpoint_is_reported_as_truncated(tmp_path):
+    path = tmp_path / 'checkpoint-0.pth'
+    torch.save({'model': tiny_model().state_dict()}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    with pytest.raises(utils.CheckpointError, match='truncated'):
+        utils.load_checkpoint_file(str(path))
+
+
+def test_checkpoint_needing_arbitrary_unpickling_names_the_opt_in_flag(tmp_path):
+    path = tmp_path / 'pickled.pth'
+    torch.save({'model': {}, 'something': argparse.ArgumentParser}, path)
+    with pytest.raises(utils.CheckpointError, match='--unsafe_load_checkpoint true'):
+        utils.load_checkpoint_file(str(path))
+    assert 'something' in utils.load_checkpoint_file(str(path), unsafe=True)
+
+
+def test_original_release_checkpoint_with_namespace_args_loads_safely(tmp_path):
+    path = tmp_path / 'original.pth'
+    torch.save({'model': {}, 'epoch': 3, 'args': argparse.Namespace(lr=1.0)}, path)
+    assert utils.load_checkpoint_file(str(path))['args'].lr == 1.0
+
+
+def test_checkpoint_of_another_model_lists_the_differences():
+    other = tiny_model(overrides='{"depths": [1, 1, 1, 1], "dims": [8, 16, 24, 40], '
+                                 '"kernel_sizes": [[3], [7], [7], [3]]}').state_dict()
+    with pytest.raises(utils.CheckpointError) as error:
+        utils.load_model_state(tiny_model(), other, strict=True, source='other.pth')
+    message = str(error.value)
+    assert 'shape mismatches' in message and 'checkpoint (40,) vs model (32,)' in message
+
+
+def test_finetune_drops_a_head_of_another_size(tmp_path):
+    pretrained = tiny_model(nb_classes=7)
+    path = tmp_path / 'in22k.pth'
+    torch.save({'model': pretrained.state_dict()}, path)
+    args = main.parse_args(['--finetune', str(path)])
+    model = tiny_model()
+    head_before = model.head.weight.clone()
+    main.load_finetune_weights(args, model)
+    assert torch.equal(model.head.weight, head_before)
+    assert torch.equal(model.stages[1][0].pwconv1[1].weight, pretrained.stages[1][0].pwconv1[1].weight)
+    # A bare state_dict (no 'model' key) with a prefix is loaded too.
+    torch.save({f'backbone.{k}': v for k, v in pretrained.state_dict().items()}, path)
+    args = main.parse_args(['--finetune', str(path), '--model_prefix', 'backbone.'])
+    model = tiny_model()
+    main.load_finetune_weights(args, model)
+    assert torch.equal(model.stages[1][0].pwconv1[1].weight, pretrained.stages[1][0].pwconv1[1].weight)
+
+
+def test_latest_checkpoint_ignores_best_files_and_temporaries(tmp_path):
+    for name in ('checkpoint-1.pth', 'checkpoint-2-step3.pth', 'checkpoint-best.pth', 'checkpoint-best-ema.pth',
+                 '.checkpoint-3.pth.tmp123', 'checkpoint-10.pth', 'checkpoint-10-step1.pth'):
+        (tmp_path / name).write_bytes(b'')
+    assert utils.find_latest_checkpoint(str(tmp_path)) == str(tmp_path / 'checkpoint-10.pth')
+    assert utils.find_latest_checkpoint('') is None
+    utils.prune_checkpoints(str(tmp_path), keep_epochs=1)
+    utils.remove_stale_temporaries(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ['checkpoint-10.pth', 'checkpoint-best-ema.pth', 'checkpoint-best.pth']
+
+
+KILL_DURING_SAVE = """
+import sys, torch, utils
+state = {'model': {'w': torch.randn(4_000_000)}}
+utils.save_on_master(state, sys.argv[1])
+print('first checkpoint written', flush=True)
+while True:
+    state['model']['w'] += 1
+    utils.save_on_master(state, sys.argv[1])
+"""
+
+
+def test_kill_during_checkpoint_write_leaves_a_loadable_checkpoint(tmp_path):
+    path = str(tmp_path / 'checkpoint-0.pth')
+    for _ in range(3):
+        process = subprocess.Popen([sys.executable, '-c', KILL_DURING_SAVE, path], cwd=REPO_ROOT,
+                                   env=subprocess_env(), stdout=subprocess.PIPE, text=True)
+        assert process.stdout.readline().strip() == 'first checkpoint written'
+        # Saves of this 16 MB tensor follow each other back to back: a kill now lands inside one.
+        time.sleep(0.2 + 0.3 * torch.rand(()).item())
+        process.kill()
+        process.wait()
+        checkpoint = utils.load_checkpoint_file(path)
+        assert checkpoint['model']['w'].shape == (4_000_000,)
+    # The next run removes the half-written temporary files.
+    utils.remove_stale_temporaries(str(tmp_path))
+    assert os.listdir(tmp_path) == ['checkpoint-0.pth']

@@ -1,0 +1,122 @@
+"""Shared pieces of the training tests: tiny models, a tiny image folder, and main.py subprocess runs."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import torch
+from PIL import Image
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# One block per stage: a 3x3 SmaK block, Dilated Reparam Blocks (K=7) and BatchNorms, so RNG (drop path),
+# BN statistics and reparameterisation are all exercised while a step takes milliseconds.
+TINY_UNIREPLKNET = '{"depths": [1, 1, 1, 1], "dims": [8, 16, 24, 32], "kernel_sizes": [[3], [7], [7], [3]]}'
+# No blocks, hence no BatchNorm: stem/downsample convs, LayerNorms and the head. Every layer treats
+# samples independently, so splitting a batch over ranks or micro-batches must not change the update.
+BATCH_INDEPENDENT_UNIREPLKNET = '{"depths": [0, 0, 0, 0], "dims": [8, 16, 24, 32], "kernel_sizes": [[], [], [], []]}'
+
+IMAGE_SIZE = 16
+NUM_CLASSES = 3
+
+
+def write_image_folder(root, images_per_class, seed):
+    """root/class_k/*.png, 16x16 RGB: each class a different dominant colour plus noise (learnable)."""
+    rng = np.random.default_rng(seed)
+    for label in range(NUM_CLASSES):
+        folder = os.path.join(root, f'class_{label}')
+        os.makedirs(folder, exist_ok=True)
+        for index in range(images_per_class):
+            pixels = rng.integers(0, 96, size=(IMAGE_SIZE, IMAGE_SIZE, 3))
+            pixels[..., label] += 150
+            Image.fromarray(pixels.astype(np.uint8)).save(os.path.join(folder, f'{index}.png'))
+    return root
+
+
+def make_tiny_dataset(base_dir):
+    """48 training images and 21 validation images (odd, so 2 ranks cannot split them evenly)."""
+    train = write_image_folder(os.path.join(base_dir, 'train'), images_per_class=16, seed=0)
+    val = write_image_folder(os.path.join(base_dir, 'val'), images_per_class=7, seed=1)
+    return train, val
+
+
+def tiny_data_args(train_dir, val_dir):
+    """main.py options for the tiny image folder on CPU."""
+    return ['--data_set', 'image_folder', '--data_path', train_dir, '--eval_data_path', val_dir,
+            '--nb_classes', str(NUM_CLASSES), '--input_size', str(IMAGE_SIZE), '--device', 'cpu',
+            '--num_workers', '0', '--seed', '0']
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def subprocess_env():
+    env = dict(os.environ)
+    # One thread per process: the test machine has 2 shared cores and OpenMP oversubscription is slow.
+    env.update(OMP_NUM_THREADS='1', PYTHONPATH=REPO_ROOT)
+    for name in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR', 'MASTER_PORT', 'SLURM_PROCID'):
+        env.pop(name, None)
+    return env
+
+
+def main_command(argv, nproc=1):
+    """`python main.py ...`, or `torchrun --nproc_per_node=N main.py ...` for nproc > 1."""
+    if nproc == 1:
+        return [sys.executable, os.path.join(REPO_ROOT, 'main.py'), *argv]
+    return [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={nproc}',
+            f'--master_port={free_port()}', os.path.join(REPO_ROOT, 'main.py'), *argv]
+
+
+def run_main(argv, nproc=1, timeout=300):
+    """Run main.py to completion; returns the CompletedProcess (stdout and stderr merged)."""
+    return subprocess.run(main_command(argv, nproc), cwd=REPO_ROOT, env=subprocess_env(), timeout=timeout,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def start_main(argv, log_path):
+    """Start main.py in the background with output to log_path; returns the Popen."""
+    log = open(log_path, 'w')
+    return subprocess.Popen(main_command(argv), cwd=REPO_ROOT, env=subprocess_env(), stdout=log,
+                            stderr=subprocess.STDOUT)
+
+
+def assert_succeeded(completed):
+    assert completed.returncode == 0, completed.stdout[-4000:]
+
+
+def load_checkpoint(path):
+    """Checkpoints must load with the safe loader of torch >= 2.6."""
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def read_log(output_dir):
+    with open(os.path.join(output_dir, 'log.txt')) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def max_abs_difference(state_a, state_b):
+    assert state_a.keys() == state_b.keys()
+    return max((state_a[key].double() - state_b[key].double()).abs().max().item()
+               for key in state_a if state_a[key].is_floating_point())
+
+
+def assert_bitwise_equal(state_a, state_b):
+    assert state_a.keys() == state_b.keys()
+    for key in state_a:
+        assert torch.equal(state_a[key], state_b[key]), key
+
+
+def assert_optimizer_states_equal(optimizer_a, optimizer_b):
+    assert optimizer_a['state'].keys() == optimizer_b['state'].keys()
+    for index, state in optimizer_a['state'].items():
+        for name, value in state.items():
+            other = optimizer_b['state'][index][name]
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, other), (index, name)
+            else:
+                assert value == other, (index, name)
