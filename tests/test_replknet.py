@@ -27,6 +27,15 @@ TINY_XL = dict(large_kernel_sizes=(27, 27, 27, 13), layers=(1, 1, 2, 1), channel
                dw_ratio=1.5)
 
 
+@pytest.fixture(autouse=True, scope='module')
+def _single_thread():
+    """Tiny tensors: one thread avoids oversubscribing the 2-core CI machine; restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def tiny(arch=TINY_31B, **kwargs):
     kwargs.setdefault('drop_path_rate', 0.)
     kwargs.setdefault('num_classes', 10)
