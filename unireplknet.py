@@ -756,7 +756,7 @@ LEGACY_PRETRAINED_FLAGS = (('in_1k_pretrained', 'in1k'), ('in_22k_pretrained', '
 
 
 def _released_tags(variant: str):
-    return [name.split('.', 1)[1] for name in default_cfgs if name.split('.', 1)[0] == variant]
+    return list(default_cfgs[variant].tags)
 
 
 def validate_model_name(model_name: str) -> None:
