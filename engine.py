@@ -58,11 +58,15 @@ class Precision:
 
 
 def set_schedule_values(optimizer, lr, weight_decay):
-    """Apply the scheduled LR (times each group's layer-decay lr_scale) and weight decay."""
+    """Apply the scheduled LR (times each group's layer-decay lr_scale) and weight decay.
+
+    Values are stored as Python floats (not numpy scalars) so optimizer state_dicts stay loadable with
+    torch.load(weights_only=True).
+    """
     for group in optimizer.param_groups:
-        group['lr'] = lr * group.get('lr_scale', 1.0)
+        group['lr'] = float(lr) * group.get('lr_scale', 1.0)
         if weight_decay is not None and group['weight_decay'] > 0:
-            group['weight_decay'] = weight_decay
+            group['weight_decay'] = float(weight_decay)
 
 
 def train_one_epoch(model, criterion, data_loader, optimizer, precision, device, epoch, *,
