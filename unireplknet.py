@@ -658,8 +658,8 @@ def _compare_state_dicts(model_state, checkpoint_state) -> _StateDictDifference:
 
 def describe_state_dict(state_dict: Dict[str, torch.Tensor]) -> str:
     """Which UniRepLKNet a state_dict looks like, e.g. 'unireplknet_t in training form', from its keys and shapes."""
-    dims = tuple(state_dict[f'downsample_layers.{i}.0.weight'].shape[0] for i in range(4)
-                 if f'downsample_layers.{i}.0.weight' in state_dict)
+    stage_convs = ['downsample_layers.0.3.weight'] + [f'downsample_layers.{i}.0.weight' for i in range(1, 4)]
+    dims = tuple(state_dict[key].shape[0] for key in stage_convs if key in state_dict)
     depths = tuple(len({m.group(1) for m in (re.match(rf'stages\.{i}\.(\d+)\.', k) for k in state_dict) if m})
                    for i in range(4))
     is_training_form = any(k.endswith('pwconv2.2.weight') for k in state_dict)
