@@ -1,5 +1,6 @@
 """optim_factory.py: layer-decay id maps on the real models, weight-decay groups, optimizers, schedules."""
 import argparse
+import functools
 
 import numpy as np
 import pytest
@@ -12,10 +13,11 @@ import unireplknet  # noqa: F401  (registers unireplknet_*)
 from optim_factory import cosine_scheduler, create_optimizer, layer_decay_assigner, param_groups
 
 
-def meta_model(name, **kwargs):
-    """Full-size model without allocating memory: only names and shapes are needed."""
+@functools.lru_cache(maxsize=None)
+def meta_model(name):
+    """Full-size model without allocating memory: only names and shapes are needed (not modified by tests)."""
     with torch.device('meta'):
-        return timm.create_model(name, **kwargs)
+        return timm.create_model(name)
 
 
 def optimizer_args(**overrides):
