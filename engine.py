@@ -161,7 +161,8 @@ def train_one_epoch(model, criterion, data_loader, optimizer, precision, device,
 
     metric_logger.synchronize_between_processes()
     print('Averaged stats:', metric_logger)
-    return {name: meter.global_avg for name, meter in metric_logger.meters.items()}
+    # A run resumed exactly at the end of an epoch trains no step in it and has nothing to average.
+    return {name: meter.global_avg for name, meter in metric_logger.meters.items() if meter.count > 0}
 
 
 @torch.no_grad()

@@ -256,7 +256,7 @@ class MetricLogger:
         self.meters[name] = meter
 
     def __str__(self):
-        return self.delimiter.join(f'{name}: {meter}' for name, meter in self.meters.items())
+        return self.delimiter.join(f'{name}: {meter}' for name, meter in self.meters.items() if meter.deque)
 
     def synchronize_between_processes(self):
         for meter in self.meters.values():
