@@ -25,7 +25,7 @@ import logging
 import os
 import re
 from collections import OrderedDict
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -547,14 +547,14 @@ class UniRepLKNet(nn.Module):
         the stem is adapted when in_chans differs; everything else must match exactly. Backbone mode: non-strict.
         """
         state_dict = read_state_dict(checkpoint_path)
-        if self.out_indices is not None:
-            load_checkpoint_non_strict(self, state_dict)
-            return
         stem_key = 'downsample_layers.0.0.weight'
         if stem_key in state_dict and state_dict[stem_key].shape[1] != self.in_chans:
             _logger.info(f'Adapting the pretrained stem from {state_dict[stem_key].shape[1]} to {self.in_chans} '
                          f'input channels.')
             state_dict[stem_key] = adapt_input_conv(self.in_chans, state_dict[stem_key])
+        if self.out_indices is not None:
+            load_checkpoint_non_strict(self, state_dict)
+            return
         head_weight = state_dict.get('head.weight')
         if head_weight is not None and (self.num_classes == 0 or head_weight.shape[0] != self.num_classes):
             _logger.info(f'Not loading the pretrained classifier ({head_weight.shape[0]} classes): the model has '

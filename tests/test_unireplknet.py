@@ -8,6 +8,7 @@ import copy
 import logging
 import sys
 import types
+import warnings
 
 import pytest
 import timm
@@ -368,6 +369,13 @@ def test_group_matcher_orders_stem_stages_and_head_for_layer_decay():
 
 # ---- with_cp and SyncBN --------------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def warnings_as_errors():
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # e.g. the use_reentrant warning of the release's checkpointing
+        yield
+
+
 def test_with_cp_gives_the_same_outputs_gradients_and_bn_statistics():
     torch.manual_seed(0)
     plain = tiny_model(drop_path_rate=0.3, num_classes=5).double().train()
@@ -392,14 +400,6 @@ def test_with_cp_is_skipped_without_grad():
     model = tiny_model(with_cp=True).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 32, 32)).shape == (1, 1000)
-
-
-@contextlib.contextmanager
-def warnings_as_errors():
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter('error')  # e.g. the use_reentrant warning of the release's checkpointing
-        yield
 
 
 def test_sync_bn_runs_in_a_single_cpu_process():

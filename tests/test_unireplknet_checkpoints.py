@@ -282,11 +282,12 @@ def test_pretrained_features_only_and_in_chans_1(offline_hub, tiny_a_checkpoint)
     backbone = timm.create_model('unireplknet_a', pretrained=True, features_only=True, dims=TINY_DIMS,
                                  pretrained_cfg_overlay=dict(file=str(path)))
     assert_same_weights(backbone, source, skip=('norm0', 'norm1', 'norm2', 'norm3'))
-    mono = timm.create_model('unireplknet_a', pretrained=True, in_chans=1, dims=TINY_DIMS,
-                             pretrained_cfg_overlay=dict(file=str(path)))
     stem = source.state_dict()['downsample_layers.0.0.weight']
-    torch.testing.assert_close(mono.downsample_layers[0][0].weight, stem.sum(dim=1, keepdim=True))
-    assert_same_weights(mono, source, skip=('downsample_layers.0.0.weight',))
+    for features_only in (False, True):
+        mono = timm.create_model('unireplknet_a', pretrained=True, in_chans=1, dims=TINY_DIMS,
+                                 features_only=features_only, pretrained_cfg_overlay=dict(file=str(path)))
+        torch.testing.assert_close(mono.downsample_layers[0][0].weight, stem.sum(dim=1, keepdim=True))
+        assert_same_weights(mono, source, skip=('downsample_layers.0.0.weight', 'norm0', 'norm1', 'norm2', 'norm3'))
 
 
 def test_missing_local_file_is_named(offline_hub):
