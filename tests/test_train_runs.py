@@ -191,7 +191,7 @@ def test_non_finite_loss_stops_every_rank_without_a_checkpoint(tiny_data, tmp_pa
     output_dir = str(tmp_path / 'nan')
     argv = ['--model', 'unireplknet_a', '--model_overrides', BATCH_INDEPENDENT_UNIREPLKNET,
             *tiny_data_args(*tiny_data), '--batch_size', '4', '--epochs', '1', '--warmup_epochs', '0',
-            '--lr', '1e38', '--mixup', '0', '--cutmix', '0', '--output_dir', output_dir]
+            '--lr', '1e30', '--mixup', '0', '--cutmix', '0', '--output_dir', output_dir]
     completed = run_main(argv, nproc=2, timeout=300)
     assert completed.returncode != 0
     assert 'Loss is not finite' in completed.stdout and 'at epoch 0, step' in completed.stdout
