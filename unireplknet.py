@@ -15,6 +15,10 @@ This file is standalone (torch, timm and the standard library only) so it can be
 MMDetection projects.
 
 Shapes: images (B, in_chans, H, W); stage i works at (B, dims[i], H / 2**(i+2), W / 2**(i+2)); logits (B, num_classes).
+
+The compute lives in small methods that can be replaced without touching the state_dict:
+DilatedReparamBlock.forward_branches (training-form DRB), UniRepLKNetBlock.branch_forward / residual_forward, and
+UniRepLKNet.forward_features / forward_backbone. tests/test_unireplknet*.py pin keys, counts and exactness.
 """
 import argparse
 import contextlib
