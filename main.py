@@ -275,6 +275,10 @@ def load_finetune_weights(args, model):
             print(f'Removing key {key} from pretrained checkpoint (shape {tuple(state_dict[key].shape)} '
                   f'vs {tuple(own[key].shape)})')
             del state_dict[key]
+    if not set(state_dict) & set(own):
+        raise utils.CheckpointError(
+            f'--finetune {args.finetune}: none of its {len(state_dict)} keys is a key of {args.model} '
+            f'(first keys: {list(state_dict)[:3]}); check --model, --model_key and --model_prefix')
     missing, unexpected = utils.load_model_state(model, state_dict, strict=False, source=args.finetune)
     if missing:
         print(f'Weights of {type(model).__name__} not initialized from pretrained model: {missing}')

@@ -282,6 +282,10 @@ def test_finetune_drops_a_head_of_another_size(tmp_path):
     model = tiny_model()
     main.load_finetune_weights(args, model)
     assert torch.equal(model.stages[1][0].pwconv1[1].weight, pretrained.stages[1][0].pwconv1[1].weight)
+    # Without the prefix nothing matches: an error rather than a silently untouched model.
+    args = main.parse_args(['--finetune', str(path)])
+    with pytest.raises(utils.CheckpointError, match='--model_prefix'):
+        main.load_finetune_weights(args, tiny_model())
 
 
 def test_latest_checkpoint_ignores_best_files_and_temporaries(tmp_path):

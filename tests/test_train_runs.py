@@ -46,22 +46,22 @@ def test_quickstart_reaches_the_stated_accuracy(tmp_path):
     assert any(name.startswith('events.out.tfevents') for name in os.listdir(log_dir))
 
 
-# ---------------------------------------------------------------- README commands under torchrun
+# ---------------------------------------------------------------- README commands (python -m torch.distributed.launch)
 
-def test_readme_in1k_command_under_torchrun(tiny_data, tmp_path):
+def test_readme_in1k_command_under_distributed_launch(tiny_data, tmp_path):
     """README UniRepLKNet-A command, scaled down (batch 128 -> 4, update_freq 8 -> 2, tiny model and data)."""
     output_dir = str(tmp_path / 'a')
     argv = ['--model', 'unireplknet_a', '--drop_path', '0.0', '--batch_size', '4', '--lr', '4e-3',
             '--update_freq', '2', '--mixup', '0.3', '--cutmix', '0.3', *tiny_data_args(*tiny_data),
             '--output_dir', output_dir, '--model_overrides', TINY_UNIREPLKNET, '--epochs', '1', '--warmup_epochs', '0']
-    completed = run_main(argv, nproc=2)
+    completed = run_main(argv, nproc=2, launcher='torch.distributed.launch')
     assert_succeeded(completed)
     assert 'Number of training steps per epoch = 3' in completed.stdout  # 48 // (4 x 2 x 2)
     # Distributed evaluation of 21 images on 2 ranks counts each image exactly once.
     assert read_log(output_dir)[0]['test_num_images'] == 21
 
 
-def test_readme_finetune_command_under_torchrun(tiny_data, tmp_path):
+def test_readme_finetune_command_under_distributed_launch(tiny_data, tmp_path):
     """README UniRepLKNet-L 22K->1K command, scaled down, from a '22K' checkpoint with another head size."""
     pretrained = tmp_path / 'in22k.pth'
     model = main.build_model(main.parse_args(['--model', 'unireplknet_l', '--model_overrides', TINY_UNIREPLKNET,
@@ -74,7 +74,7 @@ def test_readme_finetune_command_under_torchrun(tiny_data, tmp_path):
             '--layer_decay', '0.8', '--head_init_scale', '0.001', '--cutmix', '0', '--mixup', '0',
             '--finetune', str(pretrained), *tiny_data_args(*tiny_data), '--output_dir', output_dir,
             '--model_overrides', TINY_UNIREPLKNET]
-    completed = run_main(argv, nproc=2)
+    completed = run_main(argv, nproc=2, launcher='torch.distributed.launch')
     assert_succeeded(completed)
     assert 'Removing key head.weight from pretrained checkpoint' in completed.stdout
     assert 'layer_13_no_decay' in completed.stdout  # layer-wise decay groups were built

@@ -79,18 +79,20 @@ def subprocess_env():
     return env
 
 
-def main_command(argv, nproc=1):
-    """`python main.py ...`, or `torchrun --nproc_per_node=N main.py ...` for nproc > 1."""
+def main_command(argv, nproc=1, launcher='torch.distributed.run'):
+    """`python main.py ...`, or for nproc > 1 `python -m LAUNCHER --nproc_per_node=N main.py ...` with
+    LAUNCHER torch.distributed.run (= torchrun) or torch.distributed.launch (the README's form, which
+    passes --local-rank=N to the script)."""
     if nproc == 1:
         return [sys.executable, os.path.join(REPO_ROOT, 'main.py'), *argv]
-    return [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={nproc}',
-            f'--master_port={free_port()}', os.path.join(REPO_ROOT, 'main.py'), *argv]
+    return [sys.executable, '-m', launcher, f'--nproc_per_node={nproc}', f'--master_port={free_port()}',
+            os.path.join(REPO_ROOT, 'main.py'), *argv]
 
 
-def run_main(argv, nproc=1, timeout=300):
+def run_main(argv, nproc=1, launcher='torch.distributed.run', timeout=300):
     """Run main.py to completion; returns the CompletedProcess (stdout and stderr merged)."""
-    return subprocess.run(main_command(argv, nproc), cwd=REPO_ROOT, env=subprocess_env(), timeout=timeout,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(main_command(argv, nproc, launcher), cwd=REPO_ROOT, env=subprocess_env(),
+                          timeout=timeout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def start_main(argv, log_path):
