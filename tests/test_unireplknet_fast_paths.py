@@ -1,0 +1,129 @@
+"""unireplknet.py CPU fast paths compute the same function as the plain layers they replace.
+
+The fast paths (BENCHMARKS.md): channels_last on CPU, dilated DRB branches by space-to-batch in training, and the
+eval-mode DRB as one conv with the fused kernel. Reference computations here use plain F.conv2d with dilation and
+the block's own BatchNorms, in float64 so that any difference beyond rounding shows.
+"""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import unireplknet
+from unireplknet import DilatedReparamBlock, dilated_depthwise_conv_by_space_to_batch
+
+DILATED_BRANCHES = sorted({(k, r) for branches in unireplknet.DRB_BRANCHES.values() for k, r in branches if r > 1})
+
+
+def randomise_batch_norms(module, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for norm in module.modules():
+            if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+                norm.running_mean.copy_(torch.rand(norm.running_mean.shape, generator=generator) - 0.5)
+                norm.running_var.copy_(torch.rand(norm.running_var.shape, generator=generator) + 0.5)
+                norm.weight.copy_(torch.rand(norm.weight.shape, generator=generator) + 0.5)
+                norm.bias.copy_(torch.rand(norm.bias.shape, generator=generator) - 0.5)
+    return module
+
+
+def reference_drb_forward(drb, x):
+    """The Dilated Reparam Block written out with plain (dilated) convs and the block's own BNs."""
+    out = drb.origin_bn(F.conv2d(x, drb.lk_origin.weight, padding=drb.kernel_size // 2, groups=x.shape[1]))
+    for k, r in drb.branches:
+        weight = getattr(drb, f'dil_conv_k{k}_{r}').weight
+        branch = F.conv2d(x, weight, padding=r * (k - 1) // 2, dilation=r, groups=x.shape[1])
+        out = out + getattr(drb, f'dil_bn_k{k}_{r}')(branch)
+    return out
+
+
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+@pytest.mark.parametrize('kernel, dilation', DILATED_BRANCHES)
+def test_space_to_batch_equals_the_dilated_conv_with_gradients(kernel, dilation, channels_last):
+    # Sizes that are not multiples of the dilation, and one smaller than the dilated kernel's reach.
+    for height, width in [(9, 14), (3, 5)]:
+        x = torch.randn(2, 3, height, width, dtype=torch.float64)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        weight = torch.randn(3, 1, kernel, kernel, dtype=torch.float64)
+        x_ref, w_ref = x.clone().requires_grad_(), weight.clone().requires_grad_()
+        x_s2b, w_s2b = x.clone().requires_grad_(), weight.clone().requires_grad_()
+        expected = F.conv2d(x_ref, w_ref, padding=dilation * (kernel - 1) // 2, dilation=dilation, groups=3)
+        result = dilated_depthwise_conv_by_space_to_batch(x_s2b, w_s2b, dilation)
+        torch.testing.assert_close(result, expected)
+        grad = torch.randn_like(expected)
+        expected.backward(grad)
+        result.backward(grad)
+        torch.testing.assert_close(x_s2b.grad, x_ref.grad)
+        torch.testing.assert_close(w_s2b.grad, w_ref.grad)
+
+
+@pytest.mark.parametrize('kernel_size', sorted(unireplknet.DRB_BRANCHES))
+def test_training_drb_matches_plain_dilated_convs_with_gradients_and_bn_statistics(kernel_size):
+    torch.manual_seed(kernel_size)
+    drb = randomise_batch_norms(DilatedReparamBlock(4, kernel_size, attempt_use_lk_impl=False)).double().train()
+    reference = copy.deepcopy(drb)
+    x = torch.randn(2, 4, 11, 16, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, expected = drb(x_fast), reference_drb_forward(reference, x_ref)
+    torch.testing.assert_close(out, expected)
+    grad = torch.randn_like(expected)
+    out.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(x_fast.grad, x_ref.grad)
+    for (name, p), p_ref in zip(drb.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, msg=name)
+    for (name, b), b_ref in zip(drb.named_buffers(), reference.buffers()):
+        torch.testing.assert_close(b, b_ref, msg=name)
+
+
+@pytest.mark.parametrize('kernel_size', sorted(unireplknet.DRB_BRANCHES))
+def test_eval_drb_is_one_fused_conv_with_the_branches_result(kernel_size):
+    torch.manual_seed(kernel_size)
+    drb = randomise_batch_norms(DilatedReparamBlock(4, kernel_size, attempt_use_lk_impl=False)).double().eval()
+    x = torch.randn(2, 4, 2 * kernel_size, 2 * kernel_size + 3, dtype=torch.float64)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad():
+        with counter:
+            out = drb(x)
+        torch.testing.assert_close(out, reference_drb_forward(drb, x))
+    one_conv_flops = 2 * x.numel() * kernel_size ** 2
+    assert counter.get_total_flops() == one_conv_flops
+    # Gradients (e.g. for ERF maps, computed in eval mode) flow through the fused kernel to every branch.
+    x.requires_grad_()
+    drb(x).sum().backward()
+    assert all(p.grad is not None for name, p in drb.named_parameters() if 'conv' in name or 'lk_origin' in name)
+
+
+def disable_fast_paths(monkeypatch):
+    """Make unireplknet compute as the release does: NCHW, dilated convs, branch by branch also in eval mode."""
+    monkeypatch.setattr(unireplknet, 'to_fast_layout', lambda x: x)
+    monkeypatch.setattr(DilatedReparamBlock, 'dilated_branch', lambda self, x, k, r: getattr(self, f'dil_conv_k{k}_{r}')(x))
+    monkeypatch.setattr(DilatedReparamBlock, 'forward',
+                        lambda self, x: self.lk_origin(x) if self.deploy else self.forward_branches(x))
+
+
+def test_model_with_fast_paths_matches_the_release_computation(monkeypatch):
+    torch.manual_seed(0)
+    fast = randomise_batch_norms(unireplknet.UniRepLKNet(depths=(2, 2, 2, 2), dims=(4, 8, 16, 32), num_classes=5,
+                                                         kernel_sizes=((3, 3), (13, 13), (13, 3), (13, 13))))
+    reference = copy.deepcopy(fast)
+    layouts = []
+    for stage in fast.stages:
+        stage.register_forward_hook(
+            lambda module, args, out: layouts.append(out.is_contiguous(memory_format=torch.channels_last)))
+    # float32: in float64, CPU depthwise convs take a slow per-channel path and this test would take ~20 s.
+    x = torch.randn(2, 3, 48, 48)
+    fast_outputs = [fast.train()(x), fast.eval()(x)]
+    assert layouts == [True] * 8  # every stage ran in channels_last on the CPU
+    fast_outputs[0].square().sum().backward()
+    disable_fast_paths(monkeypatch)
+    reference_outputs = [reference.train()(x), reference.eval()(x)]
+    reference_outputs[0].square().sum().backward()
+    for out, expected in zip(fast_outputs, reference_outputs):
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    for (name, p), p_ref in zip(fast.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-5, msg=name)
