@@ -3,7 +3,7 @@
 The requeue tests submit a tiny CPU training (main.py on DIGITS, a 4-block UniRepLKNet, 2 gloo ranks,
 `--ngpus 0 --tasks_per_node 2`) through run_with_submitit.py, interrupt it twice, and check that the job
 requeued itself, finished, and ended with exactly the weights of an uninterrupted run of the same command
-(submitted at the same time, so the two overlap).
+(one run on the LocalExecutor, started beside the first requeue test and shared by both).
 - submitit's LocalExecutor (always runs): SIGUSR2 is sent to every task, as SLURM does, once at the
   first step checkpoint and once at a step checkpoint of the requeued run (submitit counts both as
   timeouts, as it does for any signal under a limit shorter than 12 minutes).
@@ -38,27 +38,26 @@ TWO_CPU_RANKS = ["--nodes", "1", "--ngpus", "0", "--tasks_per_node", "2"]
 REQUEUE_MESSAGE = "training stopped for a timeout or preemption; requeuing"  # logged by rank 0
 
 
-@pytest.fixture
-def single_threaded_jobs(monkeypatch):
-    # Two ranks (plus the reference run) on a small machine: one thread each avoids oversubscription.
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+EPOCHS = 2
 
 
-def submit(job_dir, epochs, *launcher_argv):
-    argv = [*TWO_CPU_RANKS, "--job_dir", f"{job_dir}/%j", *launcher_argv, *TINY_TRAINING, "--epochs", str(epochs)]
-    return run_with_submitit.main(argv)
+def submit(job_dir, *launcher_argv):
+    argv = [*TWO_CPU_RANKS, "--job_dir", f"{job_dir}/%j", *launcher_argv, *TINY_TRAINING, "--epochs", str(EPOCHS)]
+    # Two ranks (and the reference run beside them) on a small machine: one thread each.
+    with submitit.helpers.environment_variables(OMP_NUM_THREADS="1"):
+        return run_with_submitit.main(argv)
 
 
-def wait_for(condition, timeout_s, what):
-    deadline = time.time() + timeout_s
+def wait_for(condition, deadline, what):
+    """Poll condition until it holds; the test's deadline (time.time() value) is its outer timeout."""
     while not condition():
         if time.time() > deadline:
-            raise TimeoutError(f"gave up after {timeout_s}s waiting for {what}")
+            raise TimeoutError(f"ran out of the test's time budget waiting for {what}")
         time.sleep(0.5)
 
 
-def finish(job, timeout_s):
-    wait_for(lambda: job.done(force_check=True), timeout_s, f"job {job.job_id} to finish")
+def finish(job, deadline):
+    wait_for(lambda: job.done(force_check=True), deadline, f"job {job.job_id} to finish")
     return job.results()
 
 
@@ -67,9 +66,9 @@ def log_of(job, rank):
     return path.read_text() if path.exists() else ""
 
 
-def final_weights(job, epochs):
+def final_weights(job):
     output_dir = job.paths.folder  # output_dir defaults to the job dir with %j expanded
-    checkpoint = torch.load(output_dir / f"checkpoint-{epochs - 1}.pth", map_location="cpu", weights_only=True)
+    checkpoint = torch.load(output_dir / f"checkpoint-{EPOCHS - 1}.pth", map_location="cpu", weights_only=True)
     return checkpoint["model"]
 
 
@@ -171,42 +170,43 @@ def test_contradictory_options_are_rejected_with_the_fix(argv, message, capsys):
 # ------------------------------------------------------------------------------------------------
 # Requeue on submitit's LocalExecutor
 # ------------------------------------------------------------------------------------------------
-LOCAL_EPOCHS = 2
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory):
+    """The tiny training run once without interruption, on the LocalExecutor, beside the requeue tests."""
+    job = submit(tmp_path_factory.mktemp("uninterrupted"), "--cluster", "local", "--timeout_min", "10")
+    yield job
+    job.cancel()
 
 
-def test_local_executor_requeues_twice_and_resumes_exactly(tmp_path, single_threaded_jobs):
+def test_local_executor_requeues_twice_and_resumes_exactly(tmp_path, uninterrupted_run):
     # A 5-minute limit: the LocalExecutor's own timeout signal (30 s before it) never comes, the test's
     # signals do; submitit counts every signal as a timeout for limits under 12 minutes.
-    launcher = ["--cluster", "local", "--timeout_min", "5", "--max_num_timeout", "3"]
-    reference = submit(tmp_path / "uninterrupted", LOCAL_EPOCHS, *launcher)
-    job = submit(tmp_path / "interrupted", LOCAL_EPOCHS, *launcher)
+    deadline = time.time() + 240
+    job = submit(tmp_path / "interrupted", "--cluster", "local", "--timeout_min", "5", "--max_num_timeout", "3")
     try:
         for requeues in range(2):
             # Signal every task of the current run, as SLURM does, once it has written a step checkpoint.
             seen = step_checkpoints(job)
-            wait_for(lambda: len(task_pids(job, requeues)) == 2 and step_checkpoints(job) - seen, 240,
+            wait_for(lambda: len(task_pids(job, requeues)) == 2 and step_checkpoints(job) - seen, deadline,
                      f"run {requeues} of the job to write a step checkpoint")
             signal_tasks(task_pids(job, requeues), signal.SIGUSR2)
-            wait_for(lambda: f"requeues_by_launcher={requeues + 1}" in log_of(job, 0), 120, f"requeue {requeues + 1}")
-        finish(job, 300)
-        finish(reference, 120)
+            wait_for(lambda: f"requeues_by_launcher={requeues + 1}" in log_of(job, 0), deadline,
+                     f"requeue {requeues + 1}")
+        finish(job, deadline)
+        finish(uninterrupted_run, deadline)
     finally:
         job.cancel()
-        reference.cancel()
 
     assert log_of(job, 0).count(REQUEUE_MESSAGE) == 2
     assert "requeues_by_launcher=2" in log_of(job, 1)
     assert "Not checkpointing nor requeuing since I am a slave" in log_of(job, 1)
-    assert "requeues_by_launcher=1" not in log_of(reference, 0)
-    assert_same_weights(final_weights(job, LOCAL_EPOCHS), final_weights(reference, LOCAL_EPOCHS))
+    assert "requeues_by_launcher=1" not in log_of(uninterrupted_run, 0)
+    assert_same_weights(final_weights(job), final_weights(uninterrupted_run))
 
 
 # ------------------------------------------------------------------------------------------------
 # Requeue on a real SLURM
 # ------------------------------------------------------------------------------------------------
-SLURM_EPOCHS = 2
-
-
 @pytest.fixture(scope="module")
 def slurm_cluster(tmp_path_factory):
     reason = why_slurm_unavailable()
@@ -254,38 +254,35 @@ def seconds(slurm_duration):
 
 
 def test_slurm_requeues_on_preemption_and_timeout_and_resumes_exactly(
-        slurm_cluster, tmp_path, monkeypatch, single_threaded_jobs):
+        slurm_cluster, tmp_path, monkeypatch, uninterrupted_run):
     for name in ("SLURM_CONF", "PATH"):
         monkeypatch.setenv(name, slurm_cluster.env()[name])
     deadline = time.time() + 330
-    launcher = ["--timeout_min", "10", "--max_num_timeout", "5", "--cpus_per_task", "1"]
-    reference = submit(tmp_path / "uninterrupted", SLURM_EPOCHS, *launcher)
-    job = submit(tmp_path / "interrupted", SLURM_EPOCHS, *launcher)
+    job = submit(tmp_path / "interrupted", "--timeout_min", "10", "--max_num_timeout", "5", "--cpus_per_task", "1")
 
     # Preemption: submitit's test hook (scancel --signal TERM, then USR2) once training has begun.
-    wait_for(lambda: step_checkpoints(job), 120, "the first step checkpoint")
+    wait_for(lambda: step_checkpoints(job), deadline, "the first step checkpoint")
     job._interrupt()
 
     # Timeout: once the requeued run trains, its tasks are frozen (SIGSTOP, which SLURM does not see) and
     # its time limit is cut to 1-2 minutes from now. SLURM's next periodic check sends USR2 for the time
     # limit (with a SIGCONT), so the run is still training when it arrives however fast this machine is.
     # The limit goes back up before the run after that starts.
-    wait_for(lambda: len(task_pids(job, 1)) == 2 and "Epoch: [" in second_run_log(job), 120,
+    wait_for(lambda: len(task_pids(job, 1)) == 2 and "Epoch: [" in second_run_log(job), deadline,
              "the requeued run to train")
     signal_tasks(task_pids(job, 1), signal.SIGSTOP)
     set_time_limit(slurm_cluster, job, seconds(slurm_job_field(slurm_cluster, job, "RunTime")) // 60 + 2)
     wait_for(lambda: REQUEUE_MESSAGE in second_run_log(job)
-             or all(has_pending_signal(pid, signal.SIGUSR2) for pid in task_pids(job, 1)), 60,
+             or all(has_pending_signal(pid, signal.SIGUSR2) for pid in task_pids(job, 1)), deadline,
              "SLURM's time-limit signal")
     set_time_limit(slurm_cluster, job, 10)
     signal_tasks(task_pids(job, 1), signal.SIGCONT)  # in case this SLURM did not resume them itself
 
-    finish(job, max(deadline - time.time(), 1))
-    finish(reference, max(deadline - time.time(), 1))
+    finish(job, deadline)
+    finish(uninterrupted_run, deadline)
     rank0 = log_of(job, 0)
     assert "SLURM_RESTART_COUNT=1" in rank0 and "SLURM_RESTART_COUNT=2" in rank0
     assert "SLURM_RESTART_COUNT=3" not in rank0
     assert rank0.count(REQUEUE_MESSAGE) == 2
     assert "Not checkpointing nor requeuing since I am a slave" in log_of(job, 1)
-    assert "SLURM_RESTART_COUNT=1" not in log_of(reference, 0)
-    assert_same_weights(final_weights(job, SLURM_EPOCHS), final_weights(reference, SLURM_EPOCHS))
+    assert_same_weights(final_weights(job), final_weights(uninterrupted_run))
