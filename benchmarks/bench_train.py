@@ -88,11 +88,11 @@ def write_jpeg_folder(root, num_classes, images_per_class, image_size):
                 os.path.join(folder, f'{image_index}.jpg'), quality=90)
 
 
-def parse_training_args(cli, data_set, data_path, input_size, nb_classes):
+def parse_training_args(cli, data_set, data_path, input_size, nb_classes, num_workers):
     """main.py's options for this run, with every other option at main.py's default."""
     argv = ['--model', cli.model, '--data_set', data_set, '--data_path', data_path,
             '--input_size', str(input_size), '--nb_classes', str(nb_classes),
-            '--batch_size', str(cli.batch_size), '--num_workers', str(cli.num_workers),
+            '--batch_size', str(cli.batch_size), '--num_workers', str(num_workers),
             '--device', cli.device, '--epochs', '1', '--warmup_epochs', '0',
             '--use_amp', str(cli.use_amp).lower(), '--amp_dtype', cli.amp_dtype]
     if cli.config:
@@ -161,7 +161,8 @@ def main_cli():
     parser.add_argument('--config', default='', help='optional main.py YAML whose options apply first')
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--batch_size', type=int, default=32)
-    parser.add_argument('--num_workers', type=int, default=2)
+    parser.add_argument('--num_workers', type=int, nargs='+', default=[0, 2],
+                        help='DataLoader worker counts to measure (0 = load in the training process)')
     parser.add_argument('--threads', type=int, default=torch.get_num_threads(), help='torch intra-op threads')
     parser.add_argument('--use_amp', action='store_true')
     parser.add_argument('--amp_dtype', default='bfloat16', choices=['float16', 'bfloat16'])
@@ -177,26 +178,32 @@ def main_cli():
 
     load_before = os.getloadavg()[0]
     rows = []
-    digits_args = parse_training_args(cli, 'DIGITS', '', cli.digits_input_size, 10)
-    rows.append(('DIGITS (in memory)', cli.digits_input_size, *measure(digits_args, cli)))
+    for workers in cli.num_workers:
+        digits_args = parse_training_args(cli, 'DIGITS', '', cli.digits_input_size, 10, workers)
+        rows.append(('DIGITS (in memory)', cli.digits_input_size, workers, *measure(digits_args, cli)))
     with tempfile.TemporaryDirectory() as root:
         per_class = -(-(cli.warmup_iters + cli.timed_iters) * cli.batch_size // cli.folder_classes)
         write_jpeg_folder(root, cli.folder_classes, per_class, cli.folder_image_size)
-        folder_args = parse_training_args(cli, 'image_folder', root, cli.folder_input_size, cli.folder_classes)
-        rows.append((f'JPEG ImageFolder ({cli.folder_image_size}px short side, decoded)',
-                     cli.folder_input_size, *measure(folder_args, cli)))
+        for workers in cli.num_workers:
+            folder_args = parse_training_args(cli, 'image_folder', root, cli.folder_input_size,
+                                              cli.folder_classes, workers)
+            rows.append((f'JPEG ImageFolder ({cli.folder_image_size}px short side, decoded)',
+                         cli.folder_input_size, workers, *measure(folder_args, cli)))
 
     command = 'python benchmarks/bench_train.py ' + shlex.join(sys.argv[1:])
     table = markdown_table(
-        ['data', 'input', 'train loop img/s', 'time waiting for data', 'loader alone img/s'],
-        [[name, f'{size}x{size}', f'{speed:.1f}', f'{share:.0%}', f'{alone:.1f}']
-         for name, size, speed, share, alone in rows])
+        ['data', 'input', 'DataLoader workers', 'train loop img/s', 'time waiting for data', 'loader alone img/s'],
+        [[name, f'{size}x{size}', workers, f'{speed:.1f}', f'{share:.0%}', f'{alone:.1f}']
+         for name, size, workers, speed, share, alone in rows])
     report = (f"`{command}`\n\n{utc_now()}; {machine_summary()}; model {cli.model}, batch {cli.batch_size}, "
-              f"{cli.num_workers} DataLoader workers, device {cli.device}, "
+              f"device {cli.device}, "
               f"{'amp ' + cli.amp_dtype if cli.use_amp else 'float32'}; main.py defaults otherwise "
               f"(RandAugment, random erasing 0.25, mixup 0.8 / cutmix 1.0, AdamW); {cli.timed_iters} timed "
               f"iterations after {cli.warmup_iters} warm-up. 1-minute load average {load_before:.1f} before and "
-              f"{os.getloadavg()[0]:.1f} after the run (other work on the machine slows every number).\n\n{table}\n")
+              f"{os.getloadavg()[0]:.1f} after the run (other work on the machine slows every number).\n\n{table}\n\n"
+              "train loop img/s: images per second of engine.train_one_epoch (main.py's loop: wait for the "
+              "batch, forward, backward, AdamW step); time waiting for data: share of that time spent in "
+              "next(loader); loader alone: the same DataLoader iterated without a model.\n")
     print(report)
     if cli.write_markdown:
         replace_section(cli.write_markdown, report)
