@@ -243,6 +243,15 @@ def test_truncated_checkpoint_is_reported_as_truncated(tmp_path):
         utils.load_checkpoint_file(str(path))
 
 
+def test_resume_from_a_truncated_checkpoint_stops_before_training(tiny_data, tmp_path):
+    path = tmp_path / 'checkpoint-0.pth'
+    path.write_bytes(b'PK\x03\x04 this is not a whole checkpoint')
+    args = main.parse_args(['--model', 'unireplknet_a', '--model_overrides', TINY_UNIREPLKNET,
+                            *tiny_data_args(*tiny_data), '--resume', str(path), '--eval', 'true'])
+    with pytest.raises(utils.CheckpointError, match=f'{path} is truncated or corrupt'):
+        main.main(args)
+
+
 def test_checkpoint_needing_arbitrary_unpickling_names_the_opt_in_flag(tmp_path):
     path = tmp_path / 'pickled.pth'
     torch.save({'model': {}, 'something': argparse.ArgumentParser}, path)
