@@ -359,14 +359,14 @@ class Checkpointer:
         state_dict = checkpoint['model'] if 'model' in checkpoint else checkpoint
         utils.load_model_state(self.model, state_dict, strict=True, source=path)
         print(f'Resume checkpoint {path}')
+        if self.model_ema is not None:
+            # Checkpoints without an EMA (released files, the original's) start it from the restored weights.
+            self.model_ema.module.load_state_dict(checkpoint.get('model_ema', self.model.state_dict()))
         if weights_only or 'optimizer' not in checkpoint or not isinstance(checkpoint.get('epoch'), int):
             return self.args.start_epoch, 0
 
         self.optimizer.load_state_dict(checkpoint['optimizer'])
         self.precision.load_state_dict(checkpoint.get('scaler'))
-        if self.model_ema is not None:
-            # Original checkpoints without an EMA start it from the restored weights.
-            self.model_ema.module.load_state_dict(checkpoint.get('model_ema', self.model.state_dict()))
         self.max_accuracy = checkpoint.get('max_accuracy', 0.0)
         self.max_accuracy_ema = checkpoint.get('max_accuracy_ema', 0.0)
         rng_states = checkpoint.get('rng_states')

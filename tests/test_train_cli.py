@@ -337,3 +337,19 @@ def test_kill_during_checkpoint_write_leaves_a_loadable_checkpoint(tmp_path):
     # The next run removes the half-written temporary file.
     utils.remove_stale_temporaries(str(tmp_path))
     assert os.listdir(tmp_path) == ['checkpoint-0.pth']
+
+
+def test_evaluation_resume_restores_the_ema_weights(tmp_path):
+    """--eval --resume with --model_ema: the EMA evaluated is the checkpoint's, not a fresh copy."""
+    from timm.utils import ModelEmaV3
+    saved_model, saved_ema = tiny_model(), tiny_model()
+    path = tmp_path / 'checkpoint-3.pth'
+    torch.save({'model': saved_model.state_dict(), 'model_ema': saved_ema.state_dict()}, path)
+    model = tiny_model()
+    model_ema = ModelEmaV3(model)
+    args = main.parse_args(['--eval', 'true'])
+    checkpointer = main.Checkpointer(args, model, optimizer=None, precision=None, model_ema=model_ema,
+                                     steps_per_epoch=0)
+    assert checkpointer.restore(str(path), weights_only=True) == (0, 0)
+    assert torch.equal(model.head.weight, saved_model.head.weight)
+    assert torch.equal(model_ema.module.head.weight, saved_ema.head.weight)
