@@ -181,7 +181,7 @@ def uninterrupted_run(tmp_path_factory):
 def test_local_executor_requeues_twice_and_resumes_exactly(tmp_path, uninterrupted_run):
     # A 5-minute limit: the LocalExecutor's own timeout signal (30 s before it) never comes, the test's
     # signals do; submitit counts every signal as a timeout for limits under 12 minutes.
-    deadline = time.time() + 240
+    deadline = time.time() + 300
     job = submit(tmp_path / "interrupted", "--cluster", "local", "--timeout_min", "5", "--max_num_timeout", "3")
     try:
         for requeues in range(2):
