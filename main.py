@@ -30,7 +30,7 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3, reparameterize_model
 
-import replknet  # noqa: F401  (registers replknet_* with timm)
+import replknet  # registers replknet_* with timm; REPLKNET_ALIASES maps the original names
 import unireplknet  # noqa: F401  (registers unireplknet_* with timm)
 import utils
 from datasets import build_dataset, collate_skipping_corrupt
