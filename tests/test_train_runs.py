@@ -10,16 +10,12 @@ import torch
 
 import main
 import utils
-from train_helpers import (BATCH_INDEPENDENT_UNIREPLKNET, TINY_UNIREPLKNET, assert_bitwise_equal,
+from train_helpers import (BATCH_INDEPENDENT_UNIREPLKNET, REPO_ROOT, TINY_UNIREPLKNET, assert_bitwise_equal,
                            assert_optimizer_states_equal, assert_succeeded, load_checkpoint, make_tiny_dataset,
                            max_abs_difference, read_log, run_main, start_main, tiny_data_args)
 
-# The README quickstart: a small UniRepLKNet (DRB blocks, BN, GRN, SE) on the bundled digits, on CPU.
-QUICKSTART = ['--model', 'unireplknet_a', '--model_overrides',
-              '{"depths":[1,1,2,1],"dims":[16,32,64,128],"kernel_sizes":[[3],[7],[7,3],[7]]}',
-              '--data_set', 'DIGITS', '--input_size', '32', '--batch_size', '64', '--lr', '2e-3', '--epochs', '8',
-              '--warmup_epochs', '1', '--mixup', '0', '--cutmix', '0', '--aa', 'none', '--reprob', '0',
-              '--device', 'cpu', '--num_workers', '0']
+# The README quickstart: a small UniRepLKNet (DRB blocks, BN, GRN, SE) on the bundled digits, on CPU, 8 epochs.
+QUICKSTART = ['--config', os.path.join(REPO_ROOT, 'configs', 'quickstart_digits.yaml')]
 # A working pipeline ends near 88-90% on the 360 validation digits (measured); chance is 10%.
 QUICKSTART_MIN_ACCURACY = 80.0
 
@@ -33,16 +29,17 @@ def test_quickstart_reaches_the_stated_accuracy(tmp_path):
     output_dir, log_dir = str(tmp_path / 'quickstart'), str(tmp_path / 'tb')
     assert_succeeded(run_main([*QUICKSTART, '--output_dir', output_dir, '--log_dir', log_dir], timeout=600))
     log = read_log(output_dir)
-    assert [line['epoch'] for line in log] == list(range(8))
+    epochs = main.parse_args(QUICKSTART).epochs
+    assert [line['epoch'] for line in log] == list(range(epochs))
     assert log[-1]['test_acc1'] >= QUICKSTART_MIN_ACCURACY, log[-1]
     assert {'train_lr', 'train_min_lr', 'train_loss', 'train_weight_decay', 'train_class_acc', 'train_grad_norm',
             'test_loss', 'test_acc1', 'test_acc5', 'epoch', 'n_parameters'} <= set(log[-1])
     assert log[-1]['test_num_images'] == 360
-    checkpoint = load_checkpoint(os.path.join(output_dir, 'checkpoint-7.pth'))  # weights_only=True
+    checkpoint = load_checkpoint(os.path.join(output_dir, f'checkpoint-{epochs - 1}.pth'))  # weights_only=True
     assert {'model', 'optimizer', 'scaler', 'epoch', 'step', 'max_accuracy', 'rng_states', 'args'} <= set(checkpoint)
     assert checkpoint['max_accuracy'] == max(line['test_acc1'] for line in log)
-    assert sorted(os.listdir(output_dir)) == ['checkpoint-5.pth', 'checkpoint-6.pth', 'checkpoint-7.pth',
-                                              'checkpoint-best.pth', 'log.txt']
+    kept = [f'checkpoint-{epoch}.pth' for epoch in range(epochs - 3, epochs)]  # --save_ckpt_num 3
+    assert sorted(os.listdir(output_dir)) == sorted([*kept, 'checkpoint-best.pth', 'log.txt'])
     assert any(name.startswith('events.out.tfevents') for name in os.listdir(log_dir))
 
 
