@@ -221,7 +221,7 @@ def apply_config_file(parser, path):
 def parse_args(argv=None, parser=None):
     """Parse main.py options, with --config FILE.yaml supplying defaults that explicit flags override."""
     if parser is None:
-        parser = argparse.ArgumentParser('UniRepLKNet / RepLKNet training and evaluation',
+        parser = argparse.ArgumentParser(description='UniRepLKNet / RepLKNet training and evaluation',
                                          parents=[get_args_parser()])
     known, _ = parser.parse_known_args(argv)
     if known.config:

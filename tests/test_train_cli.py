@@ -104,6 +104,25 @@ def test_launcher_local_rank_spellings():
     assert main.parse_args(['--reparam', 'false']).reparam is False
 
 
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main.parse_args(['--help'])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert all(f'--{action.dest}' in text for action in main.get_args_parser()._actions)
+
+
+def test_slurm_task_without_a_world_size_runs_alone(monkeypatch):
+    """A plain `python main.py` inside an sbatch script (SLURM_PROCID=0) must not wait for other ranks;
+    launchers that want a group set args.world_size (or RANK/WORLD_SIZE)."""
+    for name in ('RANK', 'WORLD_SIZE'):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv('SLURM_PROCID', '0')
+    args = main.parse_args(['--device', 'cpu'])
+    utils.init_distributed_mode(args)
+    assert args.distributed is False and args.world_size == 1
+
+
 def test_config_file_sets_defaults_and_flags_win(tmp_path):
     config = tmp_path / 'run.yaml'
     config.write_text(yaml.safe_dump({'lr': '4e-3', 'batch_size': 32, 'model_ema': True, 'opt': 'lamb',
