@@ -95,40 +95,43 @@ def make_eval_step(model, x):
 def speed_report(args):
     x = torch.randn(args.batch, 3, args.img_size, args.img_size)
     labels = torch.randint(0, 1000, (args.batch,))
-    names = [args.model] + [n for n in args.compare.split(",") if n and n != args.model]
+    # Rows: (label, model name, channels_last). --model gets NCHW input, as users call it; its own
+    # forward decides its internal layout. Baselines run as timm builds them, and optionally in channels_last.
+    baselines = [n for n in args.compare.split(",") if n and n != args.model]
+    rows_spec = [(args.model, args.model, False)] + [(n, n, False) for n in baselines]
+    if args.compare_channels_last:
+        rows_spec += [(f"{n} (channels_last)", n, True) for n in baselines]
     steps, info = {}, {}
-    for name in names:
-        model, model_x = as_input_layout(build_model(name), x, args.channels_last)
+    for label, name, channels_last in rows_spec:
+        model, model_x = as_input_layout(build_model(name), x, channels_last)
         deployed = reparameterize_model(copy.deepcopy(model).eval())
-        info[name] = (sum(p.numel() for p in model.parameters()) / 1e6,
-                      sum(p.numel() for p in deployed.parameters()) / 1e6,
-                      count_gmacs(deployed, args.img_size))
-        steps[(name, "train")] = make_train_step(model, model_x, labels)
-        steps[(name, "eval")] = make_eval_step(copy.deepcopy(model), model_x)
-        steps[(name, "deploy")] = make_eval_step(deployed, model_x)
+        info[label] = (sum(p.numel() for p in model.parameters()) / 1e6,
+                       sum(p.numel() for p in deployed.parameters()) / 1e6,
+                       count_gmacs(deployed, args.img_size))
+        steps[(label, "train")] = make_train_step(model, model_x, labels)
+        steps[(label, "eval")] = make_eval_step(copy.deepcopy(model), model_x)
+        steps[(label, "deploy")] = make_eval_step(deployed, model_x)
     if args.with_cp:
-        model, model_x = as_input_layout(build_model(args.model, with_cp=True), x, args.channels_last)
-        steps[(args.model, "train_cp")] = make_train_step(model, model_x, labels)
+        steps[(args.model, "train_cp")] = make_train_step(build_model(args.model, with_cp=True), x, labels)
 
     seconds = interleaved_medians(steps, args.warmup, args.repeats)
     img_per_s = {key: args.batch / s for key, s in seconds.items()}
     rows = []
-    for name in names:
-        train_params, deploy_params, gmacs = info[name]
-        rows.append([name, f"{train_params:.2f} / {deploy_params:.2f}", f"{gmacs:.3f}",
-                     f"{img_per_s[(name, 'train')]:.1f}", f"{img_per_s[(name, 'eval')]:.1f}",
-                     f"{img_per_s[(name, 'deploy')]:.1f}"])
+    for label, _, _ in rows_spec:
+        train_params, deploy_params, gmacs = info[label]
+        rows.append([label, f"{train_params:.2f} / {deploy_params:.2f}", f"{gmacs:.3f}",
+                     f"{img_per_s[(label, 'train')]:.1f}", f"{img_per_s[(label, 'eval')]:.1f}",
+                     f"{img_per_s[(label, 'deploy')]:.1f}"])
     if args.with_cp:
         rows.append([f"{args.model} with_cp=True", "", "", f"{img_per_s[(args.model, 'train_cp')]:.1f}", "", ""])
     table = markdown_table(["model", "params M (train / deploy)", "GMACs", "train step img/s",
                             "eval img/s (train structure)", "eval img/s (reparameterised)"], rows)
 
     ratios = []
-    for baseline in names[1:]:
-        ratios.append(f"- {args.model} / {baseline}: training step "
-                      f"{img_per_s[(args.model, 'train')] / img_per_s[(baseline, 'train')]:.2f}x, "
-                      f"reparameterised eval {img_per_s[(args.model, 'deploy')] / img_per_s[(baseline, 'eval')]:.2f}x "
-                      f"(of the baseline's eval img/s)")
+    for label, _, _ in rows_spec[1:]:
+        ratios.append(f"- {args.model} / {label}: training step "
+                      f"{img_per_s[(args.model, 'train')] / img_per_s[(label, 'train')]:.2f}x, "
+                      f"reparameterised eval {img_per_s[(args.model, 'deploy')] / img_per_s[(label, 'deploy')]:.2f}x")
     if args.with_cp:
         ratios.append(f"- {args.model} with_cp=True training step takes "
                       f"{seconds[(args.model, 'train_cp')] / seconds[(args.model, 'train')]:.2f}x the plain step's time")
@@ -144,13 +147,12 @@ def current_rss_bytes(field):
     raise RuntimeError(f"{field} not found in /proc/self/status (the --memory mode needs Linux)")
 
 
-def measure_train_step_memory(name, with_cp, batch, img_size, threads, channels_last):
+def measure_train_step_memory(name, with_cp, batch, img_size, threads):
     """Runs in a fresh process: (RSS before, peak RSS during) the first training step, in bytes."""
     torch.set_num_threads(threads)
     register_repository_models()
     x = torch.randn(batch, 3, img_size, img_size)
-    model, x = as_input_layout(build_model(name, with_cp=with_cp), x, channels_last)
-    step = make_train_step(model, x, torch.randint(0, 1000, (batch,)))
+    step = make_train_step(build_model(name, with_cp=with_cp), x, torch.randint(0, 1000, (batch,)))
     before = current_rss_bytes("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS, so it records this step's peak only
@@ -164,7 +166,7 @@ def memory_report(args):
     for with_cp in (False, True):
         with spawn.Pool(1) as pool:
             before, peak = pool.apply(measure_train_step_memory, (args.model, with_cp, args.batch, args.img_size,
-                                                                   args.threads, args.channels_last))
+                                                                   args.threads))
         peaks[with_cp] = (peak, peak - before)
         rows.append([args.model, str(with_cp), f"{before / 2**20:.0f}", f"{peak / 2**20:.0f}",
                      f"{(peak - before) / 2**20:.0f}"])
@@ -205,8 +207,8 @@ def main():
                         help="also time a training step of --model built with with_cp=True")
     parser.add_argument("--memory", action="store_true",
                         help="measure peak memory of one training step, plain vs with_cp=True, instead of speed")
-    parser.add_argument("--channels_last", action="store_true",
-                        help="convert every model and its input to channels_last before timing")
+    parser.add_argument("--compare_channels_last", action="store_true",
+                        help="also time every --compare baseline converted (model and input) to channels_last")
     parser.add_argument("--out", default=None,
                         help="markdown file to update (e.g. BENCHMARKS.md); the table goes in a marked block")
     args = parser.parse_args()
@@ -220,11 +222,11 @@ def main():
     body = memory_report(args) if args.memory else speed_report(args)
     command = "python benchmarks/bench_models.py " + shlex.join(sys.argv[1:])
     mode = "memory" if args.memory else "speed"
-    layout = ", channels_last input" if args.channels_last else ""
-    key = f"{mode} {args.model} batch {args.batch} @{args.img_size}{layout}"
+    timing_note = "" if args.memory else (f", median of {args.repeats} interleaved repeats after "
+                                          f"{args.warmup} warm-up calls")
+    key = f"{mode} {args.model} batch {args.batch} @{args.img_size}"
     report = (f"#### {key}\n\n`{command}`\n\n{utc_now()}; {machine_summary()}; batch {args.batch}, "
-              f"{args.img_size}x{args.img_size}, float32, median of {args.repeats} interleaved repeats after "
-              f"{args.warmup} warm-up calls.\n\n{body}")
+              f"{args.img_size}x{args.img_size}, float32{timing_note}.\n\n{body}")
     print(report)
     if args.out:
         write_section(args.out, key, report)

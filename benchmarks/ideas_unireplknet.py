@@ -1,12 +1,15 @@
 """Whole-model effect of each CPU speed idea on a UniRepLKNet, measured in one interleaved run.
 
 Each idea is applied on top of the previous ones to a fresh model (per instance, by replacing the
-DilatedReparamBlock's forward), so that the rows read as a cumulative "before / after" sequence.
+forward of the DilatedReparamBlocks or GRNs), so that the rows read as a cumulative "before / after"
+sequence; the reparameterised column converts a copy with timm.utils.reparameterize_model.
 All variants compute the same function (checked against the first variant before timing).
 
     python benchmarks/ideas_unireplknet.py --model unireplknet_a --batch 32 --img_size 224 --threads 1
 """
 import argparse
+import contextlib
+import copy
 import os
 import sys
 import types
@@ -14,10 +17,10 @@ import types
 import timm
 import torch
 import torch.nn.functional as F
+from timm.utils import reparameterize_model
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench_models import make_eval_step, make_train_step  # noqa: E402  (this folder is sys.path[0])
-from micro_dwconv import dilate_kernel, space_to_batch_dwconv  # noqa: E402
 from timing import interleaved_medians, machine_summary, markdown_table, utc_now  # noqa: E402
 
 import unireplknet  # noqa: E402
@@ -28,12 +31,8 @@ def dilated_branch(x, weight, dilation):
 
 
 def dense_equivalent_branch(x, weight, dilation):
-    dense = dilate_kernel(weight, dilation)
+    dense = unireplknet.dilated_to_dense_kernel(weight, dilation)
     return F.conv2d(x, dense, padding=dense.shape[-1] // 2, groups=x.shape[1])
-
-
-def space_to_batch_branch(x, weight, dilation):
-    return dilated_branch(x, weight, 1) if dilation == 1 else space_to_batch_dwconv(x, weight, dilation)
 
 
 def drb_forward(branch_conv, merge_in_eval):
@@ -53,24 +52,56 @@ def drb_forward(branch_conv, merge_in_eval):
     return forward
 
 
-# (label, channels_last, DRB forward or None for the model's own)
+def grn_forward_addcmul(self, x):
+    """GRN with the scale and the `+ beta` in one pass over the 4C-channel tensor (torch.addcmul)."""
+    global_response = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)
+    scale = self.gamma * (global_response / (global_response.mean(dim=-1, keepdim=True) + 1e-6)) + 1
+    return x * scale if self.beta is None else torch.addcmul(self.beta, x, scale)
+
+
+@contextlib.contextmanager
+def release_layout():
+    """Run the model in NCHW as the release does (unireplknet.py moves CPU input to channels_last)."""
+    fast_layout = unireplknet.to_fast_layout
+    unireplknet.to_fast_layout = lambda x: x
+    try:
+        yield
+    finally:
+        unireplknet.to_fast_layout = fast_layout
+
+
+RELEASE_DRB = drb_forward(dilated_branch, merge_in_eval=False)
+# (label, channels_last, {module class: replacement forward}); each row adds one idea to the rows above it.
+# {} is unireplknet.py as shipped.
 IDEAS = [
-    ("original (NCHW)", False, None),
-    ("channels_last end to end", True, None),
-    ("+ eval: DRB branches merged into one kernel on the fly", True, drb_forward(dilated_branch, True)),
-    ("+ train: dilated branches as dense-equivalent kernels", True, drb_forward(dense_equivalent_branch, True)),
-    ("+ train: dilated branches by space-to-batch", True, drb_forward(space_to_batch_branch, True)),
+    ("release computation (NCHW)", False, {unireplknet.DilatedReparamBlock: RELEASE_DRB}),
+    ("channels_last end to end", True, {unireplknet.DilatedReparamBlock: RELEASE_DRB}),
+    ("+ eval: DRB branches merged into one kernel on the fly", True,
+     {unireplknet.DilatedReparamBlock: drb_forward(dilated_branch, merge_in_eval=True)}),
+    ("+ train: dilated branches as dense-equivalent kernels", True,
+     {unireplknet.DilatedReparamBlock: drb_forward(dense_equivalent_branch, merge_in_eval=True)}),
+    ("+ train: dilated branches by space-to-batch instead (shipped)", True, {}),
+    ("+ GRN scale and beta in one addcmul", True, {unireplknet.GRNwithNHWC: grn_forward_addcmul}),
 ]
 
 
-def build_variant(name, channels_last, forward):
+def build_variant(name, forwards):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=1000)
-    if forward is not None:
-        for module in model.modules():
-            if isinstance(module, unireplknet.DilatedReparamBlock):
-                module.forward = types.MethodType(forward, module)
-    return model.to(memory_format=torch.channels_last) if channels_last else model
+    for module in model.modules():
+        if type(module) in forwards:
+            module.forward = types.MethodType(forwards[type(module)], module)
+    return model
+
+
+def in_layout(step, channels_last):
+    if channels_last:
+        return step
+
+    def release_layout_step():
+        with release_layout():
+            step()
+    return release_layout_step
 
 
 def randomize_norm_statistics(model):
@@ -80,6 +111,7 @@ def randomize_norm_statistics(model):
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5, generator=generator)
             module.running_var.uniform_(0.5, 2.0, generator=generator)
+    return model
 
 
 def main():
@@ -96,26 +128,27 @@ def main():
     x = torch.randn(args.batch, 3, args.img_size, args.img_size)
     labels = torch.randint(0, 1000, (args.batch,))
     steps, reference = {}, None
-    for label, channels_last, forward in IDEAS:
-        model = build_variant(args.model, channels_last, forward)
-        model_x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-        randomize_norm_statistics(model)
-        with torch.no_grad():
-            check = (model.eval()(model_x[:2]), model.train()(model_x[:2]))
+    for label, channels_last, forwards in IDEAS:
+        model = randomize_norm_statistics(build_variant(args.model, forwards))
+        with torch.no_grad(), (contextlib.nullcontext() if channels_last else release_layout()):
+            check = (model.eval()(x[:2]), model.train()(x[:2]))
         if reference is None:
             reference = check
         for mode, ours, ref in zip(("eval", "train"), check, reference):
             torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4, msg=f"{label} changes the {mode} output")
-        steps[(label, "train")] = make_train_step(model, model_x, labels)
-        steps[(label, "eval")] = make_eval_step(model, model_x)
+        deployed = reparameterize_model(copy.deepcopy(model).eval())
+        steps[(label, "train")] = in_layout(make_train_step(model, x, labels), channels_last)
+        steps[(label, "eval")] = in_layout(make_eval_step(model, x), channels_last)
+        steps[(label, "deploy")] = in_layout(make_eval_step(deployed, x), channels_last)
 
     seconds = interleaved_medians(steps, args.warmup, args.repeats)
-    rows = [[label, f"{args.batch / seconds[(label, 'train')]:.1f}", f"{args.batch / seconds[(label, 'eval')]:.1f}"]
+    rows = [[label] + [f"{args.batch / seconds[(label, mode)]:.1f}" for mode in ("train", "eval", "deploy")]
             for label, _, _ in IDEAS]
     print(f"`python benchmarks/ideas_unireplknet.py --model {args.model} --batch {args.batch} --img_size "
           f"{args.img_size} --threads {args.threads} --repeats {args.repeats} --warmup {args.warmup}`, {utc_now()}, "
           f"{machine_summary()}; img/s, median of {args.repeats} interleaved repeats.\n")
-    print(markdown_table(["idea (cumulative)", "train step img/s", "eval img/s (train structure)"], rows))
+    print(markdown_table(["idea (cumulative)", "train step img/s", "eval img/s (train structure)",
+                          "eval img/s (reparameterised)"], rows))
 
 
 if __name__ == "__main__":

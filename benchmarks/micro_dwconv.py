@@ -10,46 +10,21 @@ each forward only and forward+backward (grads for input and weight, as in traini
     python benchmarks/micro_dwconv.py --batch 32 --threads 2 --repeats 7 --out micro_dwconv.md
 """
 import argparse
+import os
+import sys
 
 import torch
 import torch.nn.functional as F
 
 from timing import interleaved_medians, machine_summary, markdown_table, utc_now
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from unireplknet import dilated_depthwise_conv_by_space_to_batch, dilated_to_dense_kernel  # noqa: E402
+
 # (channels, resolution) of unireplknet_a's stages at 224x224 input.
 STAGE_SHAPES = {0: (40, 56), 1: (80, 28), 2: (160, 14), 3: (320, 7)}
 # Dilated branches of a K=13 DRB (facts A.6): (kernel, dilation).
 K13_BRANCHES = [(5, 1), (7, 2), (3, 3), (3, 4), (3, 5)]
-
-
-def dilate_kernel(weight, dilation):
-    """Dense kernel equivalent to `weight` applied with `dilation`: insert dilation-1 zeros between taps."""
-    if dilation == 1:
-        return weight
-    out_c, in_c, k, _ = weight.shape
-    size = dilation * (k - 1) + 1
-    dense = weight.new_zeros(out_c, in_c, size, size)
-    dense[:, :, ::dilation, ::dilation] = weight
-    return dense
-
-
-def space_to_batch_dwconv(x, weight, dilation):
-    """Depthwise dilated 'same' conv computed as an undilated conv on the dilation*dilation
-    sub-sampled phases of the (padded) input, which are moved into the batch dimension."""
-    n, c, h, w = x.shape
-    k = weight.shape[-1]
-    pad = dilation * (k - 1) // 2
-    # Pad so that each padded side is a multiple of the dilation.
-    hp = -(-(h + 2 * pad) // dilation) * dilation
-    wp = -(-(w + 2 * pad) // dilation) * dilation
-    x = F.pad(x, (pad, wp - w - pad, pad, hp - h - pad))
-    nhwc = x.permute(0, 2, 3, 1).reshape(n, hp // dilation, dilation, wp // dilation, dilation, c)
-    phases = nhwc.permute(0, 2, 4, 1, 3, 5).reshape(n * dilation * dilation, hp // dilation, wp // dilation, c)
-    y = F.conv2d(phases.permute(0, 3, 1, 2), weight, groups=c)
-    ho, wo = y.shape[-2:]
-    y = y.permute(0, 2, 3, 1).reshape(n, dilation, dilation, ho, wo, c)
-    y = y.permute(0, 3, 1, 4, 2, 5).reshape(n, ho * dilation, wo * dilation, c)
-    return y[:, :h, :w].permute(0, 3, 1, 2)
 
 
 def as_layout(x, layout):
@@ -100,7 +75,7 @@ def dilated_branch_cases(batch, stage):
             return F.conv2d(x, w, padding=p, dilation=d, groups=c)
 
         def dense(x, w, p=pad, d=dilation, c=channels):
-            return F.conv2d(x, dilate_kernel(w, d), padding=p, groups=c)
+            return F.conv2d(x, dilated_to_dense_kernel(w, d), padding=p, groups=c)
 
         x = torch.randn(batch, channels, res, res)
         yield name, shape, "dilated NCHW", dilated, (x, w)
@@ -109,12 +84,12 @@ def dilated_branch_cases(batch, stage):
         if dilation > 1:
             yield name, shape, "dense-equivalent channels_last", dense, (x_cl, w)
             yield name, shape, "space-to-batch channels_last", \
-                lambda x, w, d=dilation: space_to_batch_dwconv(x, w, d), (x_cl, w)
+                lambda x, w, d=dilation: dilated_depthwise_conv_by_space_to_batch(x, w, d), (x_cl, w)
 
 
 def pointwise_cases(batch):
     """The FFN's C->4C and 4C->C layers: Linear on NHWC vs 1x1 conv on channels_last NCHW."""
-    for stage in (1, 2):
+    for stage in (0, 1, 2, 3):
         channels, res = STAGE_SHAPES[stage]
         for c_in, c_out in [(channels, 4 * channels), (4 * channels, channels)]:
             name, shape = f"pointwise {c_in}->{c_out}", f"{res}x{res}"
@@ -138,6 +113,7 @@ def main():
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--only", default="", help="run only the ops whose name contains this text, e.g. pointwise")
     parser.add_argument("--out", default=None, help="also write the markdown table to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -148,6 +124,8 @@ def main():
     # The implementations of one op at one shape are timed interleaved with each other.
     groups = {}
     for name, shape, variant, op, inputs in cases:
+        if args.only not in name:
+            continue
         groups.setdefault((name, shape), []).append((variant, op, inputs))
     rows = []
     for (name, shape), variants in groups.items():
