@@ -31,14 +31,12 @@ TINY_TRAINING = [
     "--model", "unireplknet_a", "--model_overrides", TINY_MODEL, "--data_set", "DIGITS", "--input_size", "32",
     "--batch_size", "16", "--warmup_epochs", "0", "--device", "cpu", "--num_workers", "0",
     "--disable_eval", "true", "--save_ckpt_every_steps", "10",
-    # RandAugment off: timm's 'inc1' posterize can ask Pillow >= 10 for 0 bits and raise.
+    # RandAugment off: timm's 'inc1' posterize can ask Pillow for 0 bits, which Pillow 13 rejects.
     "--aa", "none",
 ]
+EPOCHS = 2
 TWO_CPU_RANKS = ["--nodes", "1", "--ngpus", "0", "--tasks_per_node", "2"]
 REQUEUE_MESSAGE = "training stopped for a timeout or preemption; requeuing"  # logged by rank 0
-
-
-EPOCHS = 2
 
 
 def submit(job_dir, *launcher_argv):
