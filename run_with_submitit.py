@@ -21,7 +21,11 @@ writes a checkpoint of that step, and main() raises `utils.TrainingInterrupted`.
 run submitit's original handler: on global rank 0 it calls `Trainer.checkpoint()` (a fresh Trainer with
 auto-resume and a new rendezvous file), counts the timeout, requeues the job (same job id, hence the same
 output directory) and exits; the other ranks exit without writing anything. The requeued job resumes from
-that step checkpoint.
+that step checkpoint. A signal that arrives before training started (while main.py is being imported)
+requeues at once. Requeued runs import the code found in this checkout when they restart.
+
+To resume by hand (a cancelled job, or one out of --max_num_timeout), submit the same command with
+--output_dir set to the old job's folder: auto-resume picks its newest checkpoint.
 """
 import argparse
 import copy
