@@ -245,3 +245,12 @@ def test_inception_mean_std_switch():
                      if isinstance(s, transforms.Normalize)][0]
         assert list(map(float, normalize.mean)) == [0.5, 0.5, 0.5]
         assert list(map(float, normalize.std)) == [0.5, 0.5, 0.5]
+
+
+def test_randaugment_posterize_at_full_magnitude_works():
+    """The default --aa (rand-m9-mstd0.5-inc1) can ask for posterize with 0 bits kept; Pillow 13 raises on
+    that, which crashed training at random. requirements.txt pins Pillow < 13, where it gives black, as in
+    the release."""
+    from timm.data.auto_augment import posterize
+    image = Image.new('RGB', (8, 8), (200, 100, 50))
+    assert posterize(image, 0).getpixel((0, 0)) == (0, 0, 0)
