@@ -33,7 +33,7 @@ from timm.utils import ModelEmaV3, reparameterize_model
 import replknet  # registers replknet_* with timm; REPLKNET_ALIASES maps the original names
 import unireplknet  # noqa: F401  (registers unireplknet_* with timm)
 import utils
-from datasets import build_dataset, collate_skipping_corrupt
+from datasets import build_dataset, collate_skipping_corrupt, count_skipped
 from engine import Precision, evaluate, train_one_epoch
 from optim_factory import cosine_scheduler, create_optimizer, layer_decay_assigner
 from utils import str2bool
@@ -630,6 +630,8 @@ def main(args):
 
         log_stats = {**{f'train_{k}': v for k, v in train_stats.items()}, 'epoch': epoch,
                      'n_parameters': n_parameters}
+        if args.skip_corrupt_images:  # cumulative over the run, as counted by this rank's loader
+            log_stats['train_skipped_images'] = count_skipped(dataset_train)
         if dataset_val is not None:
             test_stats = evaluate(data_loader_val, inference_model(model_without_ddp, args.reparam), device,
                                   precision, distributed=args.dist_eval, channels_last=args.channels_last)

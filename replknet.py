@@ -653,7 +653,8 @@ default_cfgs = generate_default_cfgs({
 
 
 def _replknet_from_timm_kwargs(arch: str, in_chans: int = 3, **kwargs) -> RepLKNet:
-    return RepLKNet(**_ARCHS[arch], in_channels=in_chans, **kwargs)
+    # kwargs override the variant's architecture (e.g. smaller channels/layers for experiments and tests).
+    return RepLKNet(**{**_ARCHS[arch], **kwargs}, in_channels=in_chans)
 
 
 def _create_replknet(arch: str, pretrained: bool = False, **kwargs) -> RepLKNet:

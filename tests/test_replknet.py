@@ -326,3 +326,11 @@ def test_loading_another_variant_or_form_says_what_differs():
 def test_pretrained_without_a_file_fails_instead_of_training_from_random_weights():
     with pytest.raises(ValueError, match='pretrained_cfg_overlay'):
         timm.create_model('replknet_31b', pretrained=True)
+
+
+def test_timm_kwargs_override_the_variant_architecture():
+    """main.py's --model_overrides passes architecture kwargs through timm; they replace the variant's."""
+    model = timm.create_model('replknet_31b', num_classes=3, channels=(8, 16, 32, 64), layers=(1, 1, 1, 1),
+                              large_kernel_sizes=(7, 7, 7, 5), small_kernel=3)
+    assert model.head.in_features == 64 and len(model.stages[2].blocks) == 2
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
