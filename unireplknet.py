@@ -19,6 +19,11 @@ Shapes: images (B, in_chans, H, W); stage i works at (B, dims[i], H / 2**(i+2), 
 The compute lives in small methods that can be replaced without touching the state_dict:
 DilatedReparamBlock.forward_branches (training-form DRB), UniRepLKNetBlock.branch_forward / residual_forward, and
 UniRepLKNet.forward_features / forward_backbone. tests/test_unireplknet*.py pin keys, counts and exactness.
+
+CPU speed (same state_dict, same values up to float rounding; measured in BENCHMARKS.md): on CPU the model runs in
+channels_last (`to_fast_layout`) and computes dilated DRB branches by space-to-batch while training; in eval mode a
+training-form DRB runs as one conv with its fused kernel (any device); GRN's scale is folded into the following
+Linear where a sample has more pixels than that Linear has outputs (`grn_then_linear`).
 """
 import argparse
 import contextlib
@@ -203,10 +208,33 @@ class GRNwithNHWC(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim)) if use_bias else None
 
     def forward(self, x):
+        out = self.response_scale(x) * x
+        return out if self.beta is None else out + self.beta
+
+    def response_scale(self, x):
+        """The per-sample, per-channel factor (gamma * Nx + 1), shape (B, 1, 1, C)."""
         global_response = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)
         normalized = global_response / (global_response.mean(dim=-1, keepdim=True) + 1e-6)
-        out = (self.gamma * normalized + 1) * x
-        return out if self.beta is None else out + self.beta
+        return self.gamma * normalized + 1
+
+
+def grn_then_linear(grn: GRNwithNHWC, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """linear(grn(x)) for NHWC x, with GRN's per-sample scale folded into a per-sample copy of the Linear weight.
+
+    (x * s + beta) @ W.T + b == x @ (W * s).T + (W @ beta + b): one batched matmul instead of two elementwise passes
+    over the 4C-channel tensor (the largest in the block) and a matmul. That pays off when a sample has more pixels
+    than the Linear has outputs (stages 0-1 at 224); elsewhere the per-sample weights cost more than they save
+    (BENCHMARKS.md), so the plain order is used. Same values up to float rounding. (B, H, W, 4C) -> (B, H, W, C).
+    """
+    batch, height, width, channels = x.shape
+    if height * width <= 2 * linear.out_features:
+        return linear(grn(x))
+    weight = linear.weight.unsqueeze(0) * grn.response_scale(x).reshape(batch, 1, channels)
+    bias = linear.weight.new_zeros(linear.out_features) if linear.bias is None else linear.bias
+    if grn.beta is not None:
+        bias = bias + linear.weight @ grn.beta.reshape(channels)
+    out = torch.baddbmm(bias.reshape(1, 1, -1), x.reshape(batch, height * width, channels), weight.transpose(1, 2))
+    return out.reshape(batch, height, width, linear.out_features)
 
 
 class SEBlock(nn.Module):
@@ -371,7 +399,11 @@ class UniRepLKNetBlock(nn.Module):
 
     def branch_forward(self, x):
         x = self.se(self.norm(self.dwconv(x)))
-        return self.pwconv2(self.act(self.pwconv1(x)))
+        gelu, grn = self.act
+        x = grn_then_linear(grn, self.pwconv2[0], gelu(self.pwconv1(x)))
+        for layer in self.pwconv2[1:]:  # NHWC -> NCHW, then (training form) BatchNorm
+            x = layer(x)
+        return x
 
     def scale(self, x):
         return x if self.gamma is None else x * self.gamma.view(1, -1, 1, 1)

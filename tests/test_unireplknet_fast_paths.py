@@ -1,7 +1,7 @@
 """unireplknet.py CPU fast paths compute the same function as the plain layers they replace.
 
-The fast paths (BENCHMARKS.md): channels_last on CPU, dilated DRB branches by space-to-batch in training, and the
-eval-mode DRB as one conv with the fused kernel. Reference computations here use plain F.conv2d with dilation and
+The fast paths (BENCHMARKS.md): channels_last on CPU, dilated DRB branches by space-to-batch in training, the
+eval-mode DRB as one conv with the fused kernel, and GRN's scale folded into the following Linear. Reference computations here use plain F.conv2d with dilation and
 the block's own BatchNorms, in float64 so that any difference beyond rounding shows.
 """
 import copy
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import unireplknet
-from unireplknet import DilatedReparamBlock, dilated_depthwise_conv_by_space_to_batch
+from unireplknet import DilatedReparamBlock, GRNwithNHWC, dilated_depthwise_conv_by_space_to_batch, grn_then_linear
 
 DILATED_BRANCHES = sorted({(k, r) for branches in unireplknet.DRB_BRANCHES.values() for k, r in branches if r > 1})
 
@@ -98,9 +98,30 @@ def test_eval_drb_is_one_fused_conv_with_the_branches_result(kernel_size):
     assert all(p.grad is not None for name, p in drb.named_parameters() if 'conv' in name or 'lk_origin' in name)
 
 
+@pytest.mark.parametrize('size', [6, 2], ids=['folded', 'plain order'])  # 36 pixels > 2 * 5 outputs > 4 pixels
+@pytest.mark.parametrize('training_form', [True, False], ids=['beta, no bias', 'deploy: bias, no beta'])
+def test_grn_then_linear_equals_grn_followed_by_linear_with_gradients(training_form, size):
+    torch.manual_seed(0)
+    grn = GRNwithNHWC(12, use_bias=training_form).double()
+    linear = nn.Linear(12, 5, bias=not training_form).double()
+    with torch.no_grad():
+        for p in grn.parameters():
+            p.uniform_(-0.5, 0.5)
+    x = torch.randn(3, size, size, 12, dtype=torch.float64)
+    x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, expected = grn_then_linear(grn, linear, x_fast), linear(grn(x_ref))
+    torch.testing.assert_close(out, expected)
+    fast_grads = torch.autograd.grad(out, [x_fast, *grn.parameters(), *linear.parameters()], torch.ones_like(out))
+    ref_grads = torch.autograd.grad(expected, [x_ref, *grn.parameters(), *linear.parameters()], torch.ones_like(out))
+    for fast, ref in zip(fast_grads, ref_grads):
+        torch.testing.assert_close(fast, ref)
+
+
 def disable_fast_paths(monkeypatch):
-    """Make unireplknet compute as the release does: NCHW, dilated convs, branch by branch also in eval mode."""
+    """Make unireplknet compute as the release does: NCHW, dilated convs, branch by branch also in eval mode, GRN
+    output materialised before the Linear."""
     monkeypatch.setattr(unireplknet, 'to_fast_layout', lambda x: x)
+    monkeypatch.setattr(unireplknet, 'grn_then_linear', lambda grn, linear, x: linear(grn(x)))
     monkeypatch.setattr(DilatedReparamBlock, 'dilated_branch', lambda self, x, k, r: getattr(self, f'dil_conv_k{k}_{r}')(x))
     monkeypatch.setattr(DilatedReparamBlock, 'forward',
                         lambda self, x: self.lk_origin(x) if self.deploy else self.forward_branches(x))
