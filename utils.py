@@ -428,9 +428,10 @@ def gather_rng_states():
 # Checkpoint files
 # --------------------------------------------------------------------------------------------------
 
-# The original release pickled its argparse.Namespace into every checkpoint; allow that one harmless
-# class in weights_only loading so those files load without the unsafe opt-in.
-torch.serialization.add_safe_globals([argparse.Namespace])
+# The original release pickled its argparse.Namespace into every checkpoint; that one harmless class is
+# allowed in weights_only loading so those files load without the unsafe opt-in. It is allowed per load
+# (a context manager), not process-wide: other code's safe_globals contexts remove on exit what they list.
+RELEASE_CHECKPOINT_CLASSES = [argparse.Namespace]
 
 _PERIODIC_NAME = re.compile(r'^checkpoint-(\d+)(?:-step(\d+))?\.pth$')
 
@@ -509,12 +510,13 @@ def load_checkpoint_file(path, unsafe=False):
     (--unsafe_load_checkpoint true), because unpickling can run arbitrary code.
     """
     try:
-        if path.startswith('https://') or path.startswith('http://'):
-            return torch.hub.load_state_dict_from_url(path, map_location='cpu', check_hash=True,
-                                                      weights_only=not unsafe)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f'checkpoint file {path} does not exist')
-        return torch.load(path, map_location='cpu', weights_only=not unsafe)
+        with torch.serialization.safe_globals(RELEASE_CHECKPOINT_CLASSES):
+            if path.startswith('https://') or path.startswith('http://'):
+                return torch.hub.load_state_dict_from_url(path, map_location='cpu', check_hash=True,
+                                                          weights_only=not unsafe)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f'checkpoint file {path} does not exist')
+            return torch.load(path, map_location='cpu', weights_only=not unsafe)
     except pickle.UnpicklingError as error:
         reason = str(error).strip().splitlines()[-1]
         raise CheckpointError(
