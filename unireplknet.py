@@ -545,10 +545,12 @@ class UniRepLKNet(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self):
-        """GRN gamma/beta: per-channel affine parameters stored as (1, 1, 1, C), so the usual "1-D or bias" filter
-        misses them (the release decayed them by accident). ConvNeXt V2, where GRN comes from, does not decay them.
-        Layer scales, norms and biases are 1-D and are excluded by that filter already."""
-        return {name for name, _ in self.named_parameters() if re.search(r'\.act\.1\.(gamma|beta)$', name)}
+        """No names beyond the usual "1-D or bias" filter, as in the release's training recipe.
+
+        That filter already excludes layer scales, norms and biases. GRN gamma/beta are stored as (1, 1, 1, C), so
+        they pass it and ARE decayed, as they were when the published models were trained (ConvNeXt V2, where GRN
+        comes from, does not decay them; return their names here to train that way)."""
+        return set()
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False):
