@@ -293,6 +293,20 @@ def inference_model(model, reparam):
     return reparameterize_model(copy.deepcopy(model).eval())
 
 
+def evaluate_and_keep_best(model, data_loader_val, args, device, precision, checkpointer, epoch, ema):
+    """Evaluate the model (or its EMA) after an epoch; write checkpoint-best(-ema) when top-1 improves."""
+    what, best_attr, best_name = ('model EMA', 'max_accuracy_ema', 'best-ema') if ema else \
+        ('model', 'max_accuracy', 'best')
+    stats = evaluate(data_loader_val, inference_model(model, args.reparam), device, precision,
+                     distributed=args.dist_eval, channels_last=args.channels_last)
+    print(f"Accuracy of the {what} on the {stats['num_images']} test images: {stats['acc1']:.1f}%")
+    if stats['acc1'] > getattr(checkpointer, best_attr):
+        setattr(checkpointer, best_attr, stats['acc1'])
+        checkpointer.save_best(epoch, best_name)
+    print(f'Max accuracy of the {what}: {getattr(checkpointer, best_attr):.2f}%')
+    return stats
+
+
 # --------------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------------
@@ -633,26 +647,15 @@ def main(args):
         if args.skip_corrupt_images:  # cumulative over the run, as counted by this rank's loader
             log_stats['train_skipped_images'] = count_skipped(dataset_train)
         if dataset_val is not None:
-            test_stats = evaluate(data_loader_val, inference_model(model_without_ddp, args.reparam), device,
-                                  precision, distributed=args.dist_eval, channels_last=args.channels_last)
-            print(f"Accuracy of the model on the {test_stats['num_images']} test images: {test_stats['acc1']:.1f}%")
-            if test_stats['acc1'] > checkpointer.max_accuracy:
-                checkpointer.max_accuracy = test_stats['acc1']
-                checkpointer.save_best(epoch, 'best')
-            print(f'Max accuracy: {checkpointer.max_accuracy:.2f}%')
+            test_stats = evaluate_and_keep_best(model_without_ddp, data_loader_val, args, device, precision,
+                                                checkpointer, epoch, ema=False)
             log_stats.update({f'test_{k}': v for k, v in test_stats.items()})
             if log_writer is not None:
                 log_writer.update(head='perf', step=epoch, test_acc1=test_stats['acc1'],
                                   test_acc5=test_stats['acc5'], test_loss=test_stats['loss'])
             if model_ema is not None and args.model_ema_eval:
-                ema_stats = evaluate(data_loader_val, inference_model(model_ema.module, args.reparam), device,
-                                     precision, distributed=args.dist_eval, channels_last=args.channels_last)
-                print(f"Accuracy of the model EMA on {ema_stats['num_images']} test images: "
-                      f"{ema_stats['acc1']:.1f}%")
-                if ema_stats['acc1'] > checkpointer.max_accuracy_ema:
-                    checkpointer.max_accuracy_ema = ema_stats['acc1']
-                    checkpointer.save_best(epoch, 'best-ema')
-                print(f'Max EMA accuracy: {checkpointer.max_accuracy_ema:.2f}%')
+                ema_stats = evaluate_and_keep_best(model_ema.module, data_loader_val, args, device, precision,
+                                                   checkpointer, epoch, ema=True)
                 log_stats.update({f'test_{k}_ema': v for k, v in ema_stats.items()})
                 if log_writer is not None:
                     log_writer.update(head='perf', step=epoch, test_acc1_ema=ema_stats['acc1'])
