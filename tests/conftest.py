@@ -14,3 +14,14 @@ if REPO_ROOT not in sys.path:
 def _seed_everything():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope='module')
+def single_thread():
+    """Run a module's in-process tensors on one thread (opt in with
+    `pytestmark = pytest.mark.usefixtures('single_thread')`): with tiny tensors on 2 shared cores, OpenMP's default of
+    one thread per core makes each op wait for descheduled threads. Restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

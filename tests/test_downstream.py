@@ -14,6 +14,8 @@ import types
 import pytest
 import torch
 
+pytestmark = pytest.mark.usefixtures('single_thread')  # see tests/conftest.py
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEGMENTATION = os.path.join(REPO, 'segmentation')
 DETECTION = os.path.join(REPO, 'detection')
@@ -35,14 +37,6 @@ FRAMEWORK_BASES = {
                 '_base_/models/cascade_mask_rcnn_r50_fpn.py'},
 }
 
-
-@pytest.fixture(autouse=True, scope='module')
-def _single_thread():
-    """Tiny tensors: one thread avoids oversubscribing the 2-core CI machine; restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 class FakeRegistry:

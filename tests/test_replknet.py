@@ -19,6 +19,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 import replknet
 from replknet import RepLKNet
 
+pytestmark = pytest.mark.usefixtures('single_thread')  # see tests/conftest.py
+
 REFERENCE_DIR = '/work/shared/reference/state_dict_keys'
 needs_reference = pytest.mark.skipif(not os.path.isdir(REFERENCE_DIR), reason='reference key lists not available')
 
@@ -26,14 +28,6 @@ TINY_31B = dict(large_kernel_sizes=(31, 29, 27, 13), layers=(1, 1, 2, 1), channe
 TINY_XL = dict(large_kernel_sizes=(27, 27, 27, 13), layers=(1, 1, 2, 1), channels=(8, 8, 16, 16), small_kernel=None,
                dw_ratio=1.5)
 
-
-@pytest.fixture(autouse=True, scope='module')
-def _single_thread():
-    """Tiny tensors: one thread avoids oversubscribing the 2-core CI machine; restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def tiny(arch=TINY_31B, **kwargs):

@@ -13,7 +13,9 @@ import yaml
 import main
 import utils
 from train_helpers import (NUM_CLASSES, REPO_ROOT, TINY_UNIREPLKNET, make_tiny_dataset,  # noqa: F401
-                           single_thread, subprocess_env, tiny_data_args)
+                           subprocess_env, tiny_data_args)
+
+pytestmark = pytest.mark.usefixtures('single_thread')  # see tests/conftest.py
 
 # The training README's commands (seed document), with their line continuations joined. The 22K
 # commands' main.py part is what run_with_submitit.py forwards after its own options.

@@ -6,7 +6,9 @@ import torch
 import engine
 import main
 import utils
-from train_helpers import TINY_UNIREPLKNET, single_thread  # noqa: F401  (autouse fixture)
+from train_helpers import TINY_UNIREPLKNET
+
+pytestmark = pytest.mark.usefixtures('single_thread')  # see tests/conftest.py
 
 
 def tiny_model():

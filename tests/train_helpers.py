@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -22,15 +21,6 @@ BATCH_INDEPENDENT_UNIREPLKNET = '{"depths": [0, 0, 0, 0], "dims": [8, 16, 24, 32
 IMAGE_SIZE = 16
 NUM_CLASSES = 3
 
-
-@pytest.fixture(autouse=True, scope='module')
-def single_thread():
-    """Import into a test module to run its in-process tensors on one thread: on 2 shared cores,
-    OpenMP's default of one thread per core makes tiny ops many times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def write_image_folder(root, images_per_class, seed):
