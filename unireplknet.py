@@ -172,6 +172,78 @@ def dilated_depthwise_conv_by_space_to_batch(x: torch.Tensor, weight: torch.Tens
     return out[:, :height, :width].permute(0, 3, 1, 2)
 
 
+def _same_depthwise_conv_forward(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
+    """Stride-1 'same' depthwise conv by the fastest CPU computation measured (BENCHMARKS.md): oneDNN's dilated
+    conv is fast up to a padding of 4 and falls back to a path 5-20x slower beyond it; there space-to-batch is used,
+    or on small maps the equivalent dense kernel."""
+    padding = dilation * (weight.shape[-1] - 1) // 2
+    if dilation > 1 and padding > 4:
+        height, width = x.shape[-2:]
+        if (height + 2 * padding) * (width + 2 * padding) <= 3 * height * width:
+            return dilated_depthwise_conv_by_space_to_batch(x, weight, dilation)
+        # Small maps (e.g. 7x7 or 14x14 under a 13x13 reach): space-to-batch would mostly move padding; the
+        # zero-inserted dense kernel costs less there.
+        weight, dilation = dilated_to_dense_kernel(weight, dilation), 1
+    return F.conv2d(x, weight, padding=padding, dilation=dilation, groups=x.shape[1])
+
+
+def depthwise_conv_weight_grad_by_batch_folding(x: torch.Tensor, grad_out: torch.Tensor, kernel_size: int,
+                                                dilation: int) -> torch.Tensor:
+    """Weight gradient of a stride-1 'same' depthwise conv, computed as one forward conv.
+
+    grad_w[c, u, v] = sum_{n, h, w} x_padded[n, c, h + r u, w + r v] * grad_out[n, c, h, w] is a strided correlation
+    of each (sample, channel) image with its own output gradient: a grouped conv with N * C groups whose kernel is
+    grad_out, summed over the batch. oneDNN runs this 1.5-6x faster than its depthwise backward-weights kernel for
+    large or dilated kernels (and 5-10x when the kernel is larger than the feature map). (C, 1, k, k), x's dtype.
+    """
+    batch, channels, height, width = x.shape
+    padding = dilation * (kernel_size - 1) // 2
+    padded = F.pad(x, (padding,) * 4).reshape(1, batch * channels, height + 2 * padding, width + 2 * padding)
+    per_sample = F.conv2d(padded, grad_out.reshape(batch * channels, 1, height, width), stride=dilation,
+                          groups=batch * channels)
+    return per_sample.reshape(batch, channels, kernel_size, kernel_size).sum(0).unsqueeze(1)
+
+
+class _DepthwiseConvCPU(torch.autograd.Function):
+    """Stride-1 'same' depthwise conv without bias whose backward uses the fastest CPU computations measured.
+
+    The input gradient of a 'same' conv is the same conv of the output gradient with the flipped kernel; the weight
+    gradient comes from `depthwise_conv_weight_grad_by_batch_folding`. Same values as F.conv2d up to float rounding
+    (tests/test_unireplknet_fast_paths.py, float64). First-order gradients only.
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type='cpu')
+    def forward(ctx, x, weight, dilation):
+        ctx.save_for_backward(x, weight)
+        ctx.dilation = dilation
+        return _same_depthwise_conv_forward(x, weight, dilation)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    @torch.amp.custom_bwd(device_type='cpu')
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _same_depthwise_conv_forward(grad_out, weight.flip(-2, -1), ctx.dilation)
+        if ctx.needs_input_grad[1]:
+            grad_weight = depthwise_conv_weight_grad_by_batch_folding(x, grad_out, weight.shape[-1], ctx.dilation)
+        return grad_x, grad_weight, None
+
+
+def same_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int = 1) -> torch.Tensor:
+    """F.conv2d(x, weight, padding=dilation * (k - 1) // 2, dilation=dilation, groups=C) for a (C, 1, k, k) kernel.
+
+    On CPU, dilated or larger-than-5 kernels go through `_DepthwiseConvCPU`, whose forward and backward avoid
+    oneDNN's slow cases (dilated convs padded by more than 4, the backward-weights kernel of large kernels); other
+    devices and small undilated kernels use F.conv2d. (B, C, H, W) -> (B, C, H, W).
+    """
+    if x.device.type == 'cpu' and (dilation > 1 or weight.shape[-1] > 5):
+        return _DepthwiseConvCPU.apply(x, weight, dilation)
+    return F.conv2d(x, weight, padding=dilation * (weight.shape[-1] - 1) // 2, dilation=dilation, groups=x.shape[1])
+
+
 def to_fast_layout(x: torch.Tensor) -> torch.Tensor:
     """channels_last on CPU, unchanged elsewhere. On CPU, oneDNN's depthwise convs and their backward are several
     times faster in channels_last, and the NCHW <-> NHWC permutes around the Linear layers become free views
@@ -195,6 +267,28 @@ class NHWCtoNCHW(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
+class _SpatialL2Norm(torch.autograd.Function):
+    """torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True) for (B, H, W, C) x, with a one-pass backward.
+
+    The gradient is x * (grad / norm) (0 where the norm is 0, as torch defines it); autograd's own backward of the
+    norm makes three passes over x (divide, multiply, mask), which on CPU cost as much as GRN's forward.
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type='cpu')
+    def forward(ctx, x):
+        norm = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)
+        ctx.save_for_backward(x, norm)
+        return norm
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    @torch.amp.custom_bwd(device_type='cpu')
+    def backward(ctx, grad):
+        x, norm = ctx.saved_tensors
+        return x * torch.where(norm > 0, grad / norm, torch.zeros_like(grad))
+
+
 class GRNwithNHWC(nn.Module):
     """Global Response Normalization (ConvNeXt V2) on (B, H, W, C) input.
 
@@ -213,7 +307,7 @@ class GRNwithNHWC(nn.Module):
 
     def response_scale(self, x):
         """The per-sample, per-channel factor (gamma * Nx + 1), shape (B, 1, 1, C)."""
-        global_response = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)
+        global_response = _SpatialL2Norm.apply(x)
         normalized = global_response / (global_response.mean(dim=-1, keepdim=True) + 1e-6)
         return self.gamma * normalized + 1
 
@@ -293,16 +387,13 @@ class DilatedReparamBlock(nn.Module):
         return self.forward_branches(x)
 
     def forward_branches(self, x):
-        out = self.origin_bn(self.lk_origin(x))
+        origin = self.lk_origin(x) if type(self.lk_origin) is not nn.Conv2d else same_depthwise_conv(
+            x, self.lk_origin.weight)
+        out = self.origin_bn(origin)
         for k, r in self.branches:
-            out = out + getattr(self, f'dil_bn_k{k}_{r}')(self.dilated_branch(x, k, r))
+            branch = same_depthwise_conv(x, getattr(self, f'dil_conv_k{k}_{r}').weight, r)
+            out = out + getattr(self, f'dil_bn_k{k}_{r}')(branch)
         return out
-
-    def dilated_branch(self, x, k, r):
-        conv = getattr(self, f'dil_conv_k{k}_{r}')
-        if r > 1 and x.device.type == 'cpu':
-            return dilated_depthwise_conv_by_space_to_batch(x, conv.weight, r)
-        return conv(x)
 
     def fused_kernel_and_bias(self):
         """The (C, 1, K, K) kernel and (C,) bias of the single conv equivalent to this block in eval mode."""

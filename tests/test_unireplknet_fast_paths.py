@@ -13,9 +13,14 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import unireplknet
-from unireplknet import DilatedReparamBlock, GRNwithNHWC, dilated_depthwise_conv_by_space_to_batch, grn_then_linear
+from unireplknet import (
+    DilatedReparamBlock, GRNwithNHWC, dilated_depthwise_conv_by_space_to_batch, grn_then_linear, same_depthwise_conv,
+)
 
 DILATED_BRANCHES = sorted({(k, r) for branches in unireplknet.DRB_BRANCHES.values() for k, r in branches if r > 1})
+# Every depthwise conv of a training-form DRB: the large kernels (dilation 1) and all branches.
+DRB_CONVS = sorted({(k, 1) for k in unireplknet.DRB_BRANCHES} | {
+    (k, r) for branches in unireplknet.DRB_BRANCHES.values() for k, r in branches})
 
 
 def randomise_batch_norms(module, seed=1):
@@ -59,6 +64,50 @@ def test_space_to_batch_equals_the_dilated_conv_with_gradients(kernel, dilation,
         result.backward(grad)
         torch.testing.assert_close(x_s2b.grad, x_ref.grad)
         torch.testing.assert_close(w_s2b.grad, w_ref.grad)
+
+
+@pytest.mark.parametrize('kernel, dilation', DRB_CONVS)
+def test_same_depthwise_conv_equals_conv2d_with_gradients(kernel, dilation):
+    # Odd and even sizes, one smaller than the kernel's reach; NCHW and channels_last; for dilated kernels padded by
+    # more than 4, the small maps take the dense-kernel path and the 24x26 map the space-to-batch path.
+    for height, width, channels_last in [(9, 14, True), (3, 5, False), (24, 26, True)]:
+        x = torch.randn(2, 3, height, width, dtype=torch.float64)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        weight = torch.randn(3, 1, kernel, kernel, dtype=torch.float64)
+        x_ref, w_ref = x.clone().requires_grad_(), weight.clone().requires_grad_()
+        x_fast, w_fast = x.clone().requires_grad_(), weight.clone().requires_grad_()
+        expected = F.conv2d(x_ref, w_ref, padding=dilation * (kernel - 1) // 2, dilation=dilation, groups=3)
+        result = same_depthwise_conv(x_fast, w_fast, dilation)
+        torch.testing.assert_close(result, expected)
+        grad = torch.randn_like(expected)
+        torch.testing.assert_close(torch.autograd.grad(result, [x_fast, w_fast], grad),
+                                   torch.autograd.grad(expected, [x_ref, w_ref], grad))
+
+
+def test_same_depthwise_conv_gradients_pass_gradcheck():
+    x = torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    for dilation in (1, 2, 5):  # oneDNN's dilated conv, and space-to-batch (padding > 4)
+        assert torch.autograd.gradcheck(lambda a, b: same_depthwise_conv(a, b, dilation), (x, weight))
+    large = torch.randn(2, 1, 7, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: same_depthwise_conv(a, b), (x, large))
+
+
+def test_training_drb_runs_under_cpu_bfloat16_autocast_like_the_plain_convs():
+    torch.manual_seed(0)
+    drb = DilatedReparamBlock(8, 13, attempt_use_lk_impl=False).train()
+    reference = copy.deepcopy(drb)
+    x = torch.randn(2, 8, 14, 14).contiguous(memory_format=torch.channels_last)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out, expected = drb(x), reference_drb_forward(reference, x)
+    assert out.dtype == expected.dtype
+    torch.testing.assert_close(out, expected, rtol=0.05, atol=0.05)
+    out.float().sum().backward()
+    expected.float().sum().backward()
+    for (name, p), p_ref in zip(drb.named_parameters(), reference.parameters()):
+        assert p.grad.dtype == p.dtype, name
+        torch.testing.assert_close(p.grad, p_ref.grad, rtol=0.1, atol=0.5, msg=name)
 
 
 @pytest.mark.parametrize('kernel_size', sorted(unireplknet.DRB_BRANCHES))
@@ -117,12 +166,31 @@ def test_grn_then_linear_equals_grn_followed_by_linear_with_gradients(training_f
         torch.testing.assert_close(fast, ref)
 
 
+def test_grn_gradient_is_zero_not_nan_for_an_all_zero_channel():
+    grn = GRNwithNHWC(3).double()
+    with torch.no_grad():
+        grn.gamma.fill_(0.5)
+    x = torch.randn(2, 4, 4, 3, dtype=torch.float64)
+    x[0, :, :, 1] = 0
+    x_ref = x.clone().requires_grad_()
+    x.requires_grad_()
+    grn(x).sum().backward()
+    expected = GRNwithNHWC(3).double()
+    expected.load_state_dict(grn.state_dict())
+    reference_norm = torch.linalg.vector_norm(x_ref, dim=(1, 2), keepdim=True)
+    normalized = reference_norm / (reference_norm.mean(dim=-1, keepdim=True) + 1e-6)
+    ((expected.gamma * normalized + 1) * x_ref + expected.beta).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+
+
 def disable_fast_paths(monkeypatch):
     """Make unireplknet compute as the release does: NCHW, dilated convs, branch by branch also in eval mode, GRN
     output materialised before the Linear."""
     monkeypatch.setattr(unireplknet, 'to_fast_layout', lambda x: x)
     monkeypatch.setattr(unireplknet, 'grn_then_linear', lambda grn, linear, x: linear(grn(x)))
-    monkeypatch.setattr(DilatedReparamBlock, 'dilated_branch', lambda self, x, k, r: getattr(self, f'dil_conv_k{k}_{r}')(x))
+    monkeypatch.setattr(unireplknet, 'same_depthwise_conv', lambda x, weight, dilation=1: F.conv2d(
+        x, weight, padding=dilation * (weight.shape[-1] - 1) // 2, dilation=dilation, groups=x.shape[1]))
     monkeypatch.setattr(DilatedReparamBlock, 'forward',
                         lambda self, x: self.lk_origin(x) if self.deploy else self.forward_branches(x))
 
