@@ -198,9 +198,13 @@ def depthwise_conv_weight_grad_by_batch_folding(x: torch.Tensor, grad_out: torch
     """
     batch, channels, height, width = x.shape
     padding = dilation * (kernel_size - 1) // 2
-    padded = F.pad(x, (padding,) * 4).reshape(1, batch * channels, height + 2 * padding, width + 2 * padding)
-    per_sample = F.conv2d(padded, grad_out.reshape(batch * channels, 1, height, width), stride=dilation,
-                          groups=batch * channels)
+    kernel = grad_out.reshape(batch * channels, 1, height, width)
+    if padding <= 4:
+        per_sample = F.conv2d(x.reshape(1, batch * channels, height, width), kernel, stride=dilation,
+                              padding=padding, groups=batch * channels)
+    else:  # oneDNN's conv is slow when padded by more than 4: pad beforehand
+        padded = F.pad(x, (padding,) * 4).reshape(1, batch * channels, height + 2 * padding, width + 2 * padding)
+        per_sample = F.conv2d(padded, kernel, stride=dilation, groups=batch * channels)
     return per_sample.reshape(batch, channels, kernel_size, kernel_size).sum(0).unsqueeze(1)
 
 
@@ -312,22 +316,64 @@ class GRNwithNHWC(nn.Module):
         return self.gamma * normalized + 1
 
 
+def _grn_folded_weight_and_bias(norm, gamma, beta, weight, bias):
+    """Per-sample weight W * s (B, O, C) and shared bias W @ beta + b (O,) of linear(grn(x)), from x's (B, C) norms."""
+    scale = gamma.reshape(1, -1) * (norm / (norm.mean(dim=-1, keepdim=True) + 1e-6)) + 1
+    folded_bias = weight.new_zeros(weight.shape[0]) if bias is None else bias
+    if beta is not None:
+        folded_bias = folded_bias + weight @ beta.reshape(-1)
+    return weight.unsqueeze(0) * scale.unsqueeze(1), folded_bias
+
+
+class _GRNThenLinear(torch.autograd.Function):
+    """linear(grn(x)) for (B, L, C) x as one batched matmul with per-sample weights; see grn_then_linear.
+
+    The backward also makes one pass less than autograd would: the norm's gradient x * (grad / norm) is the `input`
+    of the baddbmm that computes grad @ (W * s), instead of a separate tensor added afterwards.
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type='cpu')
+    def forward(ctx, x, gamma, beta, weight, bias):
+        norm = torch.linalg.vector_norm(x, dim=1)
+        folded_weight, folded_bias = _grn_folded_weight_and_bias(norm, gamma, beta, weight, bias)
+        ctx.save_for_backward(x, norm, gamma, beta, weight, bias)
+        return torch.baddbmm(folded_bias.reshape(1, 1, -1), x, folded_weight.transpose(1, 2))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    @torch.amp.custom_bwd(device_type='cpu')
+    def backward(ctx, grad_out):
+        x, norm, *small = ctx.saved_tensors
+        # The small tensors' gradients come from autograd on the fold itself; only x-sized work is written out.
+        inputs = [t.detach().requires_grad_() if t is not None else None for t in (norm, *small)]
+        with torch.enable_grad():
+            folded_weight, folded_bias = _grn_folded_weight_and_bias(*inputs)
+        grad_folded_weight = torch.bmm(grad_out.transpose(1, 2), x)
+        leaves = [t for t in inputs if t is not None]
+        leaf_grads = iter(torch.autograd.grad((folded_weight, folded_bias), leaves,
+                                              (grad_folded_weight, grad_out.sum(dim=(0, 1))), allow_unused=True))
+        grad_norm, grad_gamma, grad_beta, grad_weight, grad_bias = [
+            next(leaf_grads) if t is not None else None for t in inputs]
+        norm_term = x * torch.where(norm > 0, grad_norm / norm, torch.zeros_like(norm)).unsqueeze(1)
+        grad_x = torch.baddbmm(norm_term, grad_out, folded_weight.detach())
+        return grad_x, grad_gamma, grad_beta, grad_weight, grad_bias
+
+
 def grn_then_linear(grn: GRNwithNHWC, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """linear(grn(x)) for NHWC x, with GRN's per-sample scale folded into a per-sample copy of the Linear weight.
 
     (x * s + beta) @ W.T + b == x @ (W * s).T + (W @ beta + b): one batched matmul instead of two elementwise passes
     over the 4C-channel tensor (the largest in the block) and a matmul. That pays off when a sample has more pixels
-    than the Linear has outputs (stages 0-1 at 224); elsewhere the per-sample weights cost more than they save
-    (BENCHMARKS.md), so the plain order is used. Same values up to float rounding. (B, H, W, 4C) -> (B, H, W, C).
+    than the Linear has outputs (at 224: stages 0-1, and stage 2 of unireplknet_a and _f); elsewhere the per-sample
+    weights cost more than they save (BENCHMARKS.md), so the plain order is used. Same values up to float rounding.
+    (B, H, W, 4C) -> (B, H, W, C).
     """
     batch, height, width, channels = x.shape
-    if height * width <= 2 * linear.out_features:
+    if height * width <= linear.out_features:
         return linear(grn(x))
-    weight = linear.weight.unsqueeze(0) * grn.response_scale(x).reshape(batch, 1, channels)
-    bias = linear.weight.new_zeros(linear.out_features) if linear.bias is None else linear.bias
-    if grn.beta is not None:
-        bias = bias + linear.weight @ grn.beta.reshape(channels)
-    out = torch.baddbmm(bias.reshape(1, 1, -1), x.reshape(batch, height * width, channels), weight.transpose(1, 2))
+    out = _GRNThenLinear.apply(x.reshape(batch, height * width, channels), grn.gamma, grn.beta, linear.weight,
+                               linear.bias)
     return out.reshape(batch, height, width, linear.out_features)
 
 

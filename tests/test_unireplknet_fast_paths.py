@@ -147,7 +147,7 @@ def test_eval_drb_is_one_fused_conv_with_the_branches_result(kernel_size):
     assert all(p.grad is not None for name, p in drb.named_parameters() if 'conv' in name or 'lk_origin' in name)
 
 
-@pytest.mark.parametrize('size', [6, 2], ids=['folded', 'plain order'])  # 36 pixels > 2 * 5 outputs > 4 pixels
+@pytest.mark.parametrize('size', [3, 2], ids=['folded', 'plain order'])  # 9 pixels > 5 outputs >= 4 pixels
 @pytest.mark.parametrize('training_form', [True, False], ids=['beta, no bias', 'deploy: bias, no beta'])
 def test_grn_then_linear_equals_grn_followed_by_linear_with_gradients(training_form, size):
     torch.manual_seed(0)
@@ -157,6 +157,7 @@ def test_grn_then_linear_equals_grn_followed_by_linear_with_gradients(training_f
         for p in grn.parameters():
             p.uniform_(-0.5, 0.5)
     x = torch.randn(3, size, size, 12, dtype=torch.float64)
+    x[0, :, :, 1] = 0  # a zero norm: gradient 0, as torch defines the norm's gradient there
     x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
     out, expected = grn_then_linear(grn, linear, x_fast), linear(grn(x_ref))
     torch.testing.assert_close(out, expected)
