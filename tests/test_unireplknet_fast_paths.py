@@ -167,6 +167,16 @@ def test_grn_then_linear_equals_grn_followed_by_linear_with_gradients(training_f
         torch.testing.assert_close(fast, ref)
 
 
+@pytest.mark.parametrize('shape', [(3, 700, 1000), (4, 5, 6), (0, 5, 6)], ids=['one sample per chunk', 'one chunk', 'empty'])
+def test_per_channel_l2_norm_equals_vector_norm(shape):
+    x = torch.randn(shape, dtype=torch.float64)
+    torch.testing.assert_close(unireplknet.per_channel_l2_norm(x), torch.linalg.vector_norm(x, dim=1))
+    low_precision = x.to(torch.bfloat16)
+    # Accumulated in float32 and returned in bfloat16, as vector_norm does.
+    torch.testing.assert_close(unireplknet.per_channel_l2_norm(low_precision),
+                               torch.linalg.vector_norm(low_precision, dim=1))
+
+
 def test_grn_gradient_is_zero_not_nan_for_an_all_zero_channel():
     grn = GRNwithNHWC(3).double()
     with torch.no_grad():
@@ -217,3 +227,23 @@ def test_model_with_fast_paths_matches_the_release_computation(monkeypatch):
         torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
     for (name, p), p_ref in zip(fast.named_parameters(), reference.parameters()):
         torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_model_trains_under_cpu_bfloat16_autocast_close_to_float32():
+    """The custom autograd paths (DRB convs, GRN norm and fold) keep autocast's dtypes in forward and backward."""
+    def gradients(autocast):
+        torch.manual_seed(0)
+        model = unireplknet.UniRepLKNet(depths=(2, 2, 2, 2), dims=(8, 16, 32, 64), num_classes=5,
+                                        kernel_sizes=((3, 3), (13, 13), (13, 3), (13, 13)), layer_scale_init_value=1.0)
+        x, labels = torch.randn(4, 3, 96, 96), torch.randint(0, 5, (4,))
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            logits = model(x)
+        assert logits.dtype == (torch.bfloat16 if autocast else torch.float32)
+        F.cross_entropy(logits.float(), labels).backward()
+        return {name: p.grad for name, p in model.named_parameters()}
+
+    low, full = gradients(True), gradients(False)
+    for name, grad in full.items():
+        assert low[name].dtype == torch.float32 and torch.isfinite(low[name]).all(), name
+        if grad.norm() > 1e-4 * grad.numel() ** 0.5:  # BN-cancelled parameters have ~0 gradient: nothing to compare
+            assert (low[name] - grad).norm() <= 0.3 * grad.norm(), name  # the release computation in bf16: <= 0.2
