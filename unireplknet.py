@@ -395,6 +395,18 @@ def grn_then_linear(grn: GRNwithNHWC, linear: nn.Linear, x: torch.Tensor) -> tor
     return out.reshape(batch, height, width, linear.out_features)
 
 
+def gelu_without_autograd_in_place(gelu: nn.GELU, x: torch.Tensor) -> torch.Tensor:
+    """gelu(x), written over x when no gradient will flow through it (inference).
+
+    x is the 4C-channel output of the first Linear, which nothing else reads; writing GELU's result over it saves
+    allocating (and on CPU, first touching) the largest tensor of the block: about a third of GELU's time in
+    inference (BENCHMARKS.md). With autograd, GELU's backward needs x, so the out-of-place form is kept.
+    """
+    if x.requires_grad:
+        return gelu(x)
+    return torch.ops.aten.gelu_(x, approximate=gelu.approximate)
+
+
 class SEBlock(nn.Module):
     """Squeeze-and-Excitation: global average pool -> 1x1 conv `down` -> ReLU -> 1x1 conv `up` -> sigmoid gate.
 
@@ -550,12 +562,14 @@ class UniRepLKNetBlock(nn.Module):
         return self.residual_forward(x)
 
     def residual_forward(self, x):
-        return x + self.drop_path(self.scale(self.branch_forward(x)))
+        branch = self.drop_path(self.scale(self.branch_forward(x)))
+        # Without autograd, add into the branch's fresh output instead of allocating another tensor (inference).
+        return x + branch if branch.requires_grad else branch.add_(x)
 
     def branch_forward(self, x):
         x = self.se(self.norm(self.dwconv(x)))
         gelu, grn = self.act
-        x = grn_then_linear(grn, self.pwconv2[0], gelu(self.pwconv1(x)))
+        x = grn_then_linear(grn, self.pwconv2[0], gelu_without_autograd_in_place(gelu, self.pwconv1(x)))
         for layer in self.pwconv2[1:]:  # NHWC -> NCHW, then (training form) BatchNorm
             x = layer(x)
         return x
