@@ -635,7 +635,8 @@ class UniRepLKNet(nn.Module):
         head_init_scale: multiplier of the initial classifier weight and bias.
         kernel_sizes: per-stage tuple of per-block kernel sizes (0, 3, 5, 7..17); default from `depths`.
         deploy: build the reparameterised (inference) structure directly.
-        with_cp: checkpoint every block (non-reentrant) to save memory during training.
+        with_cp: checkpoint every block, the stem and the downsampling layers (non-reentrant) to save memory
+            during training.
         init_cfg: backbone mode; dict(checkpoint=path or None) as in MMSegmentation/MMDetection configs.
         attempt_use_lk_impl: use the optional iGEMM package for large depthwise kernels if installed.
         use_sync_bn: SyncBatchNorm instead of BatchNorm2d inside the blocks.
@@ -657,6 +658,7 @@ class UniRepLKNet(nn.Module):
         self.kernel_sizes = _resolve_kernel_sizes(depths, kernel_sizes)
         self.depths, self.dims, self.in_chans = depths, dims, in_chans
         self.deploy = deploy
+        self.with_cp = with_cp
         self.init_cfg = init_cfg
         self.out_indices = _resolve_out_indices(init_cfg, out_indices, num_classes)
         self.num_classes = 0 if self.out_indices is not None else num_classes
@@ -733,6 +735,7 @@ class UniRepLKNet(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
+        self.with_cp = enable
         for block in self.blocks():
             block.with_cp = enable
 
@@ -756,9 +759,17 @@ class UniRepLKNet(nn.Module):
     def forward_features(self, x):
         """(B, in_chans, H, W) -> last stage output (B, dims[-1], H/32, W/32)."""
         x = to_fast_layout(x)
-        for downsample, stage in zip(self.downsample_layers, self.stages):
-            x = stage(downsample(x))
+        for index, stage in enumerate(self.stages):
+            x = stage(self.downsample(index, x))
         return x
+
+    def downsample(self, index: int, x):
+        """downsample_layers[index](x), checkpointed under with_cp: the stem's activations at half the input
+        resolution are as large as a stage-0 block's, so keeping them would cost more memory than any one block."""
+        layer = self.downsample_layers[index]
+        if self.with_cp and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)
+        return layer(x)
 
     def forward_head(self, x, pre_logits: bool = False):
         """(B, C, h, w) -> global average pool -> LayerNorm -> (B, C) if pre_logits else Linear -> (B, num_classes)."""
@@ -771,8 +782,8 @@ class UniRepLKNet(nn.Module):
         """(B, in_chans, H, W) -> [norm{i}(stage i output) for i in out_indices], strides 4 * 2**i."""
         outputs = []
         x = to_fast_layout(x)
-        for i, (downsample, stage) in enumerate(zip(self.downsample_layers, self.stages)):
-            x = stage(downsample(x))
+        for i, stage in enumerate(self.stages):
+            x = stage(self.downsample(i, x))
             if i in self.out_indices:
                 outputs.append(getattr(self, f'norm{i}')(x))
         return outputs

@@ -396,6 +396,25 @@ def test_with_cp_gives_the_same_outputs_gradients_and_bn_statistics():
     assert all(torch.equal(state[k], state_cp[k]) for k in state)
 
 
+def test_with_cp_keeps_no_stem_activations_for_backward():
+    # The stem's activations at half resolution are the largest outside the blocks; with_cp must not keep them.
+    def saved_shapes(model):
+        shapes = []
+
+        def pack(tensor):
+            shapes.append(tuple(tensor.shape))
+            return tensor
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            model(torch.randn(2, 3, 32, 32))
+        return shapes
+
+    model = tiny_model().train()
+    stem_activation = (2, model.dims[0] // 2, 16, 16)
+    assert stem_activation in saved_shapes(model)
+    model.set_grad_checkpointing(True)
+    assert stem_activation not in saved_shapes(model)
+
+
 def test_with_cp_is_skipped_without_grad():
     model = tiny_model(with_cp=True).eval()
     with torch.no_grad():
