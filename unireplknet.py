@@ -769,7 +769,9 @@ class UniRepLKNet(nn.Module):
         layer = self.downsample_layers[index]
         if self.with_cp and torch.is_grad_enabled():
             return torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)
-        return layer(x)
+        for module in layer:  # the stem's GELU acts on the LayerNorm's fresh output: in place in inference
+            x = gelu_without_autograd_in_place(module, x) if isinstance(module, nn.GELU) else module(x)
+        return x
 
     def forward_head(self, x, pre_logits: bool = False):
         """(B, C, h, w) -> global average pool -> LayerNorm -> (B, C) if pre_logits else Linear -> (B, num_classes)."""
