@@ -635,8 +635,7 @@ class UniRepLKNet(nn.Module):
         head_init_scale: multiplier of the initial classifier weight and bias.
         kernel_sizes: per-stage tuple of per-block kernel sizes (0, 3, 5, 7..17); default from `depths`.
         deploy: build the reparameterised (inference) structure directly.
-        with_cp: checkpoint every block, the stem and the downsampling layers (non-reentrant) to save memory
-            during training.
+        with_cp: checkpoint every block and the stem (non-reentrant) to save memory during training.
         init_cfg: backbone mode; dict(checkpoint=path or None) as in MMSegmentation/MMDetection configs.
         attempt_use_lk_impl: use the optional iGEMM package for large depthwise kernels if installed.
         use_sync_bn: SyncBatchNorm instead of BatchNorm2d inside the blocks.
@@ -764,10 +763,11 @@ class UniRepLKNet(nn.Module):
         return x
 
     def downsample(self, index: int, x):
-        """downsample_layers[index](x), checkpointed under with_cp: the stem's activations at half the input
-        resolution are as large as a stage-0 block's, so keeping them would cost more memory than any one block."""
+        """downsample_layers[index](x); under with_cp the stem (index 0) is checkpointed: its activations at half the
+        input resolution are the largest kept outside the blocks. The later downsampling layers' are small, and
+        recomputing them would cost time for little memory (BENCHMARKS.md)."""
         layer = self.downsample_layers[index]
-        if self.with_cp and torch.is_grad_enabled():
+        if index == 0 and self.with_cp and torch.is_grad_enabled():
             return torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)
         for module in layer:  # the stem's GELU acts on the LayerNorm's fresh output: in place in inference
             x = gelu_without_autograd_in_place(module, x) if isinstance(module, nn.GELU) else module(x)
