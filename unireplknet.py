@@ -21,9 +21,12 @@ DilatedReparamBlock.forward_branches (training-form DRB), UniRepLKNetBlock.branc
 UniRepLKNet.forward_features / forward_backbone. tests/test_unireplknet*.py pin keys, counts and exactness.
 
 CPU speed (same state_dict, same values up to float rounding; measured in BENCHMARKS.md): on CPU the model runs in
-channels_last (`to_fast_layout`) and computes dilated DRB branches by space-to-batch while training; in eval mode a
-training-form DRB runs as one conv with its fused kernel (any device); GRN's scale is folded into the following
-Linear where a sample has more pixels than that Linear has outputs (`grn_then_linear`).
+channels_last (`to_fast_layout`); while training, the DRB's large and dilated depthwise convs go through
+`same_depthwise_conv`, whose custom backward avoids oneDNN's slow kernels (weight gradient as one grouped forward
+conv, dilated convs by space-to-batch or dense kernels); in eval mode a training-form DRB runs as one conv with its
+fused kernel (any device); GRN's scale is folded into the following Linear where a sample has more pixels than that
+Linear has outputs (`grn_then_linear`), and its norm is computed in cache-sized chunks; without autograd, GELUs and
+the residual add write over fresh tensors instead of allocating new ones.
 """
 import argparse
 import contextlib
@@ -198,13 +201,10 @@ def depthwise_conv_weight_grad_by_batch_folding(x: torch.Tensor, grad_out: torch
     """
     batch, channels, height, width = x.shape
     padding = dilation * (kernel_size - 1) // 2
-    kernel = grad_out.reshape(batch * channels, 1, height, width)
-    if padding <= 4:
-        per_sample = F.conv2d(x.reshape(1, batch * channels, height, width), kernel, stride=dilation,
-                              padding=padding, groups=batch * channels)
-    else:  # oneDNN's conv is slow when padded by more than 4: pad beforehand
-        padded = F.pad(x, (padding,) * 4).reshape(1, batch * channels, height + 2 * padding, width + 2 * padding)
-        per_sample = F.conv2d(padded, kernel, stride=dilation, groups=batch * channels)
+    # Padded beforehand: oneDNN's own padding is slow for this conv (BENCHMARKS.md).
+    padded = F.pad(x, (padding,) * 4).reshape(1, batch * channels, height + 2 * padding, width + 2 * padding)
+    per_sample = F.conv2d(padded, grad_out.reshape(batch * channels, 1, height, width), stride=dilation,
+                          groups=batch * channels)
     return per_sample.reshape(batch, channels, kernel_size, kernel_size).sum(0).unsqueeze(1)
 
 

@@ -52,17 +52,79 @@ def drb_forward(branch_conv, merge_in_eval):
     return forward
 
 
+def space_to_batch_branch(x, weight, dilation):
+    """The first shipped training path: dilated branches by space-to-batch, autograd through its ops."""
+    if dilation == 1:
+        return dilated_branch(x, weight, dilation)
+    return unireplknet.dilated_depthwise_conv_by_space_to_batch(x, weight, dilation)
+
+
+def grn_scale_autograd(grn, x):
+    """GRN's (gamma * Nx + 1) with torch.linalg.vector_norm and autograd's backward of it."""
+    norm = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)
+    return grn.gamma * (norm / (norm.mean(dim=-1, keepdim=True) + 1e-6)) + 1
+
+
+def grn_forward_autograd_norm(self, x):
+    out = grn_scale_autograd(self, x) * x
+    return out if self.beta is None else out + self.beta
+
+
 def grn_forward_addcmul(self, x):
     """GRN with the scale and the `+ beta` in one pass over the 4C-channel tensor (torch.addcmul)."""
-    global_response = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)
-    scale = self.gamma * (global_response / (global_response.mean(dim=-1, keepdim=True) + 1e-6)) + 1
+    scale = grn_scale_autograd(self, x)
     return x * scale if self.beta is None else torch.addcmul(self.beta, x, scale)
+
+
+def grn_then_linear_autograd(grn, linear, x):
+    """The first shipped GRN fold: per-sample Linear weights through autograd, only where pixels > 2x outputs."""
+    batch, height, width, channels = x.shape
+    if height * width <= 2 * linear.out_features:
+        return linear(grn(x))
+    weight = linear.weight.unsqueeze(0) * grn_scale_autograd(grn, x).reshape(batch, 1, channels)
+    bias = linear.weight.new_zeros(linear.out_features) if linear.bias is None else linear.bias
+    if grn.beta is not None:
+        bias = bias + linear.weight @ grn.beta.reshape(channels)
+    out = torch.baddbmm(bias.reshape(1, 1, -1), x.reshape(batch, height * width, channels), weight.transpose(1, 2))
+    return out.reshape(batch, height, width, linear.out_features)
+
+
+def se_then_linear(se, linear, x):
+    """SE gate folded into a per-sample copy of the first Linear's weight where pixels > outputs (not shipped)."""
+    batch, channels, height, width = x.shape
+    if height * width <= linear.out_features:
+        return linear(se(x).permute(0, 2, 3, 1))
+    gate = torch.sigmoid(se.up(F.relu(se.down(x.mean(dim=(2, 3), keepdim=True)))))
+    weight = linear.weight.unsqueeze(0) * gate.reshape(batch, 1, channels)
+    pixels = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+    out = torch.baddbmm(linear.bias.reshape(1, 1, -1), pixels, weight.transpose(1, 2))
+    return out.reshape(batch, height, width, linear.out_features)
 
 
 def release_branch_forward(self, x):
     """UniRepLKNetBlock.branch_forward as in the release: GRN, then the second Linear."""
     x = self.se(self.norm(self.dwconv(x)))
     return self.pwconv2(self.act(self.pwconv1(x)))
+
+
+def branch_forward_with(grn_then_linear, fold_se=False):
+    """UniRepLKNetBlock.branch_forward with a given GRN + Linear computation and GELU out of place."""
+    def branch_forward(self, x):
+        x = self.norm(self.dwconv(x))
+        x = se_then_linear(self.se, self.pwconv1[1], x) if fold_se else self.pwconv1(self.se(x))
+        x = grn_then_linear(self.act[1], self.pwconv2[0], self.act[0](x))
+        for layer in self.pwconv2[1:]:
+            x = layer(x)
+        return x
+    return branch_forward
+
+
+def residual_forward_out_of_place(self, x):
+    return x + self.drop_path(self.scale(self.branch_forward(x)))
+
+
+def downsample_out_of_place(self, index, x):
+    return self.downsample_layers[index](x)
 
 
 @contextlib.contextmanager
@@ -79,20 +141,36 @@ def release_layout():
 RELEASE_DRB = drb_forward(dilated_branch, merge_in_eval=False)
 # Methods replaced per instance: (class, method name).
 BLOCK = (unireplknet.UniRepLKNetBlock, 'branch_forward')
+RESIDUAL = (unireplknet.UniRepLKNetBlock, 'residual_forward')
 DRB = (unireplknet.DilatedReparamBlock, 'forward')
 GRN = (unireplknet.GRNwithNHWC, 'forward')
-# (label, channels_last, {(class, method): replacement}); each row adds one idea to the rows above it
-# (the GRN addcmul row was measured and dropped, the row after it does not include it). {} is unireplknet.py as shipped.
+DOWNSAMPLE = (unireplknet.UniRepLKNet, 'downsample')
+# Inference without the in-place GELU and residual (the last idea).
+OUT_OF_PLACE = {RESIDUAL: residual_forward_out_of_place, DOWNSAMPLE: downsample_out_of_place}
+SPACE_TO_BATCH_DRB = {DRB: drb_forward(space_to_batch_branch, merge_in_eval=True)}
+AUTOGRAD_GRN_FOLD = {BLOCK: branch_forward_with(grn_then_linear_autograd), GRN: grn_forward_autograd_norm}
+# (label, channels_last, {(class, method): replacement}); each row adds one idea to the rows above it (the rows
+# marked "dropped" were measured and not kept; the row after them does not include them). {} is unireplknet.py.
 IDEAS = [
-    ("release computation (NCHW)", False, {DRB: RELEASE_DRB, BLOCK: release_branch_forward}),
-    ("channels_last end to end", True, {DRB: RELEASE_DRB, BLOCK: release_branch_forward}),
+    ("release computation (NCHW)", False, {DRB: RELEASE_DRB, BLOCK: release_branch_forward, **OUT_OF_PLACE}),
+    ("channels_last end to end", True, {DRB: RELEASE_DRB, BLOCK: release_branch_forward, **OUT_OF_PLACE}),
     ("+ eval: DRB branches merged into one kernel on the fly", True,
-     {DRB: drb_forward(dilated_branch, merge_in_eval=True), BLOCK: release_branch_forward}),
+     {DRB: drb_forward(dilated_branch, merge_in_eval=True), BLOCK: release_branch_forward, **OUT_OF_PLACE}),
     ("+ train: dilated branches as dense-equivalent kernels", True,
-     {DRB: drb_forward(dense_equivalent_branch, merge_in_eval=True), BLOCK: release_branch_forward}),
-    ("+ train: dilated branches by space-to-batch instead", True, {BLOCK: release_branch_forward}),
-    ("+ GRN scale and beta in one addcmul", True, {BLOCK: release_branch_forward, GRN: grn_forward_addcmul}),
-    ("+ GRN scale folded into the next Linear (shipped)", True, {}),
+     {DRB: drb_forward(dense_equivalent_branch, merge_in_eval=True), BLOCK: release_branch_forward, **OUT_OF_PLACE}),
+    ("+ train: dilated branches by space-to-batch instead", True,
+     {**SPACE_TO_BATCH_DRB, BLOCK: release_branch_forward, **OUT_OF_PLACE}),
+    ("+ GRN scale and beta in one addcmul (dropped)", True,
+     {**SPACE_TO_BATCH_DRB, BLOCK: release_branch_forward, GRN: grn_forward_addcmul, **OUT_OF_PLACE}),
+    ("+ GRN scale folded into the next Linear (autograd, pixels > 2x outputs)", True,
+     {**SPACE_TO_BATCH_DRB, **AUTOGRAD_GRN_FOLD, **OUT_OF_PLACE}),
+    ("+ train: DRB convs with the custom backward (`same_depthwise_conv`)", True,
+     {**AUTOGRAD_GRN_FOLD, **OUT_OF_PLACE}),
+    ("+ GRN: fold as one Function (pixels > outputs), one-pass norm backward, chunked norms", True,
+     {BLOCK: branch_forward_with(unireplknet.grn_then_linear), **OUT_OF_PLACE}),
+    ("+ SE gate folded into the first Linear (dropped)", True,
+     {BLOCK: branch_forward_with(unireplknet.grn_then_linear, fold_se=True), **OUT_OF_PLACE}),
+    ("+ inference: GELUs and the residual add in place (shipped)", True, {}),
 ]
 
 
