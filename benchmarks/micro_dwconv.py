@@ -3,7 +3,8 @@
 Answers, with measurements, which implementation of each piece is fastest on this machine:
   1. depthwise KxK conv, NCHW vs channels_last, K = 3, 5, 7, 13;
   2. the dilated branches (k, r) of a K=13 Dilated Reparam Block (facts A.6): dilated conv in
-     NCHW / channels_last, the dense (zero-inserted) equivalent kernel, and space-to-batch;
+     NCHW / channels_last, the dense (zero-inserted) equivalent kernel, space-to-batch, and
+     unireplknet.same_depthwise_conv (what ships: custom backward, see its docstring);
   3. the pointwise FFN layers: nn.Linear on NHWC vs 1x1 conv in channels_last;
 each forward only and forward+backward (grads for input and weight, as in training).
 
@@ -19,7 +20,9 @@ import torch.nn.functional as F
 from timing import interleaved_medians, machine_summary, markdown_table, utc_now
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from unireplknet import dilated_depthwise_conv_by_space_to_batch, dilated_to_dense_kernel  # noqa: E402
+from unireplknet import (  # noqa: E402
+    dilated_depthwise_conv_by_space_to_batch, dilated_to_dense_kernel, same_depthwise_conv,
+)
 
 # (channels, resolution) of unireplknet_a's stages at 224x224 input.
 STAGE_SHAPES = {0: (40, 56), 1: (80, 28), 2: (160, 14), 3: (320, 7)}
@@ -60,6 +63,9 @@ def dwconv_cases(batch):
             w = torch.randn(channels, 1, kernel, kernel)
             yield (f"dwconv {kernel}x{kernel}", f"C={channels} {res}x{res}", layout,
                    lambda x, w, k=kernel, c=channels: F.conv2d(x, w, padding=k // 2, groups=c), (x, w))
+        if kernel > 5:
+            yield (f"dwconv {kernel}x{kernel}", f"C={channels} {res}x{res}", "channels_last, same_depthwise_conv",
+                   lambda x, w: same_depthwise_conv(x, w), (x, w))
 
 
 def dilated_branch_cases(batch, stage):
@@ -85,6 +91,8 @@ def dilated_branch_cases(batch, stage):
             yield name, shape, "dense-equivalent channels_last", dense, (x_cl, w)
             yield name, shape, "space-to-batch channels_last", \
                 lambda x, w, d=dilation: dilated_depthwise_conv_by_space_to_batch(x, w, d), (x_cl, w)
+            yield name, shape, "same_depthwise_conv channels_last", \
+                lambda x, w, d=dilation: same_depthwise_conv(x, w, d), (x_cl, w)
 
 
 def pointwise_cases(batch):
@@ -120,7 +128,7 @@ def main():
     torch.manual_seed(0)
 
     cases = [*dwconv_cases(args.batch), *dilated_branch_cases(args.batch, 1),
-             *dilated_branch_cases(args.batch, 2), *pointwise_cases(args.batch)]
+             *dilated_branch_cases(args.batch, 2), *dilated_branch_cases(args.batch, 3), *pointwise_cases(args.batch)]
     # The implementations of one op at one shape are timed interleaved with each other.
     groups = {}
     for name, shape, variant, op, inputs in cases:
