@@ -45,32 +45,10 @@ def reference_drb_forward(drb, x):
     return out
 
 
-@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
-@pytest.mark.parametrize('kernel, dilation', DILATED_BRANCHES)
-def test_space_to_batch_equals_the_dilated_conv_with_gradients(kernel, dilation, channels_last):
-    # Sizes that are not multiples of the dilation, and one smaller than the dilated kernel's reach.
-    for height, width in [(9, 14), (3, 5)]:
-        x = torch.randn(2, 3, height, width, dtype=torch.float64)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        weight = torch.randn(3, 1, kernel, kernel, dtype=torch.float64)
-        x_ref, w_ref = x.clone().requires_grad_(), weight.clone().requires_grad_()
-        x_s2b, w_s2b = x.clone().requires_grad_(), weight.clone().requires_grad_()
-        expected = F.conv2d(x_ref, w_ref, padding=dilation * (kernel - 1) // 2, dilation=dilation, groups=3)
-        result = dilated_depthwise_conv_by_space_to_batch(x_s2b, w_s2b, dilation)
-        torch.testing.assert_close(result, expected)
-        grad = torch.randn_like(expected)
-        expected.backward(grad)
-        result.backward(grad)
-        torch.testing.assert_close(x_s2b.grad, x_ref.grad)
-        torch.testing.assert_close(w_s2b.grad, w_ref.grad)
-
-
-@pytest.mark.parametrize('kernel, dilation', DRB_CONVS)
-def test_same_depthwise_conv_equals_conv2d_with_gradients(kernel, dilation):
-    # Odd and even sizes, one smaller than the kernel's reach; NCHW and channels_last; for dilated kernels padded by
-    # more than 4, the small maps take the dense-kernel path and the 24x26 map the space-to-batch path.
-    for height, width, channels_last in [(9, 14, True), (3, 5, False), (24, 26, True)]:
+def assert_equals_conv2d_with_gradients(conv, kernel, dilation, cases):
+    """conv(x, weight, dilation) against F.conv2d in float64 for each (height, width, channels_last) case: the output
+    and the gradients of x and weight."""
+    for height, width, channels_last in cases:
         x = torch.randn(2, 3, height, width, dtype=torch.float64)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -78,11 +56,27 @@ def test_same_depthwise_conv_equals_conv2d_with_gradients(kernel, dilation):
         x_ref, w_ref = x.clone().requires_grad_(), weight.clone().requires_grad_()
         x_fast, w_fast = x.clone().requires_grad_(), weight.clone().requires_grad_()
         expected = F.conv2d(x_ref, w_ref, padding=dilation * (kernel - 1) // 2, dilation=dilation, groups=3)
-        result = same_depthwise_conv(x_fast, w_fast, dilation)
+        result = conv(x_fast, w_fast, dilation)
         torch.testing.assert_close(result, expected)
         grad = torch.randn_like(expected)
         torch.testing.assert_close(torch.autograd.grad(result, [x_fast, w_fast], grad),
                                    torch.autograd.grad(expected, [x_ref, w_ref], grad))
+
+
+@pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
+@pytest.mark.parametrize('kernel, dilation', DILATED_BRANCHES)
+def test_space_to_batch_equals_the_dilated_conv_with_gradients(kernel, dilation, channels_last):
+    # Sizes that are not multiples of the dilation, and one smaller than the dilated kernel's reach.
+    assert_equals_conv2d_with_gradients(dilated_depthwise_conv_by_space_to_batch, kernel, dilation,
+                                        [(9, 14, channels_last), (3, 5, channels_last)])
+
+
+@pytest.mark.parametrize('kernel, dilation', DRB_CONVS)
+def test_same_depthwise_conv_equals_conv2d_with_gradients(kernel, dilation):
+    # Odd and even sizes, one smaller than the kernel's reach; NCHW and channels_last; for dilated kernels padded by
+    # more than 4, the small maps take the dense-kernel path and the 24x26 map the space-to-batch path.
+    assert_equals_conv2d_with_gradients(same_depthwise_conv, kernel, dilation,
+                                        [(9, 14, True), (3, 5, False), (24, 26, True)])
 
 
 def test_same_depthwise_conv_gradients_pass_gradcheck():
