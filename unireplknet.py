@@ -331,7 +331,10 @@ class GRNwithNHWC(nn.Module):
 
     def response_scale(self, x):
         """The per-sample, per-channel factor (gamma * Nx + 1), shape (B, 1, 1, C)."""
-        global_response = _SpatialL2Norm.apply(x)
+        if x.device.type == 'cpu':
+            global_response = _SpatialL2Norm.apply(x)
+        else:  # the release's computation; the CPU-tuned Function is not measured on other devices
+            global_response = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)
         normalized = global_response / (global_response.mean(dim=-1, keepdim=True) + 1e-6)
         return self.gamma * normalized + 1
 
@@ -387,11 +390,12 @@ def grn_then_linear(grn: GRNwithNHWC, linear: nn.Linear, x: torch.Tensor) -> tor
     (x * s + beta) @ W.T + b == x @ (W * s).T + (W @ beta + b): one batched matmul instead of two elementwise passes
     over the 4C-channel tensor (the largest in the block) and a matmul. That pays off when a sample has more pixels
     than the Linear has outputs (at 224: stages 0-1, and stage 2 of unireplknet_a and _f); elsewhere the per-sample
-    weights cost more than they save (BENCHMARKS.md), so the plain order is used. Same values up to float rounding.
+    weights cost more than they save (BENCHMARKS.md), so the plain order is used, as it is on other devices than
+    the CPU, where this was not measured. Same values up to float rounding.
     (B, H, W, 4C) -> (B, H, W, C).
     """
     batch, height, width, channels = x.shape
-    if height * width <= linear.out_features:
+    if x.device.type != 'cpu' or height * width <= linear.out_features:
         return linear(grn(x))
     out = _GRNThenLinear.apply(x.reshape(batch, height * width, channels), grn.gamma, grn.beta, linear.weight,
                                linear.bias)

@@ -241,3 +241,14 @@ def test_model_trains_under_cpu_bfloat16_autocast_close_to_float32():
         assert low[name].dtype == torch.float32 and torch.isfinite(low[name]).all(), name
         if grad.norm() > 1e-4 * grad.numel() ** 0.5:  # BN-cancelled parameters have ~0 gradient: nothing to compare
             assert (low[name] - grad).norm() <= 0.3 * grad.norm(), name  # the release computation in bf16: <= 0.2
+
+
+def test_custom_grn_functions_are_used_on_cpu_only(monkeypatch):
+    """Other devices keep the release's GRN computation: the CPU-tuned Functions were not measured there."""
+    def refuse(*args):
+        raise AssertionError('CPU-only Function used on another device')
+    monkeypatch.setattr(unireplknet._GRNThenLinear, 'apply', refuse)
+    monkeypatch.setattr(unireplknet._SpatialL2Norm, 'apply', refuse)
+    grn, linear = GRNwithNHWC(12).to('meta'), nn.Linear(12, 5).to('meta')
+    x = torch.empty(2, 8, 8, 12, device='meta')  # 64 pixels > 5 outputs: the fold's case on the CPU
+    assert grn_then_linear(grn, linear, x).shape == (2, 8, 8, 5)
