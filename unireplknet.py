@@ -290,6 +290,18 @@ def per_channel_l2_norm(x: torch.Tensor) -> torch.Tensor:
     return (torch.cat(sums) if len(sums) > 1 else sums[0]).sqrt().to(x.dtype)
 
 
+def _l2_norm_gradient(x: torch.Tensor, norm: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Gradient of an L2 norm with respect to x in one pass: x * (grad / norm), 0 where the norm is 0 (as torch
+    defines it). norm and grad broadcast against x."""
+    return x * torch.where(norm > 0, grad / norm, torch.zeros_like(grad))
+
+
+def _grn_response_scale(norm: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """GRN's per-sample, per-channel factor gamma * Nx + 1, with Nx = norm / (mean over channels of norm + 1e-6);
+    norm has the channels last and gamma broadcasts against it."""
+    return gamma * (norm / (norm.mean(dim=-1, keepdim=True) + 1e-6)) + 1
+
+
 class _SpatialL2Norm(torch.autograd.Function):
     """torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True) for (B, H, W, C) x, with a one-pass backward.
 
@@ -310,7 +322,7 @@ class _SpatialL2Norm(torch.autograd.Function):
     @torch.amp.custom_bwd(device_type='cpu')
     def backward(ctx, grad):
         x, norm = ctx.saved_tensors
-        return x * torch.where(norm > 0, grad / norm, torch.zeros_like(grad))
+        return _l2_norm_gradient(x, norm, grad)
 
 
 class GRNwithNHWC(nn.Module):
@@ -335,13 +347,12 @@ class GRNwithNHWC(nn.Module):
             global_response = _SpatialL2Norm.apply(x)
         else:  # the release's computation; the CPU-tuned Function is not measured on other devices
             global_response = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)
-        normalized = global_response / (global_response.mean(dim=-1, keepdim=True) + 1e-6)
-        return self.gamma * normalized + 1
+        return _grn_response_scale(global_response, self.gamma)
 
 
 def _grn_folded_weight_and_bias(norm, gamma, beta, weight, bias):
     """Per-sample weight W * s (B, O, C) and shared bias W @ beta + b (O,) of linear(grn(x)), from x's (B, C) norms."""
-    scale = gamma.reshape(1, -1) * (norm / (norm.mean(dim=-1, keepdim=True) + 1e-6)) + 1
+    scale = _grn_response_scale(norm, gamma.reshape(1, -1))
     folded_bias = weight.new_zeros(weight.shape[0]) if bias is None else bias
     if beta is not None:
         folded_bias = folded_bias + weight @ beta.reshape(-1)
@@ -378,7 +389,7 @@ class _GRNThenLinear(torch.autograd.Function):
                                               (grad_folded_weight, grad_out.sum(dim=(0, 1))), allow_unused=True))
         grad_norm, grad_gamma, grad_beta, grad_weight, grad_bias = [
             next(leaf_grads) if t is not None else None for t in inputs]
-        norm_term = x * torch.where(norm > 0, grad_norm / norm, torch.zeros_like(norm)).unsqueeze(1)
+        norm_term = _l2_norm_gradient(x, norm.unsqueeze(1), grad_norm.unsqueeze(1))
         # In place, so in one dtype: grad_out's (bfloat16 under autocast, as the forward's matmul ran).
         grad_x = norm_term.to(grad_out.dtype).baddbmm_(grad_out, folded_weight.detach().to(grad_out.dtype))
         return grad_x, grad_gamma, grad_beta, grad_weight, grad_bias

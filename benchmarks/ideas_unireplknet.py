@@ -61,8 +61,7 @@ def space_to_batch_branch(x, weight, dilation):
 
 def grn_scale_autograd(grn, x):
     """GRN's (gamma * Nx + 1) with torch.linalg.vector_norm and autograd's backward of it."""
-    norm = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)
-    return grn.gamma * (norm / (norm.mean(dim=-1, keepdim=True) + 1e-6)) + 1
+    return unireplknet._grn_response_scale(torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True), grn.gamma)
 
 
 def grn_forward_autograd_norm(self, x):
