@@ -30,6 +30,7 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3, reparameterize_model
 
+import modalities
 import replknet  # registers replknet_* with timm; REPLKNET_ALIASES maps the original names
 import unireplknet  # noqa: F401  (registers unireplknet_* with timm)
 import utils
@@ -254,14 +255,23 @@ def canonical_model_name(name):
 
 
 def build_model(args):
-    """Create the --model with the options of this run; --model_overrides adds constructor kwargs."""
+    """Create the --model with the options of this run; --model_overrides adds constructor kwargs.
+
+    For a data set of another modality (modalities.adapter_module) that module's `backbone_kwargs(args)` go to the
+    backbone first, and its `build_model(args, backbone)` returns the model to train around that backbone."""
     name = canonical_model_name(args.model)
     kwargs = dict(num_classes=args.nb_classes, drop_path_rate=args.drop_path,
                   with_cp=args.use_checkpoint, use_sync_bn=args.sync_bn)
     if name.startswith('unireplknet'):
         kwargs.update(layer_scale_init_value=args.layer_scale_init_value, head_init_scale=args.head_init_scale)
+    adapter = modalities.adapter_module(args.data_set)
+    if hasattr(adapter, 'backbone_kwargs'):
+        kwargs.update(adapter.backbone_kwargs(args))
     kwargs.update(args.model_overrides or {})
-    return timm.create_model(name, pretrained=False, **kwargs)
+    backbone = timm.create_model(name, pretrained=False, **kwargs)
+    if hasattr(adapter, 'build_model'):
+        return adapter.build_model(args, backbone)
+    return backbone
 
 
 def load_finetune_weights(args, model):
