@@ -15,6 +15,7 @@ import math
 import torch
 import torch.distributed as dist
 
+import metric_logging
 import utils
 
 
@@ -73,7 +74,7 @@ def train_one_epoch(model, criterion, data_loader, optimizer, precision, device,
                     steps_per_epoch, lr_schedule, wd_schedule=None, start_step=0, update_freq=1,
                     clip_grad=None, mixup_fn=None, model_ema=None, log_writer=None,
                     channels_last=False, save_every_steps=0, save_step_checkpoint=None,
-                    print_freq=10):
+                    print_freq=10, track_accuracy=True):
     """Train from optimizer update `start_step` to the end of the epoch.
 
     data_loader must yield exactly (steps_per_epoch - start_step) * update_freq micro-batches (see
@@ -84,9 +85,9 @@ def train_one_epoch(model, criterion, data_loader, optimizer, precision, device,
     """
     model.train()
     model_without_ddp = model.module if hasattr(model, 'module') else model
-    metric_logger = utils.MetricLogger(delimiter='  ')
-    metric_logger.add_meter('lr', utils.SmoothedValue(window_size=1, fmt='{value:.6f}'))
-    metric_logger.add_meter('min_lr', utils.SmoothedValue(window_size=1, fmt='{value:.6f}'))
+    metric_logger = metric_logging.MetricLogger(delimiter='  ')
+    metric_logger.add_meter('lr', metric_logging.SmoothedValue(window_size=1, fmt='{value:.6f}'))
+    metric_logger.add_meter('min_lr', metric_logging.SmoothedValue(window_size=1, fmt='{value:.6f}'))
     header = f'Epoch: [{epoch}]'
     optimizer.zero_grad()
     loss_was_nonfinite = False
@@ -134,7 +135,7 @@ def train_one_epoch(model, criterion, data_loader, optimizer, precision, device,
                 model_ema.update(model_without_ddp)
 
         class_acc = None
-        if mixup_fn is None:
+        if mixup_fn is None and track_accuracy:  # off for regression tasks (tasks.py)
             class_acc = (output.argmax(dim=-1) == targets).float().mean().item()
         lrs = [group['lr'] for group in optimizer.param_groups]
         weight_decay = next((group['weight_decay'] for group in reversed(optimizer.param_groups)
@@ -174,7 +175,7 @@ def evaluate(data_loader, model, device, precision, distributed=False, channels_
     """
     model.eval()
     criterion = torch.nn.CrossEntropyLoss(reduction='sum')
-    metric_logger = utils.MetricLogger(delimiter='  ')
+    metric_logger = metric_logging.MetricLogger(delimiter='  ')
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, correct1, correct5, count
 
     for images, targets in metric_logger.log_every(data_loader, print_freq, 'Test:'):

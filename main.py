@@ -30,10 +30,13 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3, reparameterize_model
 
+import metric_logging
 import modalities
 import replknet  # registers replknet_* with timm; REPLKNET_ALIASES maps the original names
 import unireplknet  # noqa: F401  (registers unireplknet_* with timm)
 import utils
+from checkpoint import (CheckpointError, Checkpointer, load_checkpoint_file, load_model_state,
+                        remove_stale_temporaries, select_model_state, to_plain_data)
 from datasets import build_dataset, collate_skipping_corrupt, count_skipped
 from engine import Precision, evaluate, train_one_epoch
 from optim_factory import cosine_scheduler, create_optimizer, layer_decay_assigner
@@ -148,6 +151,9 @@ def get_args_parser():
     parser.add_argument('--imagenet_default_mean_and_std', type=str2bool, default=True)
     parser.add_argument('--data_set', default='IMNET', choices=['CIFAR', 'IMNET', 'image_folder', 'DIGITS'],
                         type=str, help='ImageNet dataset path')
+    parser.add_argument('--data_format', default='folder', choices=['folder', 'shards'],
+                        help='IMNET / image_folder data as class folders, or as tar shards written from them by '
+                             'tools/make_shards.py (--data_path/--eval_data_path then name the shard folders)')
     parser.add_argument('--skip_corrupt_images', **OPTIONAL_BOOL,
                         help='skip (and count) unreadable images instead of stopping with an error')
     parser.add_argument('--output_dir', default='', help='path where to save, empty for no saving')
@@ -277,8 +283,8 @@ def build_model(args):
 def load_finetune_weights(args, model):
     """--finetune: load weights non-strictly; a classifier head of another shape is left out."""
     print(f'Load pre-trained checkpoint from: {args.finetune}')
-    checkpoint = utils.load_checkpoint_file(args.finetune, unsafe=args.unsafe_load_checkpoint)
-    state_dict = dict(utils.select_model_state(checkpoint, args.model_key, args.model_prefix))
+    checkpoint = load_checkpoint_file(args.finetune, unsafe=args.unsafe_load_checkpoint)
+    state_dict = dict(select_model_state(checkpoint, args.model_key, args.model_prefix))
     own = model.state_dict()
     for key in ('head.weight', 'head.bias'):
         if key in state_dict and key in own and state_dict[key].shape != own[key].shape:
@@ -286,10 +292,10 @@ def load_finetune_weights(args, model):
                   f'vs {tuple(own[key].shape)})')
             del state_dict[key]
     if not set(state_dict) & set(own):
-        raise utils.CheckpointError(
+        raise CheckpointError(
             f'--finetune {args.finetune}: none of its {len(state_dict)} keys is a key of {args.model} '
             f'(first keys: {list(state_dict)[:3]}); check --model, --model_key and --model_prefix')
-    missing, unexpected = utils.load_model_state(model, state_dict, strict=False, source=args.finetune)
+    missing, unexpected = load_model_state(model, state_dict, strict=False, source=args.finetune)
     if missing:
         print(f'Weights of {type(model).__name__} not initialized from pretrained model: {missing}')
     if unexpected:
@@ -315,103 +321,6 @@ def evaluate_and_keep_best(model, data_loader_val, args, device, precision, chec
         checkpointer.save_best(epoch, best_name)
     print(f'Max accuracy of the {what}: {getattr(checkpointer, best_attr):.2f}%')
     return stats
-
-
-# --------------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------------
-
-class Checkpointer:
-    """Writes and restores the full training state (see utils' module docstring for the contents)."""
-
-    def __init__(self, args, model, optimizer, precision, model_ema, steps_per_epoch):
-        self.args = args
-        self.model = model
-        self.optimizer = optimizer
-        self.precision = precision
-        self.model_ema = model_ema
-        self.steps_per_epoch = steps_per_epoch
-        self.max_accuracy = 0.0
-        self.max_accuracy_ema = 0.0
-
-    @property
-    def enabled(self):
-        return bool(self.args.output_dir) and self.args.save_ckpt
-
-    def save(self, name, epoch, step, epoch_done):
-        """Collective (every rank contributes its RNG state); rank 0 writes output_dir/name."""
-        rng_states = utils.gather_rng_states()
-        if not utils.is_main_process():
-            return
-        state = {
-            'model': self.model.state_dict(),
-            'optimizer': self.optimizer.state_dict(),
-            'scaler': self.precision.state_dict(),
-            'epoch': epoch,
-            'step': step,
-            'epoch_done': epoch_done,
-            'steps_per_epoch': self.steps_per_epoch,
-            'max_accuracy': self.max_accuracy,
-            'max_accuracy_ema': self.max_accuracy_ema,
-            'rng_states': rng_states,
-            'args': utils.to_plain_data(self.args),
-        }
-        if self.model_ema is not None:
-            state['model_ema'] = self.model_ema.module.state_dict()
-        utils.save_on_master(state, os.path.join(self.args.output_dir, name))
-
-    def save_periodic(self, epoch, step=None):
-        """checkpoint-{epoch}.pth after a finished epoch, checkpoint-{epoch}-step{step}.pth inside one."""
-        if not self.enabled:
-            return
-        self.save(utils.checkpoint_name(epoch, step), epoch,
-                  self.steps_per_epoch if step is None else step, epoch_done=step is None)
-        if utils.is_main_process():
-            utils.prune_checkpoints(self.args.output_dir, self.args.save_ckpt_num)
-
-    def save_best(self, epoch, suffix):
-        if self.enabled:
-            self.save(f'checkpoint-{suffix}.pth', epoch, self.steps_per_epoch, epoch_done=True)
-
-    def restore(self, path, weights_only):
-        """Load a checkpoint; return (start_epoch, start_step) to continue from.
-
-        Released files and bare state_dicts restore the weights only (as does weights_only=True, for
-        --eval). Full checkpoints also restore optimizer, scaler, EMA, best accuracies and RNG states.
-        """
-        checkpoint = utils.load_checkpoint_file(path, unsafe=self.args.unsafe_load_checkpoint)
-        state_dict = checkpoint['model'] if 'model' in checkpoint else checkpoint
-        utils.load_model_state(self.model, state_dict, strict=True, source=path)
-        print(f'Resume checkpoint {path}')
-        if self.model_ema is not None:
-            # Checkpoints without an EMA (released files, the original's) start it from the restored weights.
-            self.model_ema.module.load_state_dict(checkpoint.get('model_ema', self.model.state_dict()))
-        if weights_only or 'optimizer' not in checkpoint or not isinstance(checkpoint.get('epoch'), int):
-            return self.args.start_epoch, 0
-
-        self.optimizer.load_state_dict(checkpoint['optimizer'])
-        self.precision.load_state_dict(checkpoint.get('scaler'))
-        self.max_accuracy = checkpoint.get('max_accuracy', 0.0)
-        self.max_accuracy_ema = checkpoint.get('max_accuracy_ema', 0.0)
-        rng_states = checkpoint.get('rng_states')
-        if rng_states is not None and len(rng_states) == utils.get_world_size():
-            utils.restore_rng_state(rng_states[utils.get_rank()])
-        else:
-            print('The checkpoint has no random-number states for this number of processes: training '
-                  'continues correctly but not bit-for-bit like an uninterrupted run.')
-
-        epoch = checkpoint['epoch']
-        if checkpoint.get('epoch_done', True):
-            print(f'With optim & sched! Continuing after epoch {epoch}')
-            return epoch + 1, 0
-        step = checkpoint['step']
-        if checkpoint.get('steps_per_epoch') != self.steps_per_epoch:
-            raise utils.CheckpointError(
-                f'{path} was written inside epoch {epoch} with {checkpoint.get("steps_per_epoch")} steps per '
-                f'epoch, but this run has {self.steps_per_epoch} (batch size, update_freq or number of '
-                'processes changed). Resume with the original settings, or from an end-of-epoch checkpoint.')
-        print(f'With optim & sched! Continuing at epoch {epoch}, step {step}')
-        return epoch, step
 
 
 # --------------------------------------------------------------------------------------------------
@@ -508,7 +417,7 @@ def main(args):
     utils.init_distributed_mode(args)
     device = select_device(args)
     check_options(args, device)
-    print(json.dumps(utils.to_plain_data(args), indent=1))
+    print(json.dumps(to_plain_data(args), indent=1))
     seed_everything(args.seed + utils.get_rank())
     cudnn.benchmark = True
 
@@ -517,7 +426,7 @@ def main(args):
 
     if args.output_dir and utils.is_main_process():
         os.makedirs(args.output_dir, exist_ok=True)
-        utils.remove_stale_temporaries(args.output_dir)
+        remove_stale_temporaries(args.output_dir)
     world_size, rank = utils.get_world_size(), utils.get_rank()
 
     # ---------------- data ----------------
@@ -597,12 +506,7 @@ def main(args):
     checkpointer = Checkpointer(args, model_without_ddp, optimizer, precision, model_ema, steps_per_epoch)
 
     # ---------------- resume ----------------
-    resume_path = args.resume
-    if not resume_path and args.auto_resume:
-        resume_path = utils.find_latest_checkpoint(args.output_dir)
-    start_epoch, start_step = args.start_epoch, 0
-    if resume_path:
-        start_epoch, start_step = checkpointer.restore(resume_path, weights_only=args.eval)
+    start_epoch, start_step = checkpointer.resume()
 
     if args.eval:
         test_stats = evaluate(data_loader_val, inference_model(model_without_ddp, args.reparam), device,
@@ -628,12 +532,12 @@ def main(args):
     if utils.is_main_process():
         if args.log_dir:
             os.makedirs(args.log_dir, exist_ok=True)
-            log_writer = utils.TensorboardLogger(args.log_dir)
+            log_writer = metric_logging.TensorboardLogger(args.log_dir)
         if args.enable_wandb:
-            wandb_logger = utils.WandbLogger(args)
+            wandb_logger = metric_logging.WandbLogger(args)
     log_path = os.path.join(args.output_dir, 'log.txt') if args.output_dir else None
     if log_path and utils.is_main_process():
-        utils.drop_log_lines_from_epoch(log_path, start_epoch)
+        metric_logging.drop_log_lines_from_epoch(log_path, start_epoch)
 
     # ---------------- training ----------------
     print(f'Start training for {args.epochs} epochs')
@@ -670,11 +574,11 @@ def main(args):
                 if log_writer is not None:
                     log_writer.update(head='perf', step=epoch, test_acc1_ema=ema_stats['acc1'])
 
-        # The log line goes before the epoch checkpoint: a resume from an older checkpoint drops the
-        # lines of the epochs it repeats (utils.drop_log_lines_from_epoch), so each epoch is logged once.
+        # The log line goes before the epoch checkpoint: a resume from an older checkpoint drops the lines
+        # of the epochs it repeats (metric_logging.drop_log_lines_from_epoch), so each epoch is logged once.
         if utils.is_main_process():
             if log_path:
-                utils.append_json_line(log_path, log_stats)
+                metric_logging.append_json_line(log_path, log_stats)
             if log_writer is not None:
                 log_writer.flush()
             if wandb_logger is not None:
@@ -696,7 +600,7 @@ if __name__ == '__main__':
     cli_args = parse_args()
     try:
         main(cli_args)
-    except (utils.NonFiniteLossError, utils.CheckpointError, FileNotFoundError) as error:
+    except (utils.NonFiniteLossError, CheckpointError, FileNotFoundError) as error:
         sys.exit(f'error: {error}')
     finally:
         if utils.is_dist_avail_and_initialized():

@@ -241,13 +241,13 @@ class Trainer:
 
     def checkpoint(self):
         """Called by submitit on global rank 0 after the step checkpoint is written: resubmit to resume."""
-        import utils
+        from checkpoint import find_latest_checkpoint
 
         train_args = copy.deepcopy(self.train_args)
         train_args.auto_resume = True
         # An explicit --resume would take precedence over auto-resume and restart from that older file.
         output_dir = expand_job_id(train_args.output_dir or self.job_dir, submitit.JobEnvironment().job_id)
-        if utils.find_latest_checkpoint(output_dir):
+        if find_latest_checkpoint(output_dir):
             train_args.resume = ""
         return submitit.helpers.DelayedSubmission(Trainer(train_args, self.job_dir, self.requeues + 1))
 

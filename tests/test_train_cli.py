@@ -1,10 +1,6 @@
-"""In-process tests of main.py's options, model building, samplers, checkpoint files and input errors."""
+"""In-process tests of main.py's options, model building, samplers, checkpoint restore and input errors."""
 import argparse
-import os
 import shlex
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -12,8 +8,8 @@ import yaml
 
 import main
 import utils
-from train_helpers import (NUM_CLASSES, REPO_ROOT, TINY_UNIREPLKNET, make_tiny_dataset,  # noqa: F401
-                           subprocess_env, tiny_data_args)
+from checkpoint import CheckpointError, Checkpointer
+from train_helpers import NUM_CLASSES, TINY_UNIREPLKNET, make_tiny_dataset, tiny_data_args
 
 pytestmark = pytest.mark.usefixtures('single_thread')  # see tests/conftest.py
 
@@ -255,45 +251,13 @@ def tiny_model(nb_classes=NUM_CLASSES, overrides=TINY_UNIREPLKNET):
                                              '--nb_classes', str(nb_classes)]))
 
 
-def test_truncated_checkpoint_is_reported_as_truncated(tmp_path):
-    path = tmp_path / 'checkpoint-0.pth'
-    torch.save({'model': tiny_model().state_dict()}, path)
-    data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])
-    with pytest.raises(utils.CheckpointError, match='truncated'):
-        utils.load_checkpoint_file(str(path))
-
-
 def test_resume_from_a_truncated_checkpoint_stops_before_training(tiny_data, tmp_path):
     path = tmp_path / 'checkpoint-0.pth'
     path.write_bytes(b'PK\x03\x04 this is not a whole checkpoint')
     args = main.parse_args(['--model', 'unireplknet_a', '--model_overrides', TINY_UNIREPLKNET,
                             *tiny_data_args(*tiny_data), '--resume', str(path), '--eval', 'true'])
-    with pytest.raises(utils.CheckpointError, match=f'{path} is truncated or corrupt'):
+    with pytest.raises(CheckpointError, match=f'{path} is truncated or corrupt'):
         main.main(args)
-
-
-def test_checkpoint_needing_arbitrary_unpickling_names_the_opt_in_flag(tmp_path):
-    path = tmp_path / 'pickled.pth'
-    torch.save({'model': {}, 'something': argparse.ArgumentParser}, path)
-    with pytest.raises(utils.CheckpointError, match='--unsafe_load_checkpoint true'):
-        utils.load_checkpoint_file(str(path))
-    assert 'something' in utils.load_checkpoint_file(str(path), unsafe=True)
-
-
-def test_original_release_checkpoint_with_namespace_args_loads_safely(tmp_path):
-    path = tmp_path / 'original.pth'
-    torch.save({'model': {}, 'epoch': 3, 'args': argparse.Namespace(lr=1.0)}, path)
-    assert utils.load_checkpoint_file(str(path))['args'].lr == 1.0
-
-
-def test_checkpoint_of_another_model_lists_the_differences():
-    other = tiny_model(overrides='{"depths": [1, 1, 1, 1], "dims": [8, 16, 24, 40], '
-                                 '"kernel_sizes": [[3], [7], [7], [3]]}').state_dict()
-    with pytest.raises(utils.CheckpointError) as error:
-        utils.load_model_state(tiny_model(), other, strict=True, source='other.pth')
-    message = str(error.value)
-    assert 'shape mismatches' in message and 'checkpoint (40,) vs model (32,)' in message
 
 
 def test_finetune_drops_a_head_of_another_size(tmp_path):
@@ -314,50 +278,8 @@ def test_finetune_drops_a_head_of_another_size(tmp_path):
     assert torch.equal(model.stages[1][0].pwconv1[1].weight, pretrained.stages[1][0].pwconv1[1].weight)
     # Without the prefix nothing matches: an error rather than a silently untouched model.
     args = main.parse_args(['--finetune', str(path)])
-    with pytest.raises(utils.CheckpointError, match='--model_prefix'):
+    with pytest.raises(CheckpointError, match='--model_prefix'):
         main.load_finetune_weights(args, tiny_model())
-
-
-def test_latest_checkpoint_ignores_best_files_and_temporaries(tmp_path):
-    for name in ('checkpoint-1.pth', 'checkpoint-2-step3.pth', 'checkpoint-best.pth', 'checkpoint-best-ema.pth',
-                 '.checkpoint-3.pth.tmp123', 'checkpoint-10.pth', 'checkpoint-10-step1.pth'):
-        (tmp_path / name).write_bytes(b'')
-    assert utils.find_latest_checkpoint(str(tmp_path)) == str(tmp_path / 'checkpoint-10.pth')
-    assert utils.find_latest_checkpoint('') is None
-    utils.prune_checkpoints(str(tmp_path), keep_epochs=1)
-    utils.remove_stale_temporaries(str(tmp_path))
-    assert sorted(os.listdir(tmp_path)) == ['checkpoint-10.pth', 'checkpoint-best-ema.pth', 'checkpoint-best.pth']
-
-
-KILL_DURING_SAVE = """
-import sys, torch, utils
-state = {'model': {'w': torch.randn(4_000_000)}}
-utils.save_on_master(state, sys.argv[1])
-print('first checkpoint written', flush=True)
-while True:
-    state['model']['w'] += 1
-    utils.save_on_master(state, sys.argv[1])
-"""
-
-
-def test_kill_during_checkpoint_write_leaves_a_loadable_checkpoint(tmp_path):
-    path = str(tmp_path / 'checkpoint-0.pth')
-    for _ in range(3):  # normally once: retried only if the kill fell between two writes
-        process = subprocess.Popen([sys.executable, '-c', KILL_DURING_SAVE, path], cwd=REPO_ROOT,
-                                   env=subprocess_env(), stdout=subprocess.PIPE, text=True)
-        assert process.stdout.readline().strip() == 'first checkpoint written'
-        time.sleep(0.2 + 0.3 * torch.rand(()).item())
-        process.kill()
-        process.wait()
-        half_written = [name for name in os.listdir(tmp_path) if '.tmp' in name]
-        if half_written:
-            break
-    assert half_written, 'the kill never landed inside a checkpoint write'
-    checkpoint = utils.load_checkpoint_file(path)
-    assert checkpoint['model']['w'].shape == (4_000_000,)
-    # The next run removes the half-written temporary file.
-    utils.remove_stale_temporaries(str(tmp_path))
-    assert os.listdir(tmp_path) == ['checkpoint-0.pth']
 
 
 def test_evaluation_resume_restores_the_ema_weights(tmp_path):
@@ -369,7 +291,7 @@ def test_evaluation_resume_restores_the_ema_weights(tmp_path):
     model = tiny_model()
     model_ema = ModelEmaV3(model)
     args = main.parse_args(['--eval', 'true'])
-    checkpointer = main.Checkpointer(args, model, optimizer=None, precision=None, model_ema=model_ema,
+    checkpointer = Checkpointer(args, model, optimizer=None, precision=None, model_ema=model_ema,
                                      steps_per_epoch=0)
     assert checkpointer.restore(str(path), weights_only=True) == (0, 0)
     assert torch.equal(model.head.weight, saved_model.head.weight)

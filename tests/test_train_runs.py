@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import main
-import utils
+from checkpoint import list_periodic_checkpoints
 from train_helpers import (BATCH_INDEPENDENT_UNIREPLKNET, REPO_ROOT, TINY_UNIREPLKNET, assert_bitwise_equal,
                            assert_optimizer_states_equal, assert_succeeded, load_checkpoint, make_tiny_dataset,
                            max_abs_difference, read_log, run_main, start_main, tiny_data_args)
@@ -139,7 +139,7 @@ EPOCHS = 2
 
 
 def position_of_newest_checkpoint(output_dir):
-    found = utils.list_periodic_checkpoints(output_dir)
+    found = list_periodic_checkpoints(output_dir)
     if not found:
         return -1
     (epoch, step), _ = found[-1]

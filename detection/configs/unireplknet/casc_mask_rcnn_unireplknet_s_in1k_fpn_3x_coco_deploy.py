@@ -1,4 +1,0 @@
-# casc_mask_rcnn_unireplknet_s_in1k_fpn_3x_coco.py with the backbone in deploy (re-parameterised) form: for testing
-# checkpoints converted by detection/reparameterize.py and for ONNX/TensorRT export; no ImageNet init.
-_base_ = './casc_mask_rcnn_unireplknet_s_in1k_fpn_3x_coco.py'
-model = dict(backbone=dict(deploy=True, init_cfg=dict(type='Pretrained', checkpoint=None)))
