@@ -10,6 +10,9 @@
 * 'DIGITS'       -- scikit-learn's bundled 8x8 handwritten digits (10 classes, 1797 images, no
                     download), split 80/20 deterministically and served as 32x32 RGB PIL images.
 
+With --data_format shards, IMNET and image_folder read the same paths as tar shards written by
+tools/make_shards.py from those folders (shards.py): same samples, order and class indices.
+
 For the folder datasets, --nb_classes must equal the number of class folders (checked, with an
 error that says which number to pass). CIFAR and DIGITS have a fixed class count (100, 10).
 
@@ -51,7 +54,12 @@ from torch.utils.data import Dataset, default_collate
 from torchvision import datasets, transforms
 from torchvision.transforms import InterpolationMode
 
+import modalities
+import shards
+
 DATA_SETS = ('IMNET', 'image_folder', 'CIFAR', 'DIGITS')
+DATA_SETS_READ_FROM_DATA_PATH = ('IMNET', 'image_folder', 'CIFAR')
+FOLDER_DATA_SETS = ('IMNET', 'image_folder')   # also readable as shards (--data_format shards)
 DIGITS_IMAGE_SIZE = 32   # the 8x8 digits are enlarged 4x so the <=32-pixel transform path applies
 DIGITS_VAL_FRACTION = 0.2
 DEFAULT_CROP_PCT = 224 / 256
@@ -159,12 +167,18 @@ def count_skipped(dataset):
 
 
 def image_folder(root, transform, args, what):
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"{what} folder not found: expected '{root}' (one sub-folder per class).")
-    dataset = CheckedImageFolder(root, transform, skip_corrupt=getattr(args, 'skip_corrupt_images', False))
+    """The class-folder tree at root, or with --data_format shards the tools/make_shards.py output for it."""
+    if getattr(args, 'data_format', 'folder') == 'shards':
+        dataset = shards.ShardDataset(root, transform)
+        found = f"'{root}' holds shards of {len(dataset.classes)} classes"
+    else:
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"{what} folder not found: expected '{root}' (one sub-folder per class).")
+        dataset = CheckedImageFolder(root, transform, skip_corrupt=getattr(args, 'skip_corrupt_images', False))
+        found = f"'{root}' has {len(dataset.classes)} class folders"
     if len(dataset.classes) != args.nb_classes:
         raise ValueError(
-            f"'{root}' has {len(dataset.classes)} class folders but --nb_classes is {args.nb_classes}. "
+            f"{found} but --nb_classes is {args.nb_classes}. "
             f"Pass --nb_classes {len(dataset.classes)} (or point --data_path/--eval_data_path at the "
             "right folder).")
     return dataset
@@ -293,8 +307,17 @@ def build_dataset(is_train, args):
     """(dataset, nb_classes) for args.data_set; the training set is wrapped in SeededAugmentation."""
     transform = build_transform(is_train, args)
     split = 'train' if is_train else 'val'
+    if getattr(args, 'data_format', 'folder') == 'shards' and args.data_set not in FOLDER_DATA_SETS:
+        raise ValueError(f"--data_format shards reads converted image folders ({', '.join(FOLDER_DATA_SETS)}); "
+                         f"--data_set {args.data_set} is not one: pass --data_format folder.")
 
-    if args.data_set == 'IMNET':
+    adapter = modalities.adapter_module(args.data_set)   # other modalities: (dataset, nb_classes) of their own
+    if adapter is not None:
+        dataset, nb_classes = adapter.build_dataset(is_train, args)
+    elif args.data_set in DATA_SETS_READ_FROM_DATA_PATH and not args.data_path:
+        raise ValueError(f"--data_set {args.data_set} reads its images from --data_path, which is not set; pass "
+                         "--data_path /path/to/data (README: Data sets), or try the code with --data_set DIGITS.")
+    elif args.data_set == 'IMNET':
         dataset = image_folder(os.path.join(args.data_path, split), transform, args,
                                f"ImageNet {split}")
     elif args.data_set == 'image_folder':
@@ -312,7 +335,8 @@ def build_dataset(is_train, args):
     else:
         raise ValueError(f"Unknown --data_set '{args.data_set}'; choose one of {', '.join(DATA_SETS)}.")
 
-    nb_classes = len(dataset.classes)
+    if adapter is None:
+        nb_classes = len(dataset.classes)
     if is_train:
         dataset = SeededAugmentation(dataset, args.seed)
     print(f"{args.data_set} {split}: {len(dataset)} images, {nb_classes} classes")

@@ -27,11 +27,12 @@ import torch
 import torch.backends.cudnn as cudnn
 import yaml
 from timm.data import Mixup
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3, reparameterize_model
 
 import metric_logging
 import modalities
+from modalities import point_cloud
 import replknet  # registers replknet_* with timm; REPLKNET_ALIASES maps the original names
 import unireplknet  # noqa: F401  (registers unireplknet_* with timm)
 import utils
@@ -39,7 +40,9 @@ from checkpoint import (CheckpointError, Checkpointer, load_checkpoint_file, loa
                         remove_stale_temporaries, select_model_state, to_plain_data)
 from datasets import build_dataset, collate_skipping_corrupt, count_skipped
 from engine import Precision, evaluate, train_one_epoch
-from optim_factory import cosine_scheduler, create_optimizer, layer_decay_assigner
+from modalities import time_series
+from optim_factory import cosine_scheduler, create_optimizer, layer_decay_assigner, step_scheduler
+from tasks import build_task
 from utils import str2bool
 
 # How many batches --throughput runs before and while timing.
@@ -60,7 +63,7 @@ def get_args_parser():
     parser.add_argument('--update_freq', default=1, type=int, help='gradient accumulation steps')
 
     # Model parameters
-    parser.add_argument('--model', default='convnext_tiny', type=str, metavar='MODEL',
+    parser.add_argument('--model', default='unireplknet_a', type=str, metavar='MODEL',
                         help='unireplknet_{a,f,p,n,t,s,b,l,xl}, replknet_{31b,31l,xl} or '
                              'RepLKNet-31B / RepLKNet-31L / RepLKNet-XL')
     parser.add_argument('--drop_path', type=float, default=0, metavar='PCT', help='Drop path rate (default: 0.0)')
@@ -144,12 +147,14 @@ def get_args_parser():
     parser.add_argument('--model_prefix', default='', type=str)
 
     # Dataset parameters
-    parser.add_argument('--data_path', default='/datasets01/imagenet_full_size/061417/', type=str,
-                        help='dataset path')
+    parser.add_argument('--data_path', default=None, type=str,
+                        help='dataset path (IMNET: the folder holding train/ and val/; no default: pass it)')
     parser.add_argument('--eval_data_path', default=None, type=str, help='dataset path for evaluation')
     parser.add_argument('--nb_classes', default=1000, type=int, help='number of the classification types')
     parser.add_argument('--imagenet_default_mean_and_std', type=str2bool, default=True)
-    parser.add_argument('--data_set', default='IMNET', choices=['CIFAR', 'IMNET', 'image_folder', 'DIGITS'],
+    parser.add_argument('--data_set', default='IMNET',
+                        choices=['CIFAR', 'IMNET', 'image_folder', 'DIGITS', 'SPEECHCOMMANDS', 'KINETICS400',
+                                 'GLOBAL_TEMP', 'GLOBAL_WIND', 'MODELNET40'],
                         type=str, help='ImageNet dataset path')
     parser.add_argument('--data_format', default='folder', choices=['folder', 'shards'],
                         help='IMNET / image_folder data as class folders, or as tar shards written from them by '
@@ -196,9 +201,40 @@ def get_args_parser():
                         help='autocast dtype with --use_amp true: float16 (CUDA, with a GradScaler) or bfloat16')
     parser.add_argument('--channels_last', **OPTIONAL_BOOL, help='channels-last memory format')
 
+    # Audio and video (modalities/audio.py, modalities/video.py; README "Audio" and "Video")
+    parser.add_argument('--label_map', default=None, type=str, metavar='FILE',
+                        help='class order of SPEECHCOMMANDS / KINETICS400: one class name per line (or AST\'s '
+                             'label CSV); default: sorted names')
+    parser.add_argument('--loss', default='ce', choices=['ce', 'bce'],
+                        help='ce: cross-entropy (soft-target CE with mixup); bce: timm BinaryCrossEntropy, one-vs-'
+                             'rest on one-hot or soft targets (the audio recipe)')
+    parser.add_argument('--audio_mixup_prob', type=float, default=0.6,
+                        help='SPEECHCOMMANDS: probability of mixing a training waveform with another one '
+                             '(lambda ~ Beta(10, 10))')
+    parser.add_argument('--audio_eval_list', default='auto', choices=['auto', 'validation', 'testing'],
+                        help='SPEECHCOMMANDS evaluation list: auto = validation_list.txt while training, '
+                             'testing_list.txt with --eval true')
+    parser.add_argument('--video_frames', type=int, default=16, help='KINETICS400: frames per clip (a square)')
+    parser.add_argument('--video_frame_stride', type=int, default=4, help='KINETICS400: take every n-th frame')
+    parser.add_argument('--video_layout', default='grid', choices=['grid', 'reshape'],
+                        help="KINETICS400 frames -> image: 'grid' tiles (the paper) or 'reshape' (the release)")
+    parser.add_argument('--video_test_segments', type=int, default=5, help='KINETICS400: test windows per clip')
+    parser.add_argument('--video_test_crops', type=int, default=3, help='KINETICS400: test crops per window')
+    point_cloud.add_arguments(parser)   # MODELNET40: --pc_* options
+
+    # Learning-rate schedule and early stopping (the time-series recipe: lr halved every epoch, patience 3)
+    parser.add_argument('--lr_schedule', default='cosine', choices=['cosine', 'step'],
+                        help='cosine (with --warmup_epochs, down to --min_lr) or step: --lr times '
+                             '--lr_step_gamma ** epoch')
+    parser.add_argument('--lr_step_gamma', default=0.5, type=float, help='--lr_schedule step: factor per epoch')
+    parser.add_argument('--early_stop_patience', default=0, type=int, metavar='N',
+                        help='stop once N evaluations in a row have not beaten the best (tasks.py says what '
+                             'best is: top-1 accuracy, or MSE for forecasting); 0: off')
+    time_series.add_arguments(parser)
+
     # Weights and Biases arguments
     parser.add_argument('--enable_wandb', type=str2bool, default=False, help='enable logging to Weights and Biases')
-    parser.add_argument('--project', default='convnext', type=str, help='The name of the W&B project')
+    parser.add_argument('--project', default='unireplknet', type=str, help='The name of the W&B project')
     parser.add_argument('--wandb_ckpt', type=str2bool, default=False,
                         help='Save model checkpoints as W&B Artifacts.')
     return parser
@@ -309,18 +345,38 @@ def inference_model(model, reparam):
     return reparameterize_model(copy.deepcopy(model).eval())
 
 
-def evaluate_and_keep_best(model, data_loader_val, args, device, precision, checkpointer, epoch, ema):
-    """Evaluate the model (or its EMA) after an epoch; write checkpoint-best(-ema) when top-1 improves."""
+def evaluate_and_keep_best(task, model, data_loader_val, args, device, precision, checkpointer, epoch, ema):
+    """Evaluate the model (or its EMA) after an epoch; write checkpoint-best(-ema) when the task's score improves
+    (checkpointer.max_accuracy(_ema) holds the best task.score: top-1, or minus the MSE)."""
     what, best_attr, best_name = ('model EMA', 'max_accuracy_ema', 'best-ema') if ema else \
         ('model', 'max_accuracy', 'best')
-    stats = evaluate(data_loader_val, inference_model(model, args.reparam), device, precision,
-                     distributed=args.dist_eval, channels_last=args.channels_last)
-    print(f"Accuracy of the {what} on the {stats['num_images']} test images: {stats['acc1']:.1f}%")
-    if stats['acc1'] > getattr(checkpointer, best_attr):
-        setattr(checkpointer, best_attr, stats['acc1'])
+    stats = task.evaluate(data_loader_val, inference_model(model, args.reparam), device, precision,
+                          distributed=args.dist_eval, channels_last=args.channels_last)
+    print(f'The {what}: {task.summary(stats)}')
+    if task.score(stats) > getattr(checkpointer, best_attr):
+        setattr(checkpointer, best_attr, task.score(stats))
         checkpointer.save_best(epoch, best_name)
-    print(f'Max accuracy of the {what}: {getattr(checkpointer, best_attr):.2f}%')
+    print(f'Best of the {what}: {task.best_summary(getattr(checkpointer, best_attr))}')
     return stats
+
+
+def should_stop_early(scores, patience):
+    """--early_stop_patience: True once the last `patience` scores (higher is better) all failed to beat the best
+    score before them."""
+    if patience <= 0 or not scores:
+        return False
+    first_best = scores.index(max(scores))
+    return len(scores) - 1 - first_best >= patience
+
+
+def logged_scores(task, log_path):
+    """task.score of each epoch's evaluation in log.txt (a resumed run continues --early_stop_patience)."""
+    if not log_path or not os.path.isfile(log_path):
+        return []
+    with open(log_path) as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    return [task.score({key[len('test_'):]: value for key, value in line.items() if key.startswith('test_')})
+            for line in lines if 'test_loss' in line]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -371,6 +427,10 @@ def build_mixup(args):
 
 
 def build_criterion(args, mixup_fn):
+    if args.loss == 'bce':  # one-vs-rest (the audio recipe): takes class indices, one-hot or mixed targets
+        return BinaryCrossEntropy(smoothing=args.smoothing)
+    if getattr(modalities.adapter_module(args.data_set), 'SOFT_TARGETS', False):
+        return SoftTargetCrossEntropy()  # the data set itself yields probability vectors (e.g. waveform mixup)
     if mixup_fn is not None:
         return SoftTargetCrossEntropy()  # smoothing is applied inside Mixup's targets
     if args.smoothing > 0:
@@ -413,6 +473,7 @@ def measure_throughput(args, device):
 # --------------------------------------------------------------------------------------------------
 
 def main(args):
+    canonical_model_name(args.model)  # an unknown --model fails here, before any data is read
     check_device(args)
     utils.init_distributed_mode(args)
     device = select_device(args)
@@ -465,7 +526,8 @@ def main(args):
             dataset_val, sampler=sampler_val, batch_size=int(1.5 * args.batch_size),
             num_workers=args.num_workers, pin_memory=pin_memory, drop_last=False, collate_fn=collate_fn,
             generator=loader_generator)
-    mixup_fn = build_mixup(args) if not args.eval else None
+    task = build_task(args)
+    mixup_fn = build_mixup(args) if not args.eval and task.uses_mixup else None
 
     # ---------------- model ----------------
     model = build_model(args)
@@ -504,28 +566,32 @@ def main(args):
         get_layer_scale=assigner.get_scale if assigner is not None else None)
     precision = Precision(device, args.use_amp, args.amp_dtype)
     checkpointer = Checkpointer(args, model_without_ddp, optimizer, precision, model_ema, steps_per_epoch)
+    checkpointer.max_accuracy = checkpointer.max_accuracy_ema = task.initial_best
 
     # ---------------- resume ----------------
     start_epoch, start_step = checkpointer.resume()
 
     if args.eval:
-        test_stats = evaluate(data_loader_val, inference_model(model_without_ddp, args.reparam), device,
-                              precision, distributed=args.dist_eval, channels_last=args.channels_last)
-        print(f"Accuracy of the network on {test_stats['num_images']} test images: {test_stats['acc1']:.5f}%")
+        test_stats = task.evaluate(data_loader_val, inference_model(model_without_ddp, args.reparam), device,
+                                   precision, distributed=args.dist_eval, channels_last=args.channels_last)
+        print(f'The network: {task.summary(test_stats)}')
         if model_ema is not None and args.model_ema_eval:
-            ema_stats = evaluate(data_loader_val, inference_model(model_ema.module, args.reparam), device,
-                                 precision, distributed=args.dist_eval, channels_last=args.channels_last)
-            print(f"Accuracy of the EMA model on {ema_stats['num_images']} test images: {ema_stats['acc1']:.5f}%")
+            ema_stats = task.evaluate(data_loader_val, inference_model(model_ema.module, args.reparam), device,
+                                      precision, distributed=args.dist_eval, channels_last=args.channels_last)
+            print(f'The EMA model: {task.summary(ema_stats)}')
         utils.barrier()
         return test_stats
 
     # ---------------- schedules, loss, loggers ----------------
-    lr_schedule = cosine_scheduler(args.lr, args.min_lr, args.epochs, steps_per_epoch,
-                                   warmup_epochs=args.warmup_epochs, warmup_steps=args.warmup_steps)
+    if args.lr_schedule == 'step':
+        lr_schedule = step_scheduler(args.lr, args.lr_step_gamma, args.epochs, steps_per_epoch)
+    else:
+        lr_schedule = cosine_scheduler(args.lr, args.min_lr, args.epochs, steps_per_epoch,
+                                       warmup_epochs=args.warmup_epochs, warmup_steps=args.warmup_steps)
     weight_decay_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
     wd_schedule = cosine_scheduler(args.weight_decay, weight_decay_end, args.epochs, steps_per_epoch)
     print(f'Max WD = {max(wd_schedule):.7f}, Min WD = {min(wd_schedule):.7f}')
-    criterion = build_criterion(args, mixup_fn)
+    criterion = task.criterion(args, mixup_fn)
     print(f'criterion = {criterion}')
 
     log_writer = wandb_logger = None
@@ -538,11 +604,15 @@ def main(args):
     log_path = os.path.join(args.output_dir, 'log.txt') if args.output_dir else None
     if log_path and utils.is_main_process():
         metric_logging.drop_log_lines_from_epoch(log_path, start_epoch)
+    scores = logged_scores(task, log_path)
 
     # ---------------- training ----------------
     print(f'Start training for {args.epochs} epochs')
     start_time = time.time()
     for epoch in range(start_epoch, args.epochs):
+        if should_stop_early(scores, args.early_stop_patience):
+            print(f'Early stopping: no better evaluation in the last {args.early_stop_patience} epochs')
+            break
         first_step = start_step if epoch == start_epoch else 0
         if hasattr(dataset_train, 'set_epoch'):
             dataset_train.set_epoch(epoch)
@@ -553,6 +623,7 @@ def main(args):
             steps_per_epoch=steps_per_epoch, lr_schedule=lr_schedule, wd_schedule=wd_schedule,
             start_step=first_step, update_freq=args.update_freq, clip_grad=args.clip_grad, mixup_fn=mixup_fn,
             model_ema=model_ema, log_writer=log_writer, channels_last=args.channels_last,
+            track_accuracy=task.tracks_train_accuracy,
             save_every_steps=args.save_ckpt_every_steps if checkpointer.enabled else 0,
             save_step_checkpoint=checkpointer.save_periodic if checkpointer.enabled else None)
 
@@ -561,18 +632,20 @@ def main(args):
         if args.skip_corrupt_images:  # cumulative over the run, as counted by this rank's loader
             log_stats['train_skipped_images'] = count_skipped(dataset_train)
         if dataset_val is not None:
-            test_stats = evaluate_and_keep_best(model_without_ddp, data_loader_val, args, device, precision,
+            test_stats = evaluate_and_keep_best(task, model_without_ddp, data_loader_val, args, device, precision,
                                                 checkpointer, epoch, ema=False)
+            scores.append(task.score(test_stats))
             log_stats.update({f'test_{k}': v for k, v in test_stats.items()})
             if log_writer is not None:
-                log_writer.update(head='perf', step=epoch, test_acc1=test_stats['acc1'],
-                                  test_acc5=test_stats['acc5'], test_loss=test_stats['loss'])
+                log_writer.update(head='perf', step=epoch,
+                                  **{f'test_{k}': v for k, v in task.tensorboard_values(test_stats).items()})
             if model_ema is not None and args.model_ema_eval:
-                ema_stats = evaluate_and_keep_best(model_ema.module, data_loader_val, args, device, precision,
-                                                   checkpointer, epoch, ema=True)
+                ema_stats = evaluate_and_keep_best(task, model_ema.module, data_loader_val, args, device,
+                                                   precision, checkpointer, epoch, ema=True)
                 log_stats.update({f'test_{k}_ema': v for k, v in ema_stats.items()})
                 if log_writer is not None:
-                    log_writer.update(head='perf', step=epoch, test_acc1_ema=ema_stats['acc1'])
+                    log_writer.update(head='perf', step=epoch,
+                                      **{f'test_{k}_ema': v for k, v in task.tensorboard_values(ema_stats).items()})
 
         # The log line goes before the epoch checkpoint: a resume from an older checkpoint drops the lines
         # of the epochs it repeats (metric_logging.drop_log_lines_from_epoch), so each epoch is logged once.

@@ -88,11 +88,34 @@ def test_defaults_match_the_original_release():
                     device='cuda', seed=0, resume='', auto_resume=True, save_ckpt=True, save_ckpt_freq=1,
                     save_ckpt_num=3, start_epoch=0, eval=False, dist_eval=True, disable_eval=False,
                     num_workers=10, pin_mem=True, world_size=1, local_rank=-1, dist_on_itp=False,
-                    dist_url='env://', use_amp=False, enable_wandb=False, project='convnext', wandb_ckpt=False,
+                    dist_url='env://', use_amp=False, enable_wandb=False, wandb_ckpt=False,
                     use_checkpoint=False, amp_dtype='float16', channels_last=False, sync_bn=False,
                     reparam=False, throughput=False, save_ckpt_every_steps=0, skip_corrupt_images=False)
     for name, value in expected.items():
         assert getattr(args, name) == value, name
+
+
+def test_defaults_that_differ_from_the_release_work_here():
+    """The release defaulted to convnext_tiny (not a model of this code), a cluster path and its own project."""
+    args = main.parse_args([])
+    assert main.canonical_model_name(args.model) == 'unireplknet_a'
+    assert args.data_path is None and args.project == 'unireplknet'
+
+
+def test_unknown_model_is_rejected_before_any_data_is_read(monkeypatch):
+    def read_data(*args, **kwargs):
+        raise AssertionError('data read before the model name was checked')
+
+    monkeypatch.setattr(main, 'build_dataset', read_data)
+    args = main.parse_args(['--model', 'convnext_tiny', '--device', 'cpu', '--data_set', 'DIGITS'])
+    with pytest.raises(ValueError, match="unknown --model 'convnext_tiny'"):
+        main.main(args)
+
+
+def test_data_set_needing_a_path_without_data_path_is_a_clear_error():
+    args = main.parse_args(['--device', 'cpu', '--data_set', 'IMNET'])
+    with pytest.raises(ValueError, match='--data_set IMNET reads its images from --data_path, which is not set'):
+        main.main(args)
 
 
 def test_launcher_local_rank_spellings():
