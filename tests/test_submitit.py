@@ -15,6 +15,7 @@ requeued itself, finished, and ended with exactly the weights of an uninterrupte
 import os
 import re
 import shlex
+import shutil
 import signal
 import time
 
@@ -128,8 +129,13 @@ def test_dry_run_shows_tasks_gpus_and_batches_of_the_readme_commands(
     assert "  --output_dir /shared/results/%j\n" in plan
     assert not list(tmp_path.iterdir()) and not os.path.exists("/shared/results"), "a dry run must not create folders"
 
-    # The parameters are accepted by submitit and become the right sbatch options; a generic cluster
-    # gets no partition and no constraint unless asked.
+
+@pytest.mark.parametrize("command, nodes", [(README_22K_S, 2), (README_22K_XL, 4)])
+@pytest.mark.skipif(shutil.which("srun") is None,
+                    reason="submitit's SLURM executor needs srun (SLURM client tools: apt-get install slurm-client)")
+def test_readme_commands_become_the_right_sbatch_parameters(command, nodes, tmp_path):
+    """The parameters are accepted by submitit and become the right sbatch options; a generic cluster
+    gets no partition and no constraint unless asked."""
     launcher_args, _ = run_with_submitit.parse_args(shlex.split(command))
     executor = submitit.AutoExecutor(folder=tmp_path / "%j", cluster="slurm")
     executor.update_parameters(**run_with_submitit.executor_parameters(launcher_args))
@@ -176,6 +182,7 @@ def uninterrupted_run(tmp_path_factory):
     job.cancel()
 
 
+@pytest.mark.slow  # multi-process training jobs, killed and requeued
 def test_local_executor_requeues_twice_and_resumes_exactly(tmp_path, uninterrupted_run):
     # A 5-minute limit: the LocalExecutor's own timeout signal (30 s before it) never comes, the test's
     # signals do; submitit counts every signal as a timeout for limits under 12 minutes.
@@ -251,6 +258,7 @@ def seconds(slurm_duration):
     return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + secs
 
 
+@pytest.mark.slow  # a real SLURM, multi-process training jobs, killed and requeued
 def test_slurm_requeues_on_preemption_and_timeout_and_resumes_exactly(
         slurm_cluster, tmp_path, monkeypatch, uninterrupted_run):
     for name in ("SLURM_CONF", "PATH"):

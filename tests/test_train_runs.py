@@ -14,6 +14,8 @@ from train_helpers import (BATCH_INDEPENDENT_UNIREPLKNET, REPO_ROOT, TINY_UNIREP
                            assert_optimizer_states_equal, assert_succeeded, load_checkpoint, make_tiny_dataset,
                            max_abs_difference, read_log, run_main, start_main, tiny_data_args)
 
+pytestmark = pytest.mark.slow  # every test here runs main.py in subprocesses (torchrun / gloo, kill and resume)
+
 # The README quickstart: a small UniRepLKNet (DRB blocks, BN, GRN, SE) on the bundled digits, on CPU, 8 epochs.
 QUICKSTART = ['--config', os.path.join(REPO_ROOT, 'configs', 'quickstart_digits.yaml')]
 # A working pipeline ends near 88-90% on the 360 validation digits (measured); chance is 10%.
