@@ -39,7 +39,7 @@ import utils
 from checkpoint import (CheckpointError, Checkpointer, load_checkpoint_file, load_model_state,
                         remove_stale_temporaries, select_model_state, to_plain_data)
 from datasets import build_dataset, collate_skipping_corrupt, count_skipped
-from engine import Precision, evaluate, train_one_epoch
+from engine import Precision, train_one_epoch
 from modalities import time_series
 from optim_factory import cosine_scheduler, create_optimizer, layer_decay_assigner, step_scheduler
 from tasks import build_task
@@ -526,7 +526,7 @@ def main(args):
             dataset_val, sampler=sampler_val, batch_size=int(1.5 * args.batch_size),
             num_workers=args.num_workers, pin_memory=pin_memory, drop_last=False, collate_fn=collate_fn,
             generator=loader_generator)
-    task = build_task(args)
+    task = build_task(args, classification_criterion=build_criterion)
     mixup_fn = build_mixup(args) if not args.eval and task.uses_mixup else None
 
     # ---------------- model ----------------
