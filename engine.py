@@ -135,8 +135,10 @@ def train_one_epoch(model, criterion, data_loader, optimizer, precision, device,
                 model_ema.update(model_without_ddp)
 
         class_acc = None
-        if mixup_fn is None and track_accuracy:  # off for regression tasks (tasks.py)
-            class_acc = (output.argmax(dim=-1) == targets).float().mean().item()
+        if track_accuracy:  # off for regression tasks (tasks.py)
+            # Soft (mixed) targets count a hit on their largest class.
+            hard_targets = targets.argmax(dim=-1) if targets.ndim == output.ndim else targets
+            class_acc = (output.argmax(dim=-1) == hard_targets).float().mean().item()
         lrs = [group['lr'] for group in optimizer.param_groups]
         weight_decay = next((group['weight_decay'] for group in reversed(optimizer.param_groups)
                              if group['weight_decay'] > 0), None)
@@ -172,8 +174,14 @@ def evaluate(data_loader, model, device, precision, distributed=False, channels_
 
     Sums (loss, correct@1, correct@5, count) and, when `distributed`, adds them over ranks, so a
     sampler that hands each sample to exactly one rank reproduces the single-process numbers.
+
+    Multi-view evaluation: a data set with an attribute `eval_views` = V > 1 yields each sample as a
+    (V, ...) stack of views of any input (video: 5 temporal x 3 spatial crops); the V views go through
+    the model as one batch and the sample's prediction is the mean of their class probabilities (the
+    loss is the cross-entropy of that mean). Counts stay per sample, so --dist_eval is still exact.
     """
     model.eval()
+    views = getattr(data_loader.dataset, 'eval_views', 1)
     criterion = torch.nn.CrossEntropyLoss(reduction='sum')
     metric_logger = metric_logging.MetricLogger(delimiter='  ')
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, correct1, correct5, count
@@ -181,6 +189,8 @@ def evaluate(data_loader, model, device, precision, distributed=False, channels_
     for images, targets in metric_logger.log_every(data_loader, print_freq, 'Test:'):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
+        if views > 1:
+            images = images.flatten(0, 1)  # (B, V, ...) -> (B * V, ...)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with precision.autocast():
@@ -188,6 +198,8 @@ def evaluate(data_loader, model, device, precision, distributed=False, channels_
         if isinstance(output, dict):
             output = output['main']
         output = output.float()
+        if views > 1:  # log of the mean probability over each sample's views
+            output = output.view(len(targets), views, -1).log_softmax(dim=-1).logsumexp(dim=1) - math.log(views)
         top = output.topk(min(5, output.shape[1]), dim=1).indices
         hits = top.eq(targets[:, None])
         batch_totals = torch.stack([criterion(output, targets).double(), hits[:, 0].sum().double(),

@@ -179,3 +179,10 @@ def cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epoch
     schedule = np.concatenate((warmup, cosine))
     assert len(schedule) == total_iters
     return schedule
+
+
+def step_scheduler(base_value, gamma, epochs, niter_per_ep):
+    """Per-iteration values base_value * gamma ** epoch (Corrformer's "type1" schedule: lr halved every epoch)."""
+    if epochs * niter_per_ep <= 0:
+        raise ValueError(f'The schedule would be empty (epochs={epochs}, iterations per epoch={niter_per_ep}).')
+    return base_value * gamma ** (np.arange(epochs * niter_per_ep) // niter_per_ep)

@@ -1,0 +1,266 @@
+"""Global Temp / Global Wind forecasting with UniRepLKNet (paper Table 9), on Corrformer's data layout.
+
+Data (`--data_set GLOBAL_TEMP` or `GLOBAL_WIND`, `--data_path FOLDER`), as Corrformer ships it:
+
+    FOLDER/{temp,wind}_global_hourly_{train,val,test}.npy   (T, stations, 1) hourly values (x10 in the release)
+    FOLDER/data_time_{train,val,test}.npy                   (T,) timestamps (object array, read with allow_pickle)
+    FOLDER/stations_sorted.npy                              (stations, 3): latitude, longitude, elevation
+
+Any number of stations works (the release has 3,850). A sample is a window of INPUT_HOURS known hours; the target is
+the next PREDICT_HOURS hours of every station. The DataLoader sees one tensor per sample, Corrformer's decoder input
+extended by the time features (see `pack_window`), so the shared engine moves it like an image batch.
+
+Model (`build_model`): stations are grouped into nodes of --series_stations_per_node (the last one zero-padded);
+each window is normalised per station (mean/std over its input hours) with a learnable affine; Corrformer's embedding
+(circular Conv1d over a node's station values + Linear over the 4 time features + Linear over the node's standardised
+station coordinates) gives (INPUT_HOURS, d_model) per node, reshaped into one square single-channel map for the
+UniRepLKNet backbone (in_chans=1). The forecasting head: the backbone's pooled, normalised node feature plus an
+embedding of each future hour's time features, GELU, Linear to the node's stations. Corrformer's multi-correlation
+decoder is not implemented (README, "Time-series forecasting").
+"""
+import math
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+INPUT_HOURS = 48
+PREDICT_HOURS = 24
+WINDOW_HOURS = INPUT_HOURS + PREDICT_HOURS
+TIME_FEATURES = 4  # hour of day, day of week, day of month, day of year (Corrformer/Informer "h" frequency)
+SERIES_PREFIXES = {'GLOBAL_TEMP': 'temp', 'GLOBAL_WIND': 'wind'}
+SPLITS = ('train', 'val', 'test')
+STATION_COLUMNS = ('latitude', 'longitude', 'elevation')
+NORMALISATION_EPS = 1e-5
+
+
+def add_arguments(parser):
+    """main.py options of the time-series data sets (their own block)."""
+    group = parser.add_argument_group('time-series forecasting (--data_set GLOBAL_TEMP / GLOBAL_WIND)')
+    group.add_argument('--series_eval_split', default='val', choices=['val', 'test'],
+                       help='split evaluated after each epoch and by --eval (best checkpoint: lowest MSE on it)')
+    group.add_argument('--series_units_per_physical', default=10.0, type=float,
+                       help='data-set units per physical unit (Corrformer stores x10 values: MSE/100 and MAE/10 '
+                            'are degrees C or m/s); metrics are reported in both')
+    group.add_argument('--series_d_model', default=768, type=int,
+                       help=f'embedding width; {INPUT_HOURS} x d_model must be a square (768 -> 192x192 map)')
+    group.add_argument('--series_stations_per_node', default=11, type=int,
+                       help='stations embedded together (one backbone image per node and window)')
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the files
+# ----------------------------------------------------------------------------------------------
+
+def split_paths(folder, data_set, split):
+    prefix = SERIES_PREFIXES[data_set]
+    return (os.path.join(folder, f'{prefix}_global_hourly_{split}.npy'),
+            os.path.join(folder, f'data_time_{split}.npy'))
+
+
+def check_layout(folder, data_set):
+    """Raise FileNotFoundError listing every missing file of the Corrformer layout."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f'--data_path {folder} is not a folder; {data_set} needs the folder of Corrformer\'s '
+                                '.npy files (README, "Time-series forecasting")')
+    expected = [path for split in SPLITS for path in split_paths(folder, data_set, split)]
+    expected.append(os.path.join(folder, 'stations_sorted.npy'))
+    missing = [os.path.basename(path) for path in expected if not os.path.isfile(path)]
+    if missing:
+        raise FileNotFoundError(f'{data_set} data in {folder} is incomplete: missing {", ".join(missing)} '
+                                f'(expected {", ".join(os.path.basename(path) for path in expected)})')
+
+
+def read_stations(folder):
+    """(stations, 3) float32 latitude, longitude, elevation."""
+    path = os.path.join(folder, 'stations_sorted.npy')
+    stations = np.load(path).astype(np.float32)
+    if stations.ndim != 2 or stations.shape[1] != len(STATION_COLUMNS):
+        raise ValueError(f'{path}: expected shape (stations, 3) for {", ".join(STATION_COLUMNS)}, '
+                         f'got {stations.shape}')
+    return stations
+
+
+def read_series(path, num_stations):
+    """(T, stations) float32 from a (T, stations, 1) file; NaNs are errors naming their hours and stations."""
+    series = np.load(path)
+    if series.ndim == 3 and series.shape[2] == 1:
+        series = series[:, :, 0]
+    if series.ndim != 2 or series.shape[1] != num_stations:
+        raise ValueError(f'{path}: expected shape (hours, {num_stations} stations, 1) to match stations_sorted.npy, '
+                         f'got {series.shape}')
+    series = series.astype(np.float32)
+    hours, stations = np.nonzero(np.isnan(series))
+    if len(hours):
+        places = ', '.join(f'hour {h} station {s}' for h, s in zip(hours[:5], stations[:5]))
+        raise ValueError(f'{path}: {len(hours)} NaN value(s), first at {places}; fill or interpolate the gaps '
+                         'before training (the release has none)')
+    return series
+
+
+def time_features(path, num_hours):
+    """(T, 4) float32 in [-0.5, 0.5]: hour of day, day of week, day of month, day of year (Corrformer's 'h' set)."""
+    import pandas as pd  # only the time-series data sets need pandas' timestamp parsing
+    raw = np.load(path, allow_pickle=True)
+    if len(raw) != num_hours:
+        raise ValueError(f'{path} has {len(raw)} timestamps but the series has {num_hours} hours')
+    stamps = pd.DatetimeIndex(pd.to_datetime(np.asarray(raw).reshape(-1)))
+    features = np.stack([stamps.hour / 23.0, stamps.dayofweek / 6.0, (stamps.day - 1) / 30.0,
+                         (stamps.dayofyear - 1) / 365.0], axis=1) - 0.5
+    return features.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Windows
+# ----------------------------------------------------------------------------------------------
+
+def pack_window(values, features):
+    """One sample tensor (WINDOW_HOURS, stations + 4): station values of the input hours (zeros for the hours to
+    predict, as in Corrformer's decoder input) next to the time features of all WINDOW_HOURS hours."""
+    known = torch.zeros(WINDOW_HOURS, values.shape[1], dtype=values.dtype)
+    known[:INPUT_HOURS] = values[:INPUT_HOURS]
+    return torch.cat([known, features], dim=1)
+
+
+def unpack_window(samples):
+    """(B, WINDOW_HOURS, stations + 4) -> input values (B, INPUT_HOURS, stations), time features (B, WINDOW_HOURS, 4)."""
+    return samples[:, :INPUT_HOURS, :-TIME_FEATURES], samples[:, :, -TIME_FEATURES:]
+
+
+class SeriesWindows(torch.utils.data.Dataset):
+    """Every window of one split: sample = pack_window(...) (no randomness), target = next PREDICT_HOURS hours."""
+
+    def __init__(self, series, features, name):
+        if len(series) < WINDOW_HOURS:
+            raise ValueError(f'{name} has {len(series)} hours, fewer than one window of {INPUT_HOURS} input + '
+                             f'{PREDICT_HOURS} predicted hours; use a longer split')
+        self.series = torch.from_numpy(series)
+        self.features = torch.from_numpy(features)
+        self.name = name
+
+    def __len__(self):
+        return len(self.series) - WINDOW_HOURS + 1
+
+    def __getitem__(self, index):
+        window = slice(index, index + WINDOW_HOURS)
+        values = self.series[window]
+        return pack_window(values, self.features[window]), values[INPUT_HOURS:].clone()
+
+
+def load_split(folder, data_set, split):
+    check_layout(folder, data_set)
+    num_stations = len(read_stations(folder))
+    series_path, time_path = split_paths(folder, data_set, split)
+    series = read_series(series_path, num_stations)
+    return SeriesWindows(series, time_features(time_path, len(series)), os.path.basename(series_path))
+
+
+def build_dataset(is_train, args):
+    """(windows, 0): the training split, or --series_eval_split; 0 classes (the backbone gets no classifier)."""
+    split = 'train' if is_train else args.series_eval_split
+    return load_split(args.data_path, args.data_set, split), 0
+
+
+def training_mean(args):
+    """Per-station mean of the training split: the training-mean baseline's forecast."""
+    check_layout(args.data_path, args.data_set)
+    series_path, _ = split_paths(args.data_path, args.data_set, 'train')
+    return torch.from_numpy(read_series(series_path, len(read_stations(args.data_path))).mean(axis=0))
+
+
+def baseline_forecasts(samples, station_means):
+    """Forecasts that need no training, shaped like the targets (B, PREDICT_HOURS, stations)."""
+    values, _ = unpack_window(samples)
+    last_known = values[:, -1:, :].expand(-1, PREDICT_HOURS, -1)
+    return {'persistence': last_known,
+            'train_mean': station_means.to(samples)[None, None, :].expand_as(last_known)}
+
+
+def build_task(args):
+    """The forecasting task of these data sets (tasks.ForecastingTask) with its two baselines."""
+    import tasks  # tasks imports engine; keep this module importable without it
+    station_means = training_mean(args)
+    return tasks.ForecastingTask(lambda samples: baseline_forecasts(samples, station_means),
+                                 units_per_physical=args.series_units_per_physical)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------------
+
+def backbone_kwargs(args):
+    """A single-channel backbone without classifier; the recipe's kernel sizes come from --model_overrides."""
+    return dict(in_chans=1, num_classes=0)
+
+
+def build_model(args, backbone):
+    check_layout(args.data_path, args.data_set)
+    return SeriesForecaster(backbone, torch.from_numpy(read_stations(args.data_path)), d_model=args.series_d_model,
+                            stations_per_node=args.series_stations_per_node)
+
+
+def map_side(d_model):
+    """Side of the square map holding INPUT_HOURS x d_model embedding values."""
+    side = math.isqrt(INPUT_HOURS * d_model)
+    if side * side != INPUT_HOURS * d_model:
+        raise ValueError(f'--series_d_model {d_model}: {INPUT_HOURS} x d_model must be a perfect square to reshape '
+                         'into one square map, so d_model = 3 x a square, e.g. 12, 48, 192 or 768 (the release)')
+    return side
+
+
+def standardise(columns):
+    """Zero mean, unit standard deviation per column (a constant column becomes zeros)."""
+    std = columns.std(dim=0, unbiased=False)
+    return (columns - columns.mean(dim=0)) / torch.where(std > 0, std, torch.ones_like(std))
+
+
+class SeriesForecaster(nn.Module):
+    """(B, WINDOW_HOURS, stations + 4) packed windows -> (B, PREDICT_HOURS, stations) forecasts, any batch size."""
+
+    def __init__(self, backbone, stations, d_model, stations_per_node):
+        super().__init__()
+        if getattr(backbone, 'in_chans', 1) != 1:
+            raise ValueError(f'the time-series backbone needs in_chans=1, got {backbone.in_chans}')
+        self.side = map_side(d_model)
+        self.num_stations = len(stations)
+        self.node_size = min(stations_per_node, self.num_stations)
+        self.num_nodes = -(-self.num_stations // self.node_size)
+        padding = self.num_nodes * self.node_size - self.num_stations
+        coordinates = nn.functional.pad(standardise(stations.float()), (0, 0, 0, padding))
+        self.register_buffer('node_coordinates', coordinates.reshape(self.num_nodes, -1))
+        # Per-window normalisation with a learnable affine per station (Corrformer's RevIN-style layer).
+        self.affine_weight = nn.Parameter(torch.ones(self.num_stations))
+        self.affine_bias = nn.Parameter(torch.zeros(self.num_stations))
+        # Corrformer's embedding: values (circular conv over time), time features, station coordinates.
+        self.value_embedding = nn.Conv1d(self.node_size, d_model, kernel_size=3, padding=1, padding_mode='circular',
+                                         bias=False)
+        self.time_embedding = nn.Linear(TIME_FEATURES, d_model, bias=False)
+        self.position_embedding = nn.Linear(self.node_coordinates.shape[1], d_model)
+        self.backbone = backbone
+        width = backbone.num_features
+        self.future_time_embedding = nn.Linear(TIME_FEATURES, width)
+        self.head = nn.Linear(width, self.node_size)
+
+    def forward(self, samples):
+        values, features = unpack_window(samples)
+        batch = values.shape[0]
+        mean = values.mean(dim=1, keepdim=True).detach()
+        std = torch.sqrt(values.var(dim=1, keepdim=True, unbiased=False) + NORMALISATION_EPS).detach()
+        normalised = (values - mean) / std * self.affine_weight + self.affine_bias
+
+        padding = self.num_nodes * self.node_size - self.num_stations
+        nodes = nn.functional.pad(normalised, (0, padding))  # (B, INPUT_HOURS, nodes * node_size)
+        nodes = nodes.reshape(batch, INPUT_HOURS, self.num_nodes, self.node_size).permute(0, 2, 3, 1)
+        embedded = self.value_embedding(nodes.reshape(batch * self.num_nodes, self.node_size, INPUT_HOURS))
+        embedded = embedded.transpose(1, 2).reshape(batch, self.num_nodes, INPUT_HOURS, -1)
+        embedded = (embedded + self.time_embedding(features[:, None, :INPUT_HOURS])
+                    + self.position_embedding(self.node_coordinates)[None, :, None, :])
+        maps = embedded.reshape(batch * self.num_nodes, 1, self.side, self.side)
+
+        node_features = self.backbone.forward_head(self.backbone.forward_features(maps), pre_logits=True)
+        node_features = node_features.reshape(batch, self.num_nodes, 1, -1)
+        hours = self.future_time_embedding(features[:, None, INPUT_HOURS:])  # (B, 1, PREDICT_HOURS, width)
+        forecast = self.head(nn.functional.gelu(node_features + hours))  # (B, nodes, PREDICT_HOURS, node_size)
+        forecast = forecast.permute(0, 2, 1, 3).reshape(batch, PREDICT_HOURS, -1)[:, :, :self.num_stations]
+        return (forecast - self.affine_bias) / (self.affine_weight + NORMALISATION_EPS) * std + mean

@@ -1,0 +1,139 @@
+"""The one place where classification and forecasting differ.
+
+main.py and engine.py run one training loop for every data set and ask the run's task (`build_task(args)`):
+
+- `criterion(args, mixup_fn)`: the training loss (main.build_criterion's cross-entropy, or MSE);
+- `uses_mixup`, `tracks_train_accuracy`: whether Mixup/CutMix and the training class accuracy apply;
+- `evaluate(...)`: the evaluation metrics, from sums all-reduced over ranks (so --dist_eval equals one process);
+- `score(stats)` (higher is better) and `initial_best`: what the best checkpoint is (highest top-1 accuracy, or
+  lowest MSE);
+- `summary(stats)`, `best_summary(best)`, `tensorboard_values(stats)`: what the console and Tensorboard show.
+  log.txt records every key of `evaluate`'s stats with main.py's `test_` prefix.
+
+Classification is the default; a modality module (modalities.adapter_module) that defines `build_task(args)` supplies
+its own task, e.g. modalities.time_series builds a `ForecastingTask` with its persistence and training-mean baselines.
+"""
+import math
+
+import torch
+import torch.distributed as dist
+
+import modalities
+import metric_logging
+import utils
+from engine import evaluate as evaluate_classification
+
+
+def build_task(args, classification_criterion):
+    """The task of args.data_set; classification_criterion(args, mixup_fn) is main.py's classification loss."""
+    adapter = modalities.adapter_module(args.data_set)
+    if hasattr(adapter, 'build_task'):
+        return adapter.build_task(args)
+    return ClassificationTask(classification_criterion)
+
+
+class ClassificationTask:
+    """main.py's classification loss (cross-entropy with --smoothing, --mixup/--cutmix), top-1/top-5 accuracy
+    (engine.evaluate), best = highest top-1."""
+    uses_mixup = True
+    tracks_train_accuracy = True
+    initial_best = 0.0
+
+    def __init__(self, build_criterion):
+        self.build_criterion = build_criterion
+
+    def criterion(self, args, mixup_fn):
+        return self.build_criterion(args, mixup_fn)
+
+    def evaluate(self, data_loader, model, device, precision, distributed=False, channels_last=False):
+        return evaluate_classification(data_loader, model, device, precision, distributed=distributed,
+                                       channels_last=channels_last)
+
+    def score(self, stats):
+        return stats['acc1']
+
+    def summary(self, stats):
+        return f"accuracy on the {stats['num_images']} test images: {stats['acc1']:.1f}%"
+
+    def best_summary(self, best):
+        return f'max accuracy: {best:.2f}%'
+
+    def tensorboard_values(self, stats):
+        return {'acc1': stats['acc1'], 'acc5': stats['acc5'], 'loss': stats['loss']}
+
+
+class ForecastingTask:
+    """MSE loss; MSE/MAE of the model and of baseline forecasts, in the data set's and in physical units;
+    best = lowest MSE.
+
+    baselines(samples) -> {name: forecast shaped like the targets} (forecasts that need no training, e.g.
+    persistence); each gets `{name}_mse` and `{name}_mae` in the stats. units_per_physical: data-set units per
+    physical unit (MSE is divided by its square, MAE by it, for the `_physical` metrics).
+    """
+    uses_mixup = False
+    tracks_train_accuracy = False
+    initial_best = -math.inf
+
+    def __init__(self, baselines, units_per_physical=1.0):
+        self.baselines = baselines
+        self.units_per_physical = units_per_physical
+
+    def criterion(self, args, mixup_fn):
+        return torch.nn.MSELoss()
+
+    @torch.no_grad()
+    def evaluate(self, data_loader, model, device, precision, distributed=False, channels_last=False,
+                 print_freq=10):
+        """Sums of squared and absolute errors of every forecaster and the number of values, added over ranks."""
+        model.eval()
+        metric_logger = metric_logging.MetricLogger(delimiter='  ')
+        names, totals = None, None
+        for samples, targets in metric_logger.log_every(data_loader, print_freq, 'Test:'):
+            samples = samples.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True).double()
+            with precision.autocast():
+                output = model(samples)
+            forecasts = {'model': output, **self.baselines(samples)}
+            if names is None:
+                names = list(forecasts)
+                totals = torch.zeros(2 * len(names) + 1, dtype=torch.float64, device=device)
+            errors = [forecasts[name].double() - targets for name in names]
+            batch_totals = torch.stack([error.square().sum() for error in errors] +
+                                       [error.abs().sum() for error in errors] +
+                                       [torch.tensor(float(targets.numel()), dtype=torch.float64, device=device)])
+            totals += batch_totals
+            metric_logger.update(mse=batch_totals[0].item() / targets.numel())
+        if totals is None:
+            raise ValueError('the evaluation set yielded no windows')
+        if distributed and utils.is_dist_avail_and_initialized():
+            dist.all_reduce(totals)
+        return self.metrics(names, totals.tolist())
+
+    def metrics(self, names, totals):
+        """Stats from [squared-error sums..., absolute-error sums..., count] in `names` order."""
+        count = totals[-1]
+        stats = {}
+        for index, name in enumerate(names):
+            prefix = '' if name == 'model' else f'{name}_'
+            stats[f'{prefix}mse'] = totals[index] / count
+            stats[f'{prefix}mae'] = totals[len(names) + index] / count
+        stats['loss'] = stats['mse']
+        stats['mse_physical'] = stats['mse'] / self.units_per_physical ** 2
+        stats['mae_physical'] = stats['mae'] / self.units_per_physical
+        stats['num_values'] = int(count)
+        return stats
+
+    def score(self, stats):
+        return -stats['mse']
+
+    def summary(self, stats):
+        baselines = '  '.join(f"{name[:-4]} MSE {value:.4f} MAE {stats[name[:-4] + '_mae']:.4f}"
+                              for name, value in stats.items() if name.endswith('_mse'))
+        return (f"MSE {stats['mse']:.4f} MAE {stats['mae']:.4f} (physical units: MSE {stats['mse_physical']:.4f} "
+                f"MAE {stats['mae_physical']:.4f}) on {stats['num_values']} values; baselines: {baselines}")
+
+    def best_summary(self, best):
+        return f'lowest MSE: {-best:.4f}'
+
+    def tensorboard_values(self, stats):
+        return {key: stats[key] for key in ('mse', 'mae', 'persistence_mse', 'persistence_mae') if key in stats}
