@@ -74,13 +74,14 @@ def train_one_epoch(model, criterion, data_loader, optimizer, precision, device,
                     steps_per_epoch, lr_schedule, wd_schedule=None, start_step=0, update_freq=1,
                     clip_grad=None, mixup_fn=None, model_ema=None, log_writer=None,
                     channels_last=False, save_every_steps=0, save_step_checkpoint=None,
-                    print_freq=10, track_accuracy=True):
+                    print_freq=10, track_accuracy=True, mesa=None):
     """Train from optimizer update `start_step` to the end of the epoch.
 
     data_loader must yield exactly (steps_per_epoch - start_step) * update_freq micro-batches (see
     utils.ResumableTrainSampler). After each update, `save_step_checkpoint(epoch, steps_done)` is
     called on all ranks when `save_every_steps` divides the global update count, or when a stop was
     requested; in the latter case utils.TrainingInterrupted is raised afterwards.
+    `mesa` (mesa.Mesa, needs model_ema) adds the EMA-teacher term from its start update on, logged as mesa_loss.
     Returns the epoch's averaged meters (loss, lr, min_lr, weight_decay, grad_norm, class_acc).
     """
     model.train()
@@ -116,6 +117,10 @@ def train_one_epoch(model, criterion, data_loader, optimizer, precision, device,
             with precision.autocast():
                 output = model(samples)
                 loss = criterion(output, targets)
+                mesa_term = mesa.loss_term(model_ema.module, samples, output) \
+                    if mesa is not None and mesa.active(iteration) else None
+                if mesa_term is not None:
+                    loss = loss + mesa_term
             loss_value = loss.item()
             # Every rank runs backward even on a bad loss, so no rank is left waiting in DDP's all-reduce.
             precision.backward(loss / update_freq)
@@ -143,7 +148,8 @@ def train_one_epoch(model, criterion, data_loader, optimizer, precision, device,
         weight_decay = next((group['weight_decay'] for group in reversed(optimizer.param_groups)
                              if group['weight_decay'] > 0), None)
         meters = dict(loss=loss_value, class_acc=class_acc, lr=max(lrs), min_lr=min(lrs),
-                      weight_decay=weight_decay, grad_norm=grad_norm)
+                      weight_decay=weight_decay, grad_norm=grad_norm,
+                      mesa_loss=None if mesa_term is None else mesa_term.item())
         metric_logger.update(**meters)
         if log_writer is not None:
             log_writer.set_step(epoch * steps_per_epoch * update_freq + micro_step)

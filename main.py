@@ -352,11 +352,11 @@ def evaluate_and_keep_best(task, model, data_loader_val, args, device, precision
         ('model', 'max_accuracy', 'best')
     stats = task.evaluate(data_loader_val, inference_model(model, args.reparam), device, precision,
                           distributed=args.dist_eval, channels_last=args.channels_last)
-    print(f'The {what}: {task.summary(stats)}')
+    print(task.summary(what, stats))
     if task.score(stats) > getattr(checkpointer, best_attr):
         setattr(checkpointer, best_attr, task.score(stats))
         checkpointer.save_best(epoch, best_name)
-    print(f'Best of the {what}: {task.best_summary(getattr(checkpointer, best_attr))}')
+    print(task.best_summary(what, getattr(checkpointer, best_attr)))
     return stats
 
 
@@ -574,11 +574,11 @@ def main(args):
     if args.eval:
         test_stats = task.evaluate(data_loader_val, inference_model(model_without_ddp, args.reparam), device,
                                    precision, distributed=args.dist_eval, channels_last=args.channels_last)
-        print(f'The network: {task.summary(test_stats)}')
+        print(task.summary('network', test_stats))
         if model_ema is not None and args.model_ema_eval:
             ema_stats = task.evaluate(data_loader_val, inference_model(model_ema.module, args.reparam), device,
                                       precision, distributed=args.dist_eval, channels_last=args.channels_last)
-            print(f'The EMA model: {task.summary(ema_stats)}')
+            print(task.summary('EMA model', ema_stats))
         utils.barrier()
         return test_stats
 

@@ -12,6 +12,8 @@ ADAPTER_MODULES = {
     'GLOBAL_TEMP': 'time_series',
     'GLOBAL_WIND': 'time_series',
     'MODELNET40': 'point_cloud',
+    'SPEECHCOMMANDS': 'audio',
+    'KINETICS400': 'video',
 }
 
 
