@@ -40,6 +40,7 @@ from checkpoint import (CheckpointError, Checkpointer, load_checkpoint_file, loa
                         remove_stale_temporaries, select_model_state, to_plain_data)
 from datasets import build_dataset, collate_skipping_corrupt, count_skipped
 from engine import Precision, train_one_epoch
+from mesa import Mesa
 from modalities import time_series
 from optim_factory import cosine_scheduler, create_optimizer, layer_decay_assigner, step_scheduler
 from tasks import build_task
@@ -84,6 +85,16 @@ def get_args_parser():
     parser.add_argument('--model_ema_decay', type=float, default=0.9999, help='')
     parser.add_argument('--model_ema_force_cpu', type=str2bool, default=False, help='')
     parser.add_argument('--model_ema_eval', type=str2bool, default=False, help='Using ema to eval during training.')
+
+    # torch.compile and MESA (README: "torch.compile" and "MESA")
+    parser.add_argument('--compile', **OPTIONAL_BOOL,
+                        help='torch.compile the model for training, evaluation and --throughput; checkpoints keep '
+                             'the un-compiled state_dict keys')
+    parser.add_argument('--mesa', type=float, default=0.0, metavar='WEIGHT',
+                        help='MESA: weight of the distillation term towards the EMA model (needs --model_ema true; '
+                             '0 = off; see mesa.py)')
+    parser.add_argument('--mesa_start_ratio', type=float, default=0.25, metavar='FRACTION',
+                        help='MESA starts at this fraction of all optimizer updates (default 0.25)')
 
     # Optimization parameters
     parser.add_argument('--opt', default='adamw', type=str, metavar='OPTIMIZER',
@@ -338,11 +349,12 @@ def load_finetune_weights(args, model):
         print(f'Weights from pretrained model not used in {type(model).__name__}: {unexpected}')
 
 
-def inference_model(model, reparam):
-    """The model to evaluate: a structurally re-parameterised copy with --reparam, else the model."""
-    if not reparam:
-        return model
-    return reparameterize_model(copy.deepcopy(model).eval())
+def inference_model(model, reparam, compile_model=False):
+    """The model to evaluate: a structurally re-parameterised copy with --reparam, else the model; torch.compile'd
+    with --compile (a wrapper: the model itself, its state_dict keys and its EMA stay un-compiled)."""
+    if reparam:
+        model = reparameterize_model(copy.deepcopy(model).eval())
+    return torch.compile(model) if compile_model else model
 
 
 def evaluate_and_keep_best(task, model, data_loader_val, args, device, precision, checkpointer, epoch, ema):
@@ -350,7 +362,7 @@ def evaluate_and_keep_best(task, model, data_loader_val, args, device, precision
     (checkpointer.max_accuracy(_ema) holds the best task.score: top-1, or minus the MSE)."""
     what, best_attr, best_name = ('model EMA', 'max_accuracy_ema', 'best-ema') if ema else \
         ('model', 'max_accuracy', 'best')
-    stats = task.evaluate(data_loader_val, inference_model(model, args.reparam), device, precision,
+    stats = task.evaluate(data_loader_val, inference_model(model, args.reparam, args.compile), device, precision,
                           distributed=args.dist_eval, channels_last=args.channels_last)
     print(task.summary(what, stats))
     if task.score(stats) > getattr(checkpointer, best_attr):
@@ -403,6 +415,8 @@ def check_options(args, device):
         raise ValueError(f'--update_freq must be at least 1, got {args.update_freq}')
     if args.eval and args.disable_eval:
         raise ValueError('--eval true with --disable_eval true leaves nothing to do; drop --disable_eval')
+    if args.mesa and not args.model_ema:
+        raise ValueError(f'--mesa {args.mesa} needs --model_ema true: the EMA model is the MESA teacher')
 
 
 def seed_everything(seed):
@@ -441,7 +455,7 @@ def build_criterion(args, mixup_fn):
 @torch.no_grad()
 def measure_throughput(args, device):
     """--throughput: images per second of inference at --batch_size and --input_size, then exit."""
-    model = inference_model(build_model(args).to(device).eval(), args.reparam)
+    model = inference_model(build_model(args).to(device).eval(), args.reparam, args.compile)
     images = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -556,6 +570,8 @@ def main(args):
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[args.gpu] if device.type == 'cuda' else None, find_unused_parameters=False)
         model_without_ddp = model.module
+    if args.compile:  # training only; model_without_ddp (checkpointed, evaluated, EMA source) stays un-compiled
+        model = torch.compile(model)
 
     assigner = layer_decay_assigner(canonical_model_name(args.model), args.layer_decay)
     if assigner is not None:
@@ -572,11 +588,13 @@ def main(args):
     start_epoch, start_step = checkpointer.resume()
 
     if args.eval:
-        test_stats = task.evaluate(data_loader_val, inference_model(model_without_ddp, args.reparam), device,
+        test_stats = task.evaluate(data_loader_val,
+                                   inference_model(model_without_ddp, args.reparam, args.compile), device,
                                    precision, distributed=args.dist_eval, channels_last=args.channels_last)
         print(task.summary('network', test_stats))
         if model_ema is not None and args.model_ema_eval:
-            ema_stats = task.evaluate(data_loader_val, inference_model(model_ema.module, args.reparam), device,
+            ema_stats = task.evaluate(data_loader_val,
+                                      inference_model(model_ema.module, args.reparam, args.compile), device,
                                       precision, distributed=args.dist_eval, channels_last=args.channels_last)
             print(task.summary('EMA model', ema_stats))
         utils.barrier()
@@ -593,6 +611,7 @@ def main(args):
     print(f'Max WD = {max(wd_schedule):.7f}, Min WD = {min(wd_schedule):.7f}')
     criterion = task.criterion(args, mixup_fn)
     print(f'criterion = {criterion}')
+    mesa = Mesa(args.mesa, args.mesa_start_ratio, args.epochs * steps_per_epoch) if args.mesa else None
 
     log_writer = wandb_logger = None
     if utils.is_main_process():
@@ -623,7 +642,7 @@ def main(args):
             steps_per_epoch=steps_per_epoch, lr_schedule=lr_schedule, wd_schedule=wd_schedule,
             start_step=first_step, update_freq=args.update_freq, clip_grad=args.clip_grad, mixup_fn=mixup_fn,
             model_ema=model_ema, log_writer=log_writer, channels_last=args.channels_last,
-            track_accuracy=task.tracks_train_accuracy,
+            track_accuracy=task.tracks_train_accuracy, mesa=mesa,
             save_every_steps=args.save_ckpt_every_steps if checkpointer.enabled else 0,
             save_step_checkpoint=checkpointer.save_periodic if checkpointer.enabled else None)
 

@@ -1,0 +1,418 @@
+"""Point clouds (UniRepLKNet paper Sec. 5, Table 12): ModelNet-40 and the P2P-style projection adapter.
+
+`--data_set MODELNET40 --data_path DIR` reads either layout of ModelNet-40 (detected from the files in DIR):
+
+* `modelnet40_normal_resampled/`: `modelnet40_shape_names.txt` (one class per line, in label order),
+  `modelnet40_train.txt` / `modelnet40_test.txt` (one shape id per line, e.g. `airplane_0001`) and
+  `<class>/<shape id>.txt` (lines `x,y,z,nx,ny,nz`; the normals are not used);
+* `modelnet40_ply_hdf5_2048/`: `shape_names.txt` and `ply_data_train*.h5` / `ply_data_test*.h5`, each with `data`
+  (N, points, 3) and `label` (N, 1).
+
+Each sample is normalised into the unit sphere and its axes reordered to `[z, x, y] * [-1, -1, 1]`, as the release
+loads ModelNet. Training: farthest-point sampling of `--pc_fps_points` points (from a random start point, as the
+release's shuffled point order gives), then a random `--pc_points` of them, a random rotation (azimuth 0.04-1.94 pi,
+elevation -0.4 to -0.2 pi), a per-axis scale in [2/3, 3/2] and a translation in [-0.2, 0.2]. Evaluation:
+`--pc_points` farthest points from point 0, each under `--pc_test_rotations` fixed rotations (azimuth from
+linspace(0.1, 2, 9) pi, elevation -0.35 pi); the model pools (averages) the rotations' scores. A sample is a float
+tensor (2, N, 3) in training and (rotations, 2, N, 3) in evaluation: [placed points, un-augmented points].
+
+Randomness comes from python/numpy/torch's global generators only, which `datasets.SeededAugmentation` seeds per
+(seed, epoch, index), so a killed run resumes to bitwise-equal weights.
+
+Model (`build_model`): a P2P projection adapter (point encoder with kNN edge features on the un-augmented points,
+features summed onto a 3x3 patch of an `--input_size` grid at each placed point's position in each of `--pc_views`
+views, an image head with multi-view fusion, ImageNet normalisation) feeding the `--model` backbone; the views'
+last-stage maps are concatenated over channels, averaged, LayerNorm, Linear. See README "Point clouds".
+"""
+import glob
+import os
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from scipy.spatial.transform import Rotation
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import Attention, Mlp
+from timm.models.resnet import BasicBlock
+from torch.utils.data import Dataset
+
+TEXT_FILES = ('modelnet40_shape_names.txt', 'modelnet40_train.txt', 'modelnet40_test.txt')
+HDF5_SHAPE_NAMES = 'shape_names.txt'
+POINT_FILE_COLUMNS = 6   # x, y, z, nx, ny, nz
+# Augmentation and test rotations of the release (Point/tool/train_adaptor_lkv.py), in units of pi.
+TRAIN_AZIMUTH_RANGE = (0.04, 1.94)
+TRAIN_ELEVATION_RANGE = (-0.4, -0.2)
+TEST_AZIMUTHS = np.linspace(0.1, 2, 9)[:8]
+TEST_ELEVATION = -0.35
+SCALE_RANGE = (2 / 3, 3 / 2)
+TRANSLATION_RANGE = 0.2
+FUSION_PATCH = 7          # MultiViewFusionV2: 7x7 stride-7 conv to tokens
+FUSION_HEADS = 8
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the two layouts
+# ----------------------------------------------------------------------------------------------
+
+def read_lines(path):
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def read_point_file(path):
+    """(N, 3) xyz of a `x,y,z,nx,ny,nz` text file; any other column count is an error naming the file."""
+    points = np.loadtxt(path, delimiter=',', dtype=np.float32, ndmin=2)
+    if points.shape[1] != POINT_FILE_COLUMNS:
+        raise ValueError(f'{path}: {points.shape[1]} comma-separated columns per line, but ModelNet-40 point files '
+                         f'have {POINT_FILE_COLUMNS} (x,y,z,nx,ny,nz). Point --data_path at the '
+                         'modelnet40_normal_resampled folder, or convert the file to that format.')
+    return points[:, :3]
+
+
+class ModelNet40Text:
+    """`modelnet40_normal_resampled/`: shape lists plus one text file per shape, read lazily."""
+
+    def __init__(self, root, split):
+        self.classes = read_lines(os.path.join(root, 'modelnet40_shape_names.txt'))
+        label_of = {name: label for label, name in enumerate(self.classes)}
+        self.items = []
+        missing = []
+        for shape_id in read_lines(os.path.join(root, f'modelnet40_{split}.txt')):
+            class_name = shape_id.rsplit('_', 1)[0]
+            path = os.path.join(root, class_name, f'{shape_id}.txt')
+            if class_name not in label_of:
+                raise ValueError(f'{root}/modelnet40_{split}.txt: shape {shape_id!r} belongs to class '
+                                 f'{class_name!r}, which is not in modelnet40_shape_names.txt')
+            if not os.path.isfile(path):
+                missing.append(path)
+            self.items.append((path, label_of[class_name]))
+        if missing:
+            raise FileNotFoundError(f'{len(missing)} point file(s) listed in {root}/modelnet40_{split}.txt are '
+                                    f'missing, e.g. {missing[:3]}; the layout is <class>/<shape id>.txt')
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        path, label = self.items[index]
+        return read_point_file(path), label
+
+
+class ModelNet40HDF5:
+    """`modelnet40_ply_hdf5_2048/`: every `ply_data_{split}*.h5` file loaded into memory."""
+
+    def __init__(self, root, split):
+        import h5py   # only this layout needs it
+        self.classes = read_lines(os.path.join(root, HDF5_SHAPE_NAMES))
+        files = sorted(glob.glob(os.path.join(root, f'ply_data_{split}*.h5')))
+        if not files:
+            raise FileNotFoundError(f'{root} has no ply_data_{split}*.h5 file (HDF5 layout of ModelNet-40)')
+        points, labels = [], []
+        for path in files:
+            with h5py.File(path, 'r') as f:
+                for key in ('data', 'label'):
+                    if key not in f:
+                        raise ValueError(f'{path} has no {key!r} dataset (keys: {sorted(f.keys())}); the HDF5 '
+                                         'layout of ModelNet-40 has data (N, points, 3) and label (N, 1)')
+                data = np.asarray(f['data'], dtype=np.float32)
+                if data.ndim != 3 or data.shape[2] < 3:
+                    raise ValueError(f'{path}: data has shape {data.shape}; expected (N, points, 3)')
+                points.append(data[..., :3])
+                labels.append(np.asarray(f['label']).reshape(-1).astype(np.int64))
+        self.points = np.concatenate(points)
+        self.labels = np.concatenate(labels)
+        if self.labels.min() < 0 or self.labels.max() >= len(self.classes):
+            raise ValueError(f'{root}: labels range over {self.labels.min()}..{self.labels.max()} but '
+                             f'{HDF5_SHAPE_NAMES} lists {len(self.classes)} classes')
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return self.points[index], int(self.labels[index])
+
+
+def open_modelnet40(root, split):
+    """The reader of whichever layout `root` holds; an error says what each layout needs and what is missing."""
+    if glob.glob(os.path.join(root, 'ply_data_*.h5')):
+        if not os.path.isfile(os.path.join(root, HDF5_SHAPE_NAMES)):
+            raise FileNotFoundError(f'{root} holds ply_data_*.h5 files but no {HDF5_SHAPE_NAMES} (the class names '
+                                    'in label order, shipped with modelnet40_ply_hdf5_2048)')
+        return ModelNet40HDF5(root, split)
+    missing = [name for name in TEXT_FILES if not os.path.isfile(os.path.join(root, name))]
+    if missing:
+        raise FileNotFoundError(
+            f'--data_path {root} is not a ModelNet-40 folder: missing {", ".join(missing)}. Expected either '
+            'modelnet40_normal_resampled/ (modelnet40_shape_names.txt, modelnet40_train.txt, modelnet40_test.txt, '
+            '<class>/<shape id>.txt) or modelnet40_ply_hdf5_2048/ (shape_names.txt, ply_data_train*.h5, '
+            'ply_data_test*.h5).')
+    return ModelNet40Text(root, split)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling and augmentation
+# ----------------------------------------------------------------------------------------------
+
+def farthest_point_sample(points, count, start=0):
+    """Indices (..., count) of `count` farthest points of `points` (..., N, D), greedily from index `start`.
+
+    Pure torch on any device (the release's pointnet2_ops kernel is CUDA-only); batched over leading dims.
+    """
+    batch_shape, num_points = points.shape[:-2], points.shape[-2]
+    flat = points.reshape(-1, num_points, points.shape[-1])
+    rows = torch.arange(flat.shape[0], device=points.device)
+    nearest = torch.full(flat.shape[:2], float('inf'), dtype=flat.dtype, device=points.device)
+    chosen = torch.empty(flat.shape[0], count, dtype=torch.long, device=points.device)
+    farthest = torch.full((flat.shape[0],), start, dtype=torch.long, device=points.device)
+    for i in range(count):
+        chosen[:, i] = farthest
+        distance = (flat - flat[rows, farthest, None]).square().sum(-1)
+        nearest = torch.minimum(nearest, distance)
+        farthest = nearest.argmax(-1)
+    return chosen.reshape(*batch_shape, count)
+
+
+def normalize_like_release(points):
+    """Centre, scale into the unit sphere, reorder axes to [z, x, y] * [-1, -1, 1] (Point/dataset/modelnet.py)."""
+    points = points - points.mean(axis=0)
+    points = points / max(np.sqrt((points ** 2).sum(axis=1)).max(), np.finfo(np.float32).tiny)
+    return points[:, [2, 0, 1]] * np.array([-1, -1, 1], dtype=np.float32)
+
+
+def view_rotation(azimuth, elevation):
+    """The release's rotate_theta_phi: rotate by -azimuth about z after -elevation about (sin a, -cos a, 0).
+
+    Angles in radians; returns a (3, 3) float32 matrix R, applied as points @ R.T.
+    """
+    tilt_axis = np.array([np.sin(azimuth), -np.cos(azimuth), 0.0])
+    matrix = Rotation.from_rotvec([0.0, 0.0, -azimuth]).as_matrix() @ \
+        Rotation.from_rotvec(-elevation * tilt_axis).as_matrix()
+    return torch.from_numpy(matrix.astype(np.float32))
+
+
+class ModelNet40(Dataset):
+    """Samples of a ModelNet-40 reader as (points, label); see the module docstring for shapes and transforms."""
+
+    def __init__(self, reader, is_train, num_points, fps_points, test_rotations):
+        if is_train and fps_points < num_points:
+            raise ValueError(f'--pc_fps_points {fps_points} < --pc_points {num_points}: the random subset is '
+                             'taken from the farthest-point sample, so it needs at least as many points')
+        self.reader = reader
+        self.classes = reader.classes
+        self.is_train = is_train
+        self.num_points = num_points
+        self.fps_points = fps_points
+        self.test_rotations = torch.stack([view_rotation(a * np.pi, TEST_ELEVATION * np.pi)
+                                           for a in TEST_AZIMUTHS[:test_rotations]])
+
+    def __len__(self):
+        return len(self.reader)
+
+    def __getitem__(self, index):
+        raw, label = self.reader[index]
+        if len(raw) < self.num_points:
+            raise ValueError(f'sample {index} has {len(raw)} points, fewer than --pc_points {self.num_points}; '
+                             f'lower --pc_points')
+        points = torch.from_numpy(normalize_like_release(raw))
+        if not self.is_train:
+            points = points[farthest_point_sample(points, self.num_points)]
+            placed = torch.einsum('nc,rdc->rnd', points, self.test_rotations)
+            return torch.stack([placed, points.expand_as(placed)], dim=1), label
+        start = int(torch.randint(len(points), ()))
+        points = points[farthest_point_sample(points, min(self.fps_points, len(points)), start)]
+        points = points[torch.from_numpy(np.random.choice(len(points), self.num_points, replace=False))]
+        azimuth = np.random.uniform(*TRAIN_AZIMUTH_RANGE) * np.pi
+        elevation = np.random.uniform(*TRAIN_ELEVATION_RANGE) * np.pi
+        placed = points @ view_rotation(azimuth, elevation).T
+        scale = np.random.uniform(*SCALE_RANGE, size=3).astype(np.float32)
+        shift = np.random.uniform(-TRANSLATION_RANGE, TRANSLATION_RANGE, size=3).astype(np.float32)
+        placed = placed * torch.from_numpy(scale) + torch.from_numpy(shift)
+        return torch.stack([placed, points]), label
+
+
+def add_arguments(parser):
+    """main.py options of --data_set MODELNET40 (their own block)."""
+    group = parser.add_argument_group('point clouds (--data_set MODELNET40; --input_size is the projection grid)')
+    group.add_argument('--pc_points', default=4096, type=int, help='points per sample the model sees')
+    group.add_argument('--pc_fps_points', default=4800, type=int,
+                       help='training: farthest-point sample size that --pc_points are drawn from at random')
+    group.add_argument('--pc_test_rotations', default=8, type=int, choices=range(1, len(TEST_AZIMUTHS) + 1),
+                       metavar='1..8', help='fixed rotations whose scores are averaged in evaluation')
+    group.add_argument('--pc_views', default=4, type=int, help='projected views (rotated by i*pi/2)')
+    group.add_argument('--pc_knn', default=32, type=int, help='neighbours of the point encoder\'s edge features')
+    group.add_argument('--pc_encoder_dim', default=64, type=int,
+                       help='point-feature and image-head channels (multiple of 4: GroupNorm(4))')
+    group.add_argument('--pc_fusion_dim', default=128, type=int, help='multi-view fusion token width')
+
+
+def build_dataset(is_train, args):
+    """(dataset, number of classes) for --data_set MODELNET40; mixup/cutmix (image-only) must be off."""
+    if is_train and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None):
+        raise ValueError('--data_set MODELNET40 trains on point clouds, which mixup/cutmix cannot mix: pass '
+                         '--mixup 0 --cutmix 0 (configs/point_cloud/ does)')
+    reader = open_modelnet40(args.data_path, 'train' if is_train else 'test')
+    dataset = ModelNet40(reader, is_train, args.pc_points, args.pc_fps_points, args.pc_test_rotations)
+    return dataset, len(dataset.classes)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model: point encoder, projection, image head, multi-view fusion, backbone, classifier
+# ----------------------------------------------------------------------------------------------
+
+class PointEncoder(nn.Module):
+    """Per-point features: Conv1d 3->8; edge features [f_j - f_i, f_i] over the k nearest neighbours ->
+    Conv2d -> GroupNorm(4) -> LeakyReLU(0.2) -> max over neighbours; Conv1d (P2P's ProjEnc)."""
+
+    def __init__(self, dim, neighbours, input_dim=8):
+        super().__init__()
+        self.neighbours = neighbours
+        self.input_trans = nn.Conv1d(3, input_dim, 1)
+        self.graph_layer = nn.Sequential(nn.Conv2d(2 * input_dim, dim, 1, bias=False), nn.GroupNorm(4, dim),
+                                         nn.LeakyReLU(0.2))
+        self.proj_layer = nn.Conv1d(dim, dim, 1)
+
+    def forward(self, points):
+        """(B, N, 3) -> (B, N, dim)."""
+        with torch.no_grad():
+            neighbours = torch.cdist(points, points).topk(self.neighbours, dim=-1, largest=False).indices
+        features = self.input_trans(points.transpose(1, 2)).transpose(1, 2)           # B N C
+        gathered = features[torch.arange(len(points), device=points.device)[:, None, None], neighbours]  # B N k C
+        centre = features[:, :, None].expand_as(gathered)
+        edges = torch.cat([gathered - centre, centre], dim=-1).permute(0, 3, 1, 2)     # B 2C N k
+        features = self.graph_layer(edges).amax(dim=-1)                                 # B dim N
+        return self.proj_layer(features).transpose(1, 2)
+
+
+def view_rotations(num_views):
+    """(V, 3, 3): the release's view i rotates by Euler angles (i pi/2, 0, pi/2) (x, y, z; R = Rx Ry Rz).
+    Its translation (0, 0, -1.4) moves points along z only, which the x-y projection ignores."""
+    return torch.stack([torch.from_numpy(Rotation.from_euler('XYZ', [i * np.pi / 2, 0, np.pi / 2])
+                                         .as_matrix().astype(np.float32)) for i in range(num_views)])
+
+
+def splat_indices(points, grid):
+    """Flat grid index (B, 9N) of each point's 3x3 patch: x-y positions scaled so the larger extent spans
+    grid - 3 cells, the patch box centred in the grid (P2P's ProjEnc). `grid` must be even."""
+    low, high = points[..., :2].amin(dim=1), points[..., :2].amax(dim=1)                    # B 2
+    cell = ((high - low).amax(dim=-1) / (grid - 3)).clamp_min(torch.finfo(points.dtype).tiny)  # B
+    cells = torch.floor((points[..., :2] - low[:, None]) / cell[:, None, None]).long()    # B N 2
+    offsets = torch.tensor([-1, 0, 1], device=points.device)
+    offsets = torch.cartesian_prod(offsets, offsets)                                        # 9 2
+    patch = (cells[:, :, None] + offsets + 1).flatten(1, 2)                                 # B 9N 2
+    centre = (patch.amax(dim=1) + patch.amin(dim=1)) // 2
+    patch = patch + (grid // 2 - centre - 1)[:, None]
+    return patch[..., 0] * grid + patch[..., 1]
+
+
+def splat(features, indices, grid):
+    """Sum each point's features (B, N, C) onto its 9 cells (B, 9N) of a (B, C, grid, grid) image with
+    `index_add_` (the release used torch_scatter's scatter-sum)."""
+    batch, num_points, channels = features.shape
+    flat = indices + grid * grid * torch.arange(batch, device=indices.device)[:, None]
+    values = features[:, :, None].expand(-1, -1, 9, -1).reshape(-1, channels)
+    image = features.new_zeros(batch * grid * grid, channels).index_add_(0, flat.reshape(-1), values)
+    return image.view(batch, grid, grid, channels).permute(0, 3, 1, 2)
+
+
+class FusionTransformerLayer(nn.Module):
+    """The release's Transformer(dim, depth=1, heads=8, dim_head=dim, mlp_dim=2 * dim): pre-norm attention with
+    8 heads of width `dim` each and no qkv bias, then a pre-norm GELU MLP; timm's layers (timm's ViT Block fixes
+    the head width at dim / heads)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, FUSION_HEADS, attn_head_dim=dim, qkv_bias=False)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, 2 * dim)
+
+    def forward(self, tokens):
+        tokens = tokens + self.attn(self.norm1(tokens))
+        return tokens + self.mlp(self.norm2(tokens))
+
+
+class MultiViewFusion(nn.Module):
+    """MultiViewFusionV2 of the release: 7x7 stride-7 conv to tokens, one transformer layer over all views' tokens
+    of a sample, nearest upsampling, 3x3 conv + GELU, then a 1x1 conv + GELU over [that, input]."""
+
+    def __init__(self, dim, fusion_dim, num_views):
+        super().__init__()
+        self.num_views = num_views
+        self.tokens = nn.Conv2d(dim, fusion_dim, FUSION_PATCH, stride=FUSION_PATCH, bias=False)
+        self.transformer = FusionTransformerLayer(fusion_dim)
+        self.expand = nn.Sequential(nn.Conv2d(fusion_dim, dim, 3, padding=1), nn.GELU())
+        self.merge = nn.Sequential(nn.Conv2d(2 * dim, dim, 1), nn.GELU())
+
+    def forward(self, images):
+        tokens = self.tokens(images)                                                   # (B V) D s s
+        size = tokens.shape[-2:]
+        tokens = tokens.flatten(2).transpose(1, 2)                                     # (B V) S D
+        tokens = tokens.reshape(-1, self.num_views * tokens.shape[1], tokens.shape[2])  # B (V S) D
+        tokens = self.transformer(tokens).reshape(images.shape[0], -1, tokens.shape[-1])
+        tokens = tokens.transpose(1, 2).reshape(images.shape[0], -1, *size)
+        fused = self.expand(F.interpolate(tokens, size=images.shape[-2:]))
+        return self.merge(torch.cat([fused, images], dim=1))
+
+
+class PointCloudClassifier(nn.Module):
+    """P2P-style learnable projection around a UniRepLKNet backbone (release: Point/models/p2p_adaptor_lk.py).
+
+    Input (B, 2, N, 3) [placed, un-augmented] or (B, R, 2, N, 3) (R rotations: their logits are averaged).
+    """
+
+    def __init__(self, backbone, num_classes, grid, num_views=4, neighbours=32, dim=64, fusion_dim=128):
+        super().__init__()
+        if grid % 2 or grid < FUSION_PATCH:
+            raise ValueError(f'--input_size {grid}: the point-cloud grid must be even and at least {FUSION_PATCH}')
+        self.grid = grid
+        self.num_views = num_views
+        self.register_buffer('views', view_rotations(num_views), persistent=False)
+        self.register_buffer('mean', torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer('std', torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), persistent=False)
+        self.encoder = PointEncoder(dim, neighbours)
+        self.img_block = nn.Sequential(BasicBlock(dim, dim), nn.Conv2d(dim, dim, 1))
+        self.fusion = MultiViewFusion(dim, fusion_dim, num_views)
+        self.img_layer = nn.Conv2d(dim, 3, 1)
+        self.backbone = backbone
+        features = num_views * backbone.num_features
+        self.norm = nn.LayerNorm(features)
+        self.head = nn.Linear(features, num_classes)
+
+    def project(self, placed, original):
+        """(B, N, 3) placed and un-augmented points -> (B V, 3, grid, grid) normalised images."""
+        features = self.encoder(original).repeat_interleave(self.num_views, dim=0)    # (B V) N C
+        placed = torch.einsum('bnc,vdc->bvnd', placed, self.views).flatten(0, 1)     # (B V) N 3
+        images = splat(features, splat_indices(placed, self.grid), self.grid)
+        images = self.fusion(self.img_block(images))
+        return (torch.sigmoid(self.img_layer(images)) - self.mean) / self.std
+
+    def forward(self, points):
+        if points.dim() == 5:   # (B, R, 2, N, 3): average the scores of R rotations (one at a time: memory)
+            return torch.stack([self(points[:, r]) for r in range(points.shape[1])]).mean(dim=0)
+        maps = self.backbone.forward_features(self.project(points[:, 0], points[:, 1]))  # (B V) C h w
+        pooled = maps.mean(dim=(-2, -1)).reshape(len(points), -1)                        # B (V C), view-major
+        return self.head(self.norm(pooled))
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable=True):
+        self.backbone.set_grad_checkpointing(enable)
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return {f'backbone.{name}' for name in self.backbone.no_weight_decay()}
+
+
+def backbone_kwargs(args):
+    """The backbone's own classifier is replaced by the adapter's multi-view head."""
+    return dict(num_classes=0)
+
+
+def build_model(args, backbone):
+    if args.layer_decay != 1.0:
+        raise ValueError('--layer_decay: no layer-id map is defined for the point-cloud adapter (the release '
+                         'trains it without layer decay); pass --layer_decay 1.0')
+    # The adapter's LayerNorm over all views' pooled features (release: PoolingClsHead) replaces the backbone's own.
+    backbone.norm = nn.Identity()
+    return PointCloudClassifier(backbone, args.nb_classes, args.input_size, num_views=args.pc_views,
+                                neighbours=args.pc_knn, dim=args.pc_encoder_dim, fusion_dim=args.pc_fusion_dim)

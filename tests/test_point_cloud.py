@@ -1,0 +1,266 @@
+"""Point clouds (modalities/point_cloud.py): ModelNet-40 reading in both layouts, farthest-point sampling, the splat,
+the adapter around UniRepLKNet, and training through main.py on real meshes.
+
+The meshes are the OFF models of Debian's libcgal-demo (`data.tar.gz`), which `.ci/run` unpacks into
+data/libcgal-demo/data/meshes (or set CGAL_MESH_DIR); the tests that need them skip with the reason when they are
+missing. By hand:
+    apt-get download libcgal-demo && dpkg-deb -x libcgal-demo_*.deb pkg &&
+    mkdir -p data/libcgal-demo && tar -xzf pkg/usr/share/doc/libcgal-dev/data.tar.gz -C data/libcgal-demo data/meshes
+"""
+import argparse
+import os
+import signal
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import main as train_main
+from modalities import point_cloud
+from train_helpers import (REPO_ROOT, TINY_UNIREPLKNET, assert_bitwise_equal, assert_succeeded,
+                                 load_checkpoint, read_log, run_main, start_main)
+
+pytestmark = pytest.mark.usefixtures('single_thread')
+
+MESH_DIR = os.environ.get('CGAL_MESH_DIR', os.path.join(REPO_ROOT, 'data', 'libcgal-demo', 'data', 'meshes'))
+# Four shapes that differ in outline: each is one class; samples are different surface samplings of it.
+MESHES = ('anchor', 'cactus', 'knot1', 'rotor')
+RAW_POINTS = 400
+TRAIN_PER_CLASS, TEST_PER_CLASS = 10, 5
+# Tiny sizes: 128 points, a 32x32 grid, 8-d point features, the tiny backbone of the training tests.
+TINY_ARGS = ['--model', 'unireplknet_a', '--model_overrides', TINY_UNIREPLKNET, '--data_set', 'MODELNET40',
+             '--input_size', '32', '--pc_points', '128', '--pc_fps_points', '160', '--pc_knn', '8',
+             '--pc_encoder_dim', '8', '--pc_fusion_dim', '16', '--mixup', '0', '--cutmix', '0', '--smoothing', '0.2',
+             '--opt', 'adamw', '--weight_decay', '0.05', '--warmup_epochs', '0', '--device', 'cpu',
+             '--num_workers', '0', '--seed', '0']
+
+
+def load_meshes():
+    trimesh = pytest.importorskip('trimesh')
+    paths = [os.path.join(MESH_DIR, f'{name}.off') for name in MESHES]
+    missing = [path for path in paths if not os.path.isfile(path)]
+    if missing:
+        pytest.skip(f'libcgal-demo meshes missing ({missing[0]}); .ci/run unpacks them (see this module docstring)')
+    return [trimesh.load(path, force='mesh') for path in paths]
+
+
+def sample_surface(mesh, seed):
+    """(RAW_POINTS, 6) x,y,z,nx,ny,nz uniformly on the mesh surface."""
+    import trimesh
+    points, faces = trimesh.sample.sample_surface(mesh, RAW_POINTS, seed=seed)
+    # Rounded to the 6 decimals the text layout stores, so both layouts hold the same float32 values.
+    return np.round(np.hstack([points, mesh.face_normals[faces]]), 6).astype(np.float32)
+
+
+def write_text_layout(root, samples):
+    """modelnet40_normal_resampled layout of {split: [(class index, (P, 6) array)]}."""
+    with open(os.path.join(root, 'modelnet40_shape_names.txt'), 'w') as f:
+        f.write('\n'.join(MESHES) + '\n')
+    first_number = 0   # shape ids are unique over both splits, as in ModelNet-40
+    for split, items in samples.items():
+        shape_ids = []
+        for number, (label, points) in enumerate(items, start=first_number):
+            shape_id = f'{MESHES[label]}_{number:04d}'
+            os.makedirs(os.path.join(root, MESHES[label]), exist_ok=True)
+            np.savetxt(os.path.join(root, MESHES[label], f'{shape_id}.txt'), points, fmt='%.6f', delimiter=',')
+            shape_ids.append(shape_id)
+        with open(os.path.join(root, f'modelnet40_{split}.txt'), 'w') as f:
+            f.write('\n'.join(shape_ids) + '\n')
+        first_number += len(items)
+    return root
+
+
+def write_hdf5_layout(root, samples):
+    """modelnet40_ply_hdf5_2048 layout of the same samples (xyz only), split over two training files."""
+    with open(os.path.join(root, point_cloud.HDF5_SHAPE_NAMES), 'w') as f:
+        f.write('\n'.join(MESHES) + '\n')
+    for split, items in samples.items():
+        halves = np.array_split(np.arange(len(items)), 2 if split == 'train' else 1)
+        for part, indices in enumerate(halves):
+            with h5py.File(os.path.join(root, f'ply_data_{split}{part}.h5'), 'w') as f:
+                f['data'] = np.stack([items[i][1][:, :3] for i in indices])
+                f['label'] = np.array([[items[i][0]] for i in indices], dtype=np.uint8)
+    return root
+
+
+@pytest.fixture(scope='module')
+def modelnet(tmp_path_factory):
+    """Both ModelNet-40 layouts of the same real-mesh samples: {'text': dir, 'hdf5': dir}."""
+    meshes = load_meshes()
+    samples = {split: [(label, sample_surface(mesh, seed=1000 * offset + 10 * index + label))
+                       for index in range(count) for label, mesh in enumerate(meshes)]
+               for split, count, offset in (('train', TRAIN_PER_CLASS, 1), ('test', TEST_PER_CLASS, 2))}
+    base = tmp_path_factory.mktemp('modelnet')
+    os.makedirs(base / 'text')
+    os.makedirs(base / 'hdf5')
+    return {'text': write_text_layout(str(base / 'text'), samples),
+            'hdf5': write_hdf5_layout(str(base / 'hdf5'), samples)}
+
+
+def tiny_args(data_path, *extra):
+    return train_main.parse_args([*TINY_ARGS, '--data_path', data_path, *extra])
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling and splat against references
+# ----------------------------------------------------------------------------------------------
+
+def brute_force_farthest_points(points, count, start):
+    """The definition: each next point maximises its distance to the nearest point chosen so far."""
+    chosen = [start]
+    for _ in range(count - 1):
+        distances = [min(float(((points[i] - points[j]) ** 2).sum()) for j in chosen) for i in range(len(points))]
+        chosen.append(int(np.argmax(distances)))
+    return chosen
+
+
+def test_farthest_point_sample_matches_brute_force():
+    points = torch.rand(3, 60, 3, dtype=torch.float64)
+    indices = point_cloud.farthest_point_sample(points, 20, start=7)
+    for cloud, chosen in zip(points, indices):
+        assert chosen.tolist() == brute_force_farthest_points(cloud.numpy(), 20, start=7)
+    unbatched = point_cloud.farthest_point_sample(points[0], 20, start=7)
+    assert torch.equal(unbatched, indices[0])
+
+
+def test_splat_matches_dense_reference():
+    grid = 16
+    points = torch.randn(2, 50, 3, dtype=torch.float64)
+    features = torch.randn(2, 50, 5, dtype=torch.float64)
+    indices = point_cloud.splat_indices(points, grid)
+    assert indices.min() >= 0 and indices.max() < grid * grid
+    image = point_cloud.splat(features, indices, grid)
+    # Dense reference: one-hot cell membership of each (point, patch cell) times the point's features.
+    membership = torch.nn.functional.one_hot(indices.view(2, 50, 9), grid * grid).double().sum(dim=2)  # B N G
+    reference = torch.einsum('bng,bnc->bcg', membership, features).view(2, 5, grid, grid)
+    torch.testing.assert_close(image, reference, rtol=0, atol=1e-12)
+    # Each point's 3x3 patch is centred on its cell: the cell of point 0 holds its features (plus neighbours').
+    rows, cols = indices[0, 4] // grid, indices[0, 4] % grid
+    assert (indices[0, :9] // grid).tolist() == [rows - 1] * 3 + [rows] * 3 + [rows + 1] * 3
+    assert (indices[0, :9] % grid).tolist() == [cols - 1, cols, cols + 1] * 3
+
+
+# ----------------------------------------------------------------------------------------------
+# Data reading and bad input
+# ----------------------------------------------------------------------------------------------
+
+def test_both_layouts_give_the_same_samples(modelnet):
+    for is_train in (False, True):
+        text_set, classes = point_cloud.build_dataset(is_train, tiny_args(modelnet['text']))
+        hdf5_set, hdf5_classes = point_cloud.build_dataset(is_train, tiny_args(modelnet['hdf5']))
+        assert classes == hdf5_classes == len(MESHES)
+        assert len(text_set) == len(hdf5_set) == len(MESHES) * (TRAIN_PER_CLASS if is_train else TEST_PER_CLASS)
+        torch.manual_seed(3), np.random.seed(3)
+        text_points, text_label = text_set[5]
+        torch.manual_seed(3), np.random.seed(3)
+        hdf5_points, hdf5_label = hdf5_set[5]
+        assert text_label == hdf5_label == 5 % len(MESHES)
+        assert torch.equal(text_points, hdf5_points)
+        assert text_points.shape == ((2, 128, 3) if is_train else (8, 2, 128, 3))
+
+
+def test_training_augmentation_is_seeded_and_test_is_fixed(modelnet):
+    train_set, _ = point_cloud.build_dataset(True, tiny_args(modelnet['hdf5']))
+    torch.manual_seed(1), np.random.seed(1)
+    first, _ = train_set[0]
+    torch.manual_seed(1), np.random.seed(1)
+    again, _ = train_set[0]
+    other, _ = train_set[0]
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    placed, original = first
+    assert original.norm(dim=1).max() <= 1 + 1e-5      # un-augmented: inside the unit sphere
+    test_set, _ = point_cloud.build_dataset(False, tiny_args(modelnet['hdf5']))
+    views = test_set[0][0]
+    assert torch.equal(views, test_set[0][0])
+    # Each test view is the same points under a rotation: pairwise distances are preserved.
+    def pairwise_distances(points):
+        return (points[:, None] - points[None]).norm(dim=-1)
+    torch.testing.assert_close(pairwise_distances(views[3, 0]), pairwise_distances(views[3, 1]), atol=1e-5, rtol=0)
+
+
+def test_layout_errors_name_what_is_missing(tmp_path, modelnet):
+    with pytest.raises(FileNotFoundError, match='missing modelnet40_shape_names.txt, modelnet40_train.txt'):
+        point_cloud.open_modelnet40(str(tmp_path), 'train')
+    broken = tmp_path / 'text'
+    broken.mkdir()
+    for name in point_cloud.TEXT_FILES:
+        (broken / name).write_text(open(os.path.join(modelnet['text'], name)).read())
+    with pytest.raises(FileNotFoundError, match=r'point file\(s\) listed in .*modelnet40_train.txt are missing'):
+        point_cloud.open_modelnet40(str(broken), 'train')
+    (tmp_path / 'h5').mkdir()
+    with h5py.File(tmp_path / 'h5' / 'ply_data_train0.h5', 'w') as f:
+        f['data'] = np.zeros((1, 4, 3), np.float32)
+    with pytest.raises(FileNotFoundError, match='no shape_names.txt'):
+        point_cloud.open_modelnet40(str(tmp_path / 'h5'), 'train')
+    (tmp_path / 'h5' / 'shape_names.txt').write_text('a\n')
+    with pytest.raises(ValueError, match="has no 'label' dataset"):
+        point_cloud.open_modelnet40(str(tmp_path / 'h5'), 'train')
+
+
+def test_point_file_with_wrong_columns_is_named(tmp_path):
+    path = tmp_path / 'chair_0001.txt'
+    path.write_text('0.1,0.2,0.3\n0.4,0.5,0.6\n')
+    with pytest.raises(ValueError, match=r'chair_0001.txt: 3 comma-separated columns .* have 6 \(x,y,z,nx,ny,nz\)'):
+        point_cloud.read_point_file(str(path))
+
+
+# ----------------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------------
+
+def tiny_model(modelnet):
+    args = tiny_args(modelnet['hdf5'])
+    args.nb_classes = len(MESHES)
+    return train_main.build_model(args)
+
+
+def test_model_pools_rotations_and_reparameterizes(modelnet):
+    model = tiny_model(modelnet)
+    test_set, _ = point_cloud.build_dataset(False, tiny_args(modelnet['hdf5']))
+    batch = torch.stack([test_set[i][0] for i in range(3)])                     # 3 x 8 rotations x 2 x 128 x 3
+    model.eval()
+    with torch.no_grad():
+        pooled = model(batch)
+        per_rotation = torch.stack([model(batch[:, r]) for r in range(batch.shape[1])], dim=1)
+        torch.testing.assert_close(pooled, per_rotation.mean(dim=1))
+        deployed = train_main.inference_model(model, reparam=True)
+        assert len(deployed.state_dict()) < len(model.state_dict())   # the blocks' branches were merged
+        torch.testing.assert_close(deployed(batch), pooled, atol=1e-4, rtol=1e-4)
+    model.train()
+    model.set_grad_checkpointing(True)
+    assert all(block.with_cp for block in model.backbone.blocks())
+    model(batch[:, 0]).sum().backward()
+    unused = [name for name, param in model.named_parameters() if param.grad is None]
+    assert not unused, f'parameters without gradient break DDP (find_unused_parameters=False): {unused}'
+
+
+def test_point_encoder_sees_only_unaugmented_points(modelnet):
+    """Moving the placed points changes the image; the features come from the un-augmented points only."""
+    model = tiny_model(modelnet).eval()
+    points = torch.randn(2, 2, 128, 3)
+    shifted = points.clone()
+    shifted[:, 0] = shifted[:, 0] * 2      # the grid spans the placed points' extent: same image (2x is exact)
+    with torch.no_grad():
+        torch.testing.assert_close(model.project(points[:, 0], points[:, 1]),
+                                   model.project(shifted[:, 0], shifted[:, 1]))
+        moved = points.clone()
+        moved[:, 1] += torch.randn_like(moved[:, 1]) * 0.1
+        assert not torch.allclose(model.project(points[:, 0], points[:, 1]), model.project(moved[:, 0], moved[:, 1]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Training through main.py
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_training_beats_chance_on_held_out_samples(modelnet, tmp_path):
+    """Held-out surface samplings of each mesh under the 8 fixed test rotations; chance is 25%."""
+    output = tmp_path / 'run'
+    completed = run_main([*TINY_ARGS, '--data_path', modelnet['text'], '--epochs', '12', '--batch_size', '8',
+                          '--lr', '2e-3', '--output_dir', str(output)])
+    assert_succeeded(completed)
+    log = read_log(output)
+    assert max(line['test_acc1'] for line in log) >= 70.0, [line['test_acc1'] for line in log]
+    assert 'test_mean_class_acc' in log[-1]
