@@ -14,6 +14,7 @@ import math
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 import metric_logging
 import utils
@@ -85,7 +86,8 @@ def train_one_epoch(model, criterion, data_loader, optimizer, precision, device,
     Returns the epoch's averaged meters (loss, lr, min_lr, weight_decay, grad_norm, class_acc).
     """
     model.train()
-    model_without_ddp = model.module if hasattr(model, 'module') else model
+    model_without_ddp = getattr(model, '_orig_mod', model)  # under torch.compile's wrapper (--compile)
+    model_without_ddp = getattr(model_without_ddp, 'module', model_without_ddp)  # under DDP
     metric_logger = metric_logging.MetricLogger(delimiter='  ')
     metric_logger.add_meter('lr', metric_logging.SmoothedValue(window_size=1, fmt='{value:.6f}'))
     metric_logger.add_meter('min_lr', metric_logging.SmoothedValue(window_size=1, fmt='{value:.6f}'))
@@ -185,12 +187,16 @@ def evaluate(data_loader, model, device, precision, distributed=False, channels_
     (V, ...) stack of views of any input (video: 5 temporal x 3 spatial crops); the V views go through
     the model as one batch and the sample's prediction is the mean of their class probabilities (the
     loss is the cross-entropy of that mean). Counts stay per sample, so --dist_eval is still exact.
+
+    mean_class_acc: top-1 accuracy per class, averaged over the classes present (from per-class sums, so also
+    exact under --dist_eval); the ModelNet-40 "mAcc".
     """
     model.eval()
     views = getattr(data_loader.dataset, 'eval_views', 1)
     criterion = torch.nn.CrossEntropyLoss(reduction='sum')
     metric_logger = metric_logging.MetricLogger(delimiter='  ')
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, correct1, correct5, count
+    class_totals = torch.zeros(2, 0, dtype=torch.float64, device=device)  # per class: correct1, count
 
     for images, targets in metric_logger.log_every(data_loader, print_freq, 'Test:'):
         images = images.to(device, non_blocking=True)
@@ -212,6 +218,7 @@ def evaluate(data_loader, model, device, precision, distributed=False, channels_
                                     hits.any(dim=1).sum().double(),
                                     torch.tensor(len(targets), dtype=torch.float64, device=device)])
         totals += batch_totals
+        class_totals = add_class_counts(class_totals, targets, hits[:, 0], output.shape[1])
         batch_size = len(targets)
         metric_logger.update(loss=batch_totals[0].item() / batch_size,
                              acc1=100.0 * batch_totals[1].item() / batch_size,
@@ -219,10 +226,32 @@ def evaluate(data_loader, model, device, precision, distributed=False, channels_
 
     if distributed and utils.is_dist_avail_and_initialized():
         dist.all_reduce(totals)
+        class_totals = all_reduce_class_counts(class_totals)
     loss_sum, correct1, correct5, count = totals.tolist()
     count = max(count, 1)
+    seen = class_totals[1] > 0
     stats = {'loss': loss_sum / count, 'acc1': 100.0 * correct1 / count, 'acc5': 100.0 * correct5 / count,
+             'mean_class_acc': 100.0 * (class_totals[0][seen] / class_totals[1][seen]).mean().item()
+             if seen.any() else 0.0,
              'num_images': int(totals[3].item())}
-    print(f"* Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f} loss {stats['loss']:.3f} "
-          f"({stats['num_images']} images)")
+    print(f"* Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f} mean class acc {stats['mean_class_acc']:.3f} "
+          f"loss {stats['loss']:.3f} ({stats['num_images']} images)")
     return stats
+
+
+def add_class_counts(class_totals, targets, correct, num_classes):
+    """Per-class (correct@1, count) sums, (2, C), grown to num_classes columns as needed."""
+    if class_totals.shape[1] < num_classes:
+        class_totals = F.pad(class_totals, (0, num_classes - class_totals.shape[1]))
+    class_totals[0].index_add_(0, targets, correct.double())
+    class_totals[1].index_add_(0, targets, torch.ones_like(targets, dtype=torch.float64))
+    return class_totals
+
+
+def all_reduce_class_counts(class_totals):
+    """Sum per-class counts over ranks (a rank that saw no batch has no columns yet: pad to the widest first)."""
+    width = torch.tensor(class_totals.shape[1], device=class_totals.device)
+    dist.all_reduce(width, op=dist.ReduceOp.MAX)
+    class_totals = F.pad(class_totals, (0, int(width) - class_totals.shape[1]))
+    dist.all_reduce(class_totals)
+    return class_totals
