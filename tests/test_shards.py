@@ -194,10 +194,12 @@ def test_an_interrupted_conversion_resumes_to_the_same_shards(photo_folder, phot
 
 @pytest.mark.slow
 def test_a_killed_conversion_resumes_to_the_same_shards(photo_folder, photo_shards, tmp_path):
+    def command(dst, workers):
+        return [sys.executable, os.path.join(REPO_ROOT, 'tools', 'make_shards.py'), '--src', photo_folder,
+                '--dst', dst, '--shard_size', '5', '--workers', str(workers)]
+
     dst = str(tmp_path / 'dst')
-    command = [sys.executable, os.path.join(REPO_ROOT, 'tools', 'make_shards.py'), '--src', photo_folder,
-               '--dst', dst, '--shard_size', '5', '--workers', '1']
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(command(dst, 1), cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     train = os.path.join(dst, 'train')
     deadline = time.time() + 120
@@ -207,10 +209,9 @@ def test_a_killed_conversion_resumes_to_the_same_shards(photo_folder, photo_shar
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not os.path.isfile(os.path.join(train, shards.MANIFEST_NAME))
-    subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(), check=True, capture_output=True)
+    subprocess.run(command(dst, 1), cwd=REPO_ROOT, env=subprocess_env(), check=True, capture_output=True)
     uninterrupted = str(tmp_path / 'uninterrupted')
-    subprocess.run(command[:-6] + [uninterrupted, '--shard_size', '5', '--workers', '2'], cwd=REPO_ROOT,
-                   env=subprocess_env(), check=True, capture_output=True)
+    subprocess.run(command(uninterrupted, 2), cwd=REPO_ROOT, env=subprocess_env(), check=True, capture_output=True)
     assert_same_conversion(uninterrupted, dst)
 
 
@@ -298,19 +299,17 @@ def test_training_from_shards_equals_training_from_the_folder(folder_and_shard_r
 
 @pytest.mark.slow
 def test_distributed_evaluation_from_shards_equals_one_process(folder_and_shard_runs, photo_shards):
+    """63 validation images over 2 gloo ranks give the numbers the 1-process run logged for the same weights."""
+    single = read_log(folder_and_shard_runs['shards'])[0]
     checkpoint = os.path.join(folder_and_shard_runs['shards'], 'checkpoint-0.pth')
     argv = ['--model', 'unireplknet_a', '--model_overrides', BATCH_INDEPENDENT_UNIREPLKNET, '--batch_size', '8',
             '--eval', 'true', '--resume', checkpoint, '--num_workers', '0', *train_args('shards', photo_shards)]
-    results = []
-    for nproc in (1, 2):
-        completed = run_main(argv, nproc=nproc)
-        assert_succeeded(completed)
-        accuracy = re.search(r'Accuracy of the network on (\d+) test images: (\S+)%', completed.stdout).groups()
-        loss = float(re.search(r'\* Acc@1 \S+ Acc@5 \S+ loss (\S+)', completed.stdout).group(1))
-        results.append((accuracy, loss))
-    (single_accuracy, single_loss), (ranks_accuracy, ranks_loss) = results
-    assert single_accuracy == ranks_accuracy and single_accuracy[0] == str(len(PHOTOS) * VAL_PER_CLASS)
-    assert ranks_loss == pytest.approx(single_loss, abs=1e-3)
+    completed = run_main(argv, nproc=2)
+    assert_succeeded(completed)
+    assert (f"Accuracy of the network on {len(PHOTOS) * VAL_PER_CLASS} test images: {single['test_acc1']:.5f}%"
+            in completed.stdout)
+    loss = float(re.search(r'\* Acc@1 \S+ Acc@5 \S+ loss (\S+)', completed.stdout).group(1))
+    assert loss == pytest.approx(single['test_loss'], abs=1e-3)
 
 
 STEPS_PER_EPOCH = 12   # 192 images // (batch 8 x update_freq 2)
@@ -327,7 +326,7 @@ def test_killed_run_resumed_from_shards_is_bitwise_equal(photo_shards, tmp_path)
 
     interrupted = str(tmp_path / 'interrupted')
     chooser = random.Random(0)
-    for kill_after in (3, 8):
+    for kill_after in (5,):   # optimizer steps of the 12 in the epoch
         process = start_main([*argv, '--output_dir', interrupted], str(tmp_path / f'kill_{kill_after}.log'))
         deadline = time.time() + 300
         while process.poll() is None:
