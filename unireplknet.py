@@ -16,17 +16,15 @@ MMDetection projects.
 
 Shapes: images (B, in_chans, H, W); stage i works at (B, dims[i], H / 2**(i+2), W / 2**(i+2)); logits (B, num_classes).
 
-The compute lives in small methods that can be replaced without touching the state_dict:
-DilatedReparamBlock.forward_branches (training-form DRB), UniRepLKNetBlock.branch_forward / residual_forward, and
-UniRepLKNet.forward_features / forward_backbone. tests/test_unireplknet*.py pin keys, counts and exactness.
+What the block computes: `UniRepLKNetBlock.residual_forward`, one module call per step of the paper's Fig. 1, so
+forward hooks fire and replacing a module (`block.act = nn.GELU()`, a DRB branch conv) takes effect. The Dilated
+Reparam Block calls its branch modules; `get_kernel_bias` / `reparameterize` give its deploy form (the shape of timm's
+fastvit `ReparamLargeKernelConv`).
 
-CPU speed (same state_dict, same values up to float rounding; measured in BENCHMARKS.md): on CPU the model runs in
-channels_last (`to_fast_layout`); while training, the DRB's large and dilated depthwise convs go through
-`same_depthwise_conv`, whose custom backward avoids oneDNN's slow kernels (weight gradient as one grouped forward
-conv, dilated convs by space-to-batch or dense kernels); in eval mode a training-form DRB runs as one conv with its
-fused kernel (any device); GRN's scale is folded into the following Linear where a sample has more pixels than that
-Linear has outputs (`grn_then_linear`), and its norm is computed in cache-sized chunks; without autograd, GELUs and
-the residual add write over fresh tensors instead of allocating new ones.
+CPU speed-ups (same state_dict and values up to float rounding, measured in BENCHMARKS.md) live apart, in the
+optional `unireplknet_cpu.py` beside this file; `fast_cpu_kernels` (default: auto, on where no GPU is visible;
+environment override UNIREPLKNET_FAST_CPU=0/1) decides once, at construction, whether the model uses them. Without
+that file this one runs the release's computation on every device.
 """
 import argparse
 import contextlib
@@ -50,6 +48,7 @@ from timm.models import (
     resolve_pretrained_cfg,
 )
 from timm.models._builder import pretrained_cfg_for_features
+from timm.models._features import feature_take_indices
 
 __all__ = [
     'UniRepLKNet', 'UniRepLKNetBlock', 'DilatedReparamBlock', 'GRNwithNHWC', 'SEBlock', 'MODEL_NAMES',
@@ -152,112 +151,6 @@ def dilated_to_dense_kernel(kernel: torch.Tensor, dilation: int) -> torch.Tensor
     return dense
 
 
-def dilated_depthwise_conv_by_space_to_batch(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
-    """Depthwise 'same' conv with a dilated (C, 1, k, k) kernel, computed as an undilated conv (space-to-batch).
-
-    A dilated conv only mixes pixels of the same phase (row % r, column % r), so the r * r phases of the zero-padded
-    input are moved into the batch dimension, convolved with the undilated kernel and moved back. Same values as
-    F.conv2d(x, weight, padding=r * (k - 1) // 2, dilation=r, groups=C) up to float rounding; on CPU several times
-    faster, forward and backward, because oneDNN has no fast dilated depthwise kernel (see BENCHMARKS.md).
-    Works in NHWC internally (free for channels_last input). (B, C, H, W) -> (B, C, H, W).
-    """
-    batch, channels, height, width = x.shape
-    r, pad = dilation, dilation * (weight.shape[-1] - 1) // 2
-    # Pad to the conv's padding, then up to a multiple of r so that every phase has the same size.
-    padded_h, padded_w = -(-(height + 2 * pad) // r) * r, -(-(width + 2 * pad) // r) * r
-    x = F.pad(x, (pad, padded_w - width - pad, pad, padded_h - height - pad))
-    nhwc = x.permute(0, 2, 3, 1).reshape(batch, padded_h // r, r, padded_w // r, r, channels)
-    phases = nhwc.permute(0, 2, 4, 1, 3, 5).reshape(batch * r * r, padded_h // r, padded_w // r, channels)
-    out = F.conv2d(phases.permute(0, 3, 1, 2), weight, groups=channels)
-    out_h, out_w = out.shape[-2:]
-    out = out.permute(0, 2, 3, 1).reshape(batch, r, r, out_h, out_w, channels)
-    out = out.permute(0, 3, 1, 4, 2, 5).reshape(batch, out_h * r, out_w * r, channels)
-    return out[:, :height, :width].permute(0, 3, 1, 2)
-
-
-def _same_depthwise_conv_forward(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
-    """Stride-1 'same' depthwise conv by the fastest CPU computation measured (BENCHMARKS.md): oneDNN's dilated
-    conv is fast up to a padding of 4 and falls back to a path 5-20x slower beyond it; there space-to-batch is used,
-    or on small maps the equivalent dense kernel."""
-    padding = dilation * (weight.shape[-1] - 1) // 2
-    if dilation > 1 and padding > 4:
-        height, width = x.shape[-2:]
-        if (height + 2 * padding) * (width + 2 * padding) <= 2.5 * height * width:
-            return dilated_depthwise_conv_by_space_to_batch(x, weight, dilation)
-        # Small maps (e.g. 7x7 or 14x14 under a 13x13 reach): space-to-batch would mostly move padding; the
-        # zero-inserted dense kernel costs less there.
-        weight, dilation = dilated_to_dense_kernel(weight, dilation), 1
-    return F.conv2d(x, weight, padding=padding, dilation=dilation, groups=x.shape[1])
-
-
-def depthwise_conv_weight_grad_by_batch_folding(x: torch.Tensor, grad_out: torch.Tensor, kernel_size: int,
-                                                dilation: int) -> torch.Tensor:
-    """Weight gradient of a stride-1 'same' depthwise conv, computed as one forward conv.
-
-    grad_w[c, u, v] = sum_{n, h, w} x_padded[n, c, h + r u, w + r v] * grad_out[n, c, h, w] is a strided correlation
-    of each (sample, channel) image with its own output gradient: a grouped conv with N * C groups whose kernel is
-    grad_out, summed over the batch. oneDNN runs this 1.5-6x faster than its depthwise backward-weights kernel for
-    large or dilated kernels (and 5-10x when the kernel is larger than the feature map). (C, 1, k, k), x's dtype.
-    """
-    batch, channels, height, width = x.shape
-    padding = dilation * (kernel_size - 1) // 2
-    # Padded beforehand (oneDNN's own padding is slow for this conv, BENCHMARKS.md), written straight into the
-    # (1, B * C, H', W') layout the grouped conv needs: one pass over x whatever its memory format.
-    padded = x.new_zeros(1, batch * channels, height + 2 * padding, width + 2 * padding)
-    padded.view(batch, channels, height + 2 * padding, width + 2 * padding)[
-        :, :, padding:padding + height, padding:padding + width].copy_(x)
-    per_sample = F.conv2d(padded, grad_out.reshape(batch * channels, 1, height, width), stride=dilation,
-                          groups=batch * channels)
-    return per_sample.reshape(batch, channels, kernel_size, kernel_size).sum(0).unsqueeze(1)
-
-
-class _DepthwiseConvCPU(torch.autograd.Function):
-    """Stride-1 'same' depthwise conv without bias whose backward uses the fastest CPU computations measured.
-
-    The input gradient of a 'same' conv is the same conv of the output gradient with the flipped kernel; the weight
-    gradient comes from `depthwise_conv_weight_grad_by_batch_folding`. Same values as F.conv2d up to float rounding
-    (tests/test_unireplknet_fast_paths.py, float64). First-order gradients only.
-    """
-
-    @staticmethod
-    @torch.amp.custom_fwd(device_type='cpu')
-    def forward(ctx, x, weight, dilation):
-        ctx.save_for_backward(x, weight)
-        ctx.dilation = dilation
-        return _same_depthwise_conv_forward(x, weight, dilation)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    @torch.amp.custom_bwd(device_type='cpu')
-    def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        grad_x = grad_weight = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _same_depthwise_conv_forward(grad_out, weight.flip(-2, -1), ctx.dilation)
-        if ctx.needs_input_grad[1]:
-            grad_weight = depthwise_conv_weight_grad_by_batch_folding(x, grad_out, weight.shape[-1], ctx.dilation)
-        return grad_x, grad_weight, None
-
-
-def same_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int = 1) -> torch.Tensor:
-    """F.conv2d(x, weight, padding=dilation * (k - 1) // 2, dilation=dilation, groups=C) for a (C, 1, k, k) kernel.
-
-    On CPU, dilated or larger-than-5 kernels go through `_DepthwiseConvCPU`, whose forward and backward avoid
-    oneDNN's slow cases (dilated convs padded by more than 4, the backward-weights kernel of large kernels); other
-    devices and small undilated kernels use F.conv2d. (B, C, H, W) -> (B, C, H, W).
-    """
-    if x.device.type == 'cpu' and (dilation > 1 or weight.shape[-1] > 5):
-        return _DepthwiseConvCPU.apply(x, weight, dilation)
-    return F.conv2d(x, weight, padding=dilation * (weight.shape[-1] - 1) // 2, dilation=dilation, groups=x.shape[1])
-
-
-def to_fast_layout(x: torch.Tensor) -> torch.Tensor:
-    """channels_last on CPU, unchanged elsewhere. On CPU, oneDNN's depthwise convs and their backward are several
-    times faster in channels_last, and the NCHW <-> NHWC permutes around the Linear layers become free views
-    (BENCHMARKS.md). Only the memory layout changes, never the values; the GPU path is left as the release has it."""
-    return x.contiguous(memory_format=torch.channels_last) if x.device.type == 'cpu' else x
-
-
 def _set_conv_weight_and_bias(conv: nn.Module, weight: torch.Tensor, bias: torch.Tensor):
     """Give a conv (nn.Conv2d or iGEMM) new weights and a bias in place, keeping its class and parameter order."""
     conv.weight = nn.Parameter(weight)
@@ -274,55 +167,10 @@ class NHWCtoNCHW(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
-def per_channel_l2_norm(x: torch.Tensor) -> torch.Tensor:
-    """torch.linalg.vector_norm(x, dim=1) for (B, L, C) x: each sample's and channel's L2 norm over L, as (B, C).
-
-    Computed as sqrt(sum of squares) a few samples at a time, so the squares stay in cache: on CPU 3-7x faster than
-    vector_norm, whose reduction over a non-innermost dim is slow (BENCHMARKS.md). Accumulates in float32 or wider
-    and returns x's dtype, as vector_norm does.
-    """
-    batch, length, channels = x.shape
-    if batch == 0:
-        return x.new_zeros(0, channels)
-    samples_per_chunk = max(1, (1 << 21) // max(1, length * channels))  # ~8 MB of float32 squares per chunk
-    accumulate = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-    sums = [chunk.to(accumulate).square().sum(dim=1) for chunk in x.split(samples_per_chunk)]
-    return (torch.cat(sums) if len(sums) > 1 else sums[0]).sqrt().to(x.dtype)
-
-
-def _l2_norm_gradient(x: torch.Tensor, norm: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """Gradient of an L2 norm with respect to x in one pass: x * (grad / norm), 0 where the norm is 0 (as torch
-    defines it). norm and grad broadcast against x."""
-    return x * torch.where(norm > 0, grad / norm, torch.zeros_like(grad))
-
-
-def _grn_response_scale(norm: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+def grn_response_scale(norm: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     """GRN's per-sample, per-channel factor gamma * Nx + 1, with Nx = norm / (mean over channels of norm + 1e-6);
     norm has the channels last and gamma broadcasts against it."""
     return gamma * (norm / (norm.mean(dim=-1, keepdim=True) + 1e-6)) + 1
-
-
-class _SpatialL2Norm(torch.autograd.Function):
-    """torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True) for (B, H, W, C) x, with a one-pass backward.
-
-    The gradient is x * (grad / norm) (0 where the norm is 0, as torch defines it); autograd's own backward of the
-    norm makes three passes over x (divide, multiply, mask), which on CPU cost as much as GRN's forward.
-    """
-
-    @staticmethod
-    @torch.amp.custom_fwd(device_type='cpu')
-    def forward(ctx, x):
-        batch, height, width, channels = x.shape
-        norm = per_channel_l2_norm(x.reshape(batch, height * width, channels)).reshape(batch, 1, 1, channels)
-        ctx.save_for_backward(x, norm)
-        return norm
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    @torch.amp.custom_bwd(device_type='cpu')
-    def backward(ctx, grad):
-        x, norm = ctx.saved_tensors
-        return _l2_norm_gradient(x, norm, grad)
 
 
 class GRNwithNHWC(nn.Module):
@@ -338,91 +186,12 @@ class GRNwithNHWC(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim)) if use_bias else None
 
     def forward(self, x):
-        out = self.response_scale(x) * x
+        out = grn_response_scale(self.global_response(x), self.gamma) * x
         return out if self.beta is None else out + self.beta
 
-    def response_scale(self, x):
-        """The per-sample, per-channel factor (gamma * Nx + 1), shape (B, 1, 1, C)."""
-        if x.device.type == 'cpu':
-            global_response = _SpatialL2Norm.apply(x)
-        else:  # the release's computation; the CPU-tuned Function is not measured on other devices
-            global_response = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)
-        return _grn_response_scale(global_response, self.gamma)
-
-
-def _grn_folded_weight_and_bias(norm, gamma, beta, weight, bias):
-    """Per-sample weight W * s (B, O, C) and shared bias W @ beta + b (O,) of linear(grn(x)), from x's (B, C) norms."""
-    scale = _grn_response_scale(norm, gamma.reshape(1, -1))
-    folded_bias = weight.new_zeros(weight.shape[0]) if bias is None else bias
-    if beta is not None:
-        folded_bias = folded_bias + weight @ beta.reshape(-1)
-    return weight.unsqueeze(0) * scale.unsqueeze(1), folded_bias
-
-
-class _GRNThenLinear(torch.autograd.Function):
-    """linear(grn(x)) for (B, L, C) x as one batched matmul with per-sample weights; see grn_then_linear.
-
-    The backward also makes one pass less than autograd would: the norm's gradient x * (grad / norm) is the `input`
-    of the baddbmm that computes grad @ (W * s), instead of a separate tensor added afterwards.
-    """
-
-    @staticmethod
-    @torch.amp.custom_fwd(device_type='cpu')
-    def forward(ctx, x, gamma, beta, weight, bias):
-        norm = per_channel_l2_norm(x)
-        folded_weight, folded_bias = _grn_folded_weight_and_bias(norm, gamma, beta, weight, bias)
-        ctx.save_for_backward(x, norm, gamma, beta, weight, bias)
-        return torch.baddbmm(folded_bias.reshape(1, 1, -1), x, folded_weight.transpose(1, 2))
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    @torch.amp.custom_bwd(device_type='cpu')
-    def backward(ctx, grad_out):
-        x, norm, *small = ctx.saved_tensors
-        # The small tensors' gradients come from autograd on the fold itself; only x-sized work is written out.
-        inputs = [t.detach().requires_grad_() if t is not None else None for t in (norm, *small)]
-        with torch.enable_grad():
-            folded_weight, folded_bias = _grn_folded_weight_and_bias(*inputs)
-        grad_folded_weight = torch.bmm(grad_out.transpose(1, 2), x)
-        leaves = [t for t in inputs if t is not None]
-        leaf_grads = iter(torch.autograd.grad((folded_weight, folded_bias), leaves,
-                                              (grad_folded_weight, grad_out.sum(dim=(0, 1))), allow_unused=True))
-        grad_norm, grad_gamma, grad_beta, grad_weight, grad_bias = [
-            next(leaf_grads) if t is not None else None for t in inputs]
-        norm_term = _l2_norm_gradient(x, norm.unsqueeze(1), grad_norm.unsqueeze(1))
-        # In place, so in one dtype: grad_out's (bfloat16 under autocast, as the forward's matmul ran).
-        grad_x = norm_term.to(grad_out.dtype).baddbmm_(grad_out, folded_weight.detach().to(grad_out.dtype))
-        return grad_x, grad_gamma, grad_beta, grad_weight, grad_bias
-
-
-def grn_then_linear(grn: GRNwithNHWC, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """linear(grn(x)) for NHWC x, with GRN's per-sample scale folded into a per-sample copy of the Linear weight.
-
-    (x * s + beta) @ W.T + b == x @ (W * s).T + (W @ beta + b): one batched matmul instead of two elementwise passes
-    over the 4C-channel tensor (the largest in the block) and a matmul. That pays off when a sample has more pixels
-    than the Linear has outputs (at 224: stages 0-1, and stage 2 of unireplknet_a and _f); elsewhere the per-sample
-    weights cost more than they save (BENCHMARKS.md), so the plain order is used, as it is on other devices than
-    the CPU, where this was not measured. Same values up to float rounding.
-    (B, H, W, 4C) -> (B, H, W, C).
-    """
-    batch, height, width, channels = x.shape
-    if x.device.type != 'cpu' or height * width <= linear.out_features:
-        return linear(grn(x))
-    out = _GRNThenLinear.apply(x.reshape(batch, height * width, channels), grn.gamma, grn.beta, linear.weight,
-                               linear.bias)
-    return out.reshape(batch, height, width, linear.out_features)
-
-
-def gelu_without_autograd_in_place(gelu: nn.GELU, x: torch.Tensor) -> torch.Tensor:
-    """gelu(x), written over x when no gradient will flow through it (inference).
-
-    x is the 4C-channel output of the first Linear, which nothing else reads; writing GELU's result over it saves
-    allocating (and on CPU, first touching) the largest tensor of the block: about a third of GELU's time in
-    inference (BENCHMARKS.md). With autograd, GELU's backward needs x, so the out-of-place form is kept.
-    """
-    if x.requires_grad:
-        return gelu(x)
-    return torch.ops.aten.gelu_(x, approximate=gelu.approximate)
+    def global_response(self, x):
+        """Gx: each sample's and channel's L2 norm over H, W, shape (B, 1, 1, C)."""
+        return torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)
 
 
 class SEBlock(nn.Module):
@@ -472,47 +241,35 @@ class DilatedReparamBlock(nn.Module):
     def forward(self, x):
         if self.deploy:
             return self.lk_origin(x)
-        if not self.training and type(self.lk_origin) is nn.Conv2d:
-            # In eval mode every BN is a fixed affine map, so the block is exactly the one conv that reparameterisation
-            # would store: one K x K conv instead of 1 + len(branches) convs, BNs and adds (an iGEMM lk_origin keeps
-            # the branches, as its kernel cannot be swapped per call).
-            kernel, bias = self.fused_kernel_and_bias()
-            return F.conv2d(x, kernel, bias, padding=self.kernel_size // 2, groups=self.lk_origin.groups)
-        return self.forward_branches(x)
-
-    def forward_branches(self, x):
-        origin = self.lk_origin(x) if type(self.lk_origin) is not nn.Conv2d else same_depthwise_conv(
-            x, self.lk_origin.weight)
-        out = self.origin_bn(origin)
+        out = self.origin_bn(self.lk_origin(x))
         for k, r in self.branches:
-            branch = same_depthwise_conv(x, getattr(self, f'dil_conv_k{k}_{r}').weight, r)
-            out = out + getattr(self, f'dil_bn_k{k}_{r}')(branch)
+            out = out + getattr(self, f'dil_bn_k{k}_{r}')(getattr(self, f'dil_conv_k{k}_{r}')(x))
         return out
 
-    def fused_kernel_and_bias(self):
+    def get_kernel_bias(self):
         """The (C, 1, K, K) kernel and (C,) bias of the single conv equivalent to this block in eval mode."""
-        kernel, bias = fuse_conv_bn(self.lk_origin.weight, None, self.origin_bn)
+        kernel, bias = fuse_conv_bn(self.lk_origin.weight, self.lk_origin.bias, self.origin_bn)
         for k, r in self.branches:
-            branch_kernel, branch_bias = fuse_conv_bn(
-                getattr(self, f'dil_conv_k{k}_{r}').weight, None, getattr(self, f'dil_bn_k{k}_{r}'))
-            dense = dilated_to_dense_kernel(branch_kernel, r)
-            pad = self.kernel_size // 2 - dense.shape[-1] // 2
-            kernel = kernel + F.pad(dense, [pad] * 4)
+            conv = getattr(self, f'dil_conv_k{k}_{r}')
+            branch_kernel, branch_bias = fuse_conv_bn(conv.weight, conv.bias, getattr(self, f'dil_bn_k{k}_{r}'))
+            pad = self.kernel_size // 2 - r * (k - 1) // 2
+            kernel = kernel + F.pad(dilated_to_dense_kernel(branch_kernel, r), [pad] * 4)
             bias = bias + branch_bias
         return kernel, bias
 
     @torch.no_grad()
-    def merge_dilated_branches(self):
+    def reparameterize(self):
         """Convert to deploy form in place (uses BN running statistics). Does nothing if already converted."""
         if self.deploy:
             return
-        kernel, bias = self.fused_kernel_and_bias()
-        _set_conv_weight_and_bias(self.lk_origin, kernel, bias)
+        _set_conv_weight_and_bias(self.lk_origin, *self.get_kernel_bias())
         del self.origin_bn
         for k, r in self.branches:
             delattr(self, f'dil_conv_k{k}_{r}')
             delattr(self, f'dil_bn_k{k}_{r}')
         self.deploy = True
+
+    merge_dilated_branches = reparameterize  # the release's name
 
 
 @contextlib.contextmanager
@@ -535,9 +292,8 @@ def _batch_norm_statistics_restored(module: nn.Module):
 class UniRepLKNetBlock(nn.Module):
     """LarK block (K >= 7, Dilated Reparam Block), SmaK block (K = 3 or 5, depthwise conv) or K = 0 (no mixer).
 
-    x + drop_path(gamma * F(x)), F = dwconv -> BN -> SE(C // 4) -> Linear(C, 4C) -> GELU -> GRN -> Linear(4C, C, no
-    bias) -> BN (paper Sec. 3, Fig. 1). Deploy form: the BNs, GRN beta and layer scale are folded into dwconv and the
-    second Linear. (B, C, H, W) -> (B, C, H, W).
+    x + drop_path(gamma * F(x)) (paper Sec. 3, Fig. 1), F as written in `residual_forward`. Deploy form: the BNs, GRN
+    beta and layer scale are folded into dwconv and the second Linear. (B, C, H, W) -> (B, C, H, W).
     """
 
     def __init__(self, dim: int, kernel_size: int, drop_path: float = 0., layer_scale_init_value: float = 1e-6,
@@ -580,19 +336,16 @@ class UniRepLKNetBlock(nn.Module):
         return self.residual_forward(x)
 
     def residual_forward(self, x):
-        branch = self.drop_path(self.scale(self.branch_forward(x)))
-        # Without autograd, add into the branch's fresh output instead of allocating another tensor (inference).
-        return x + branch if branch.requires_grad else branch.add_(x)
+        """The block as the paper draws it."""
+        y = self.dwconv(x)      # depthwise K x K conv, or the Dilated Reparam Block for K >= 7
+        y = self.norm(y)        # BatchNorm (Identity in deploy form)
+        y = self.se(y)          # Squeeze-and-Excitation
+        y = self.pwconv1(y)     # NCHW -> NHWC, Linear C -> 4C
+        y = self.act(y)         # GELU, GRN
+        y = self.pwconv2(y)     # Linear 4C -> C, NHWC -> NCHW, BatchNorm (training form)
+        return x + self.drop_path(self.layer_scale(y))
 
-    def branch_forward(self, x):
-        x = self.se(self.norm(self.dwconv(x)))
-        gelu, grn = self.act
-        x = grn_then_linear(grn, self.pwconv2[0], gelu_without_autograd_in_place(gelu, self.pwconv1(x)))
-        for layer in self.pwconv2[1:]:  # NHWC -> NCHW, then (training form) BatchNorm
-            x = layer(x)
-        return x
-
-    def scale(self, x):
+    def layer_scale(self, x):
         return x if self.gamma is None else x * self.gamma.view(1, -1, 1, 1)
 
     @torch.no_grad()
@@ -608,7 +361,7 @@ class UniRepLKNetBlock(nn.Module):
         if isinstance(self.dwconv, nn.Identity):
             return
         if isinstance(self.dwconv, DilatedReparamBlock):
-            self.dwconv.merge_dilated_branches()
+            self.dwconv.reparameterize()
             conv = self.dwconv.lk_origin
         else:
             conv = self.dwconv
@@ -665,10 +418,15 @@ class UniRepLKNet(nn.Module):
                  layer_scale_init_value: Optional[float] = 1e-6, head_init_scale: float = 1.,
                  kernel_sizes: Optional[Sequence[Sequence[int]]] = None, deploy: bool = False, with_cp: bool = False,
                  init_cfg: Optional[dict] = None, attempt_use_lk_impl: bool = True, use_sync_bn: bool = False,
-                 out_indices: Optional[Sequence[int]] = None, **kwargs):
+                 out_indices: Optional[Sequence[int]] = None, fast_cpu_kernels: Optional[bool] = None,
+                 use_checkpoint: Optional[bool] = None, **kwargs):
         super().__init__()
         if kwargs:
             _logger.warning(f'UniRepLKNet ignores unknown arguments: {sorted(kwargs)}')
+        if use_checkpoint is not None:  # RepLKNet's name for with_cp
+            if with_cp and not use_checkpoint:
+                raise ValueError('with_cp=True contradicts use_checkpoint=False (two names of one switch): pass one.')
+            with_cp = use_checkpoint
         depths, dims = tuple(depths), tuple(dims)
         if len(depths) != 4 or len(dims) != 4:
             raise ValueError(f'UniRepLKNet has 4 stages: depths and dims need 4 entries, got {depths} and {dims}.')
@@ -722,6 +480,9 @@ class UniRepLKNet(nn.Module):
                 self.head.bias.mul_(head_init_scale)
         if init_cfg is not None:
             self.init_weights()
+        self.fast_cpu_kernels = False
+        if _resolve_fast_cpu_kernels(fast_cpu_kernels):
+            self.set_fast_cpu_kernels(True)
 
     def init_weights(self):
         """Backbone mode: load `init_cfg['checkpoint']` non-strictly (MMSegmentation/MMDetection convention)."""
@@ -756,13 +517,26 @@ class UniRepLKNet(nn.Module):
         for block in self.blocks():
             block.with_cp = enable
 
+    @property
+    def grad_checkpointing(self) -> bool:
+        """timm's name for `with_cp`."""
+        return self.with_cp
+
+    def set_fast_cpu_kernels(self, enable: bool = True):
+        """Switch the CPU speed-ups of unireplknet_cpu.py on or off in place (same state_dict and values)."""
+        if enable:
+            _fast_cpu_module(required=True).convert_to_fast_cpu(self)
+        elif self.fast_cpu_kernels:
+            _fast_cpu_module(required=True).convert_to_fast_cpu(self, enable=False)
+        self.fast_cpu_kernels = enable
+
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
         if self.out_indices is not None:
-            raise RuntimeError('UniRepLKNet in backbone mode (init_cfg/out_indices) has no classifier to reset.')
+            raise ValueError('UniRepLKNet in backbone mode (init_cfg/out_indices) has no classifier to reset.')
         if global_pool not in (None, 'avg'):
             raise ValueError(f"UniRepLKNet only supports global_pool='avg', got {global_pool!r}.")
         self.num_classes = num_classes
@@ -775,7 +549,6 @@ class UniRepLKNet(nn.Module):
 
     def forward_features(self, x):
         """(B, in_chans, H, W) -> last stage output (B, dims[-1], H/32, W/32)."""
-        x = to_fast_layout(x)
         for index, stage in enumerate(self.stages):
             x = stage(self.downsample(index, x))
         return x
@@ -787,26 +560,39 @@ class UniRepLKNet(nn.Module):
         layer = self.downsample_layers[index]
         if index == 0 and self.with_cp and torch.is_grad_enabled():
             return torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)
-        for module in layer:  # the stem's GELU acts on the LayerNorm's fresh output: in place in inference
-            x = gelu_without_autograd_in_place(module, x) if isinstance(module, nn.GELU) else module(x)
-        return x
+        return layer(x)
 
     def forward_head(self, x, pre_logits: bool = False):
         """(B, C, h, w) -> global average pool -> LayerNorm -> (B, C) if pre_logits else Linear -> (B, num_classes)."""
         if self.out_indices is not None:
-            raise RuntimeError('UniRepLKNet in backbone mode (init_cfg/out_indices) has no head.')
+            raise ValueError('UniRepLKNet in backbone mode (init_cfg/out_indices) has no head.')
         x = self.norm(x.mean(dim=(-2, -1)))
         return x if pre_logits else self.head(x)
 
+    def forward_intermediates(self, x, indices: Optional[Union[int, Sequence[int]]] = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = 'NCHW', intermediates_only: bool = False):
+        """timm feature API: the outputs of the stages in `indices` (last n stages if int, all if None), each through
+        its LayerNorm `norm{i}` in backbone mode.
+
+        Returns the list of (B, dims[i], H / 2**(i+2), W / 2**(i+2)) features, or (last stage output, that list).
+        `stop_early` skips the stages after the last requested one. `norm=True` is refused: UniRepLKNet's final norm
+        acts on pooled features, not on a feature map.
+        """
+        if output_fmt != 'NCHW' or norm:
+            raise ValueError(f'UniRepLKNet features are NCHW maps without the final norm; got '
+                             f'output_fmt={output_fmt!r}, norm={norm}.')
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        intermediates = []
+        for i in range(max_index + 1 if stop_early else len(self.stages)):
+            x = self.stages[i](self.downsample(i, x))
+            if i in take_indices:
+                stage_norm = getattr(self, f'norm{i}', None)
+                intermediates.append(x if stage_norm is None else stage_norm(x))
+        return intermediates if intermediates_only else (x, intermediates)
+
     def forward_backbone(self, x):
-        """(B, in_chans, H, W) -> [norm{i}(stage i output) for i in out_indices], strides 4 * 2**i."""
-        outputs = []
-        x = to_fast_layout(x)
-        for i, stage in enumerate(self.stages):
-            x = stage(self.downsample(i, x))
-            if i in self.out_indices:
-                outputs.append(getattr(self, f'norm{i}')(x))
-        return outputs
+        """The release's backbone forward: [norm{i}(stage i output) for i in out_indices], strides 4 * 2**i."""
+        return self.forward_intermediates(x, self.out_indices, stop_early=True, intermediates_only=True)
 
     def forward(self, x):
         if self.out_indices is not None:
@@ -863,6 +649,35 @@ def _init_weights(module: nn.Module):
         trunc_normal_(module.weight, std=.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+def _fast_cpu_module(required: bool):
+    """unireplknet_cpu (the optional CPU speed-ups beside this file), or None if it is absent and not required.
+
+    Imported here rather than at the top: it subclasses this file's modules, so it imports this file."""
+    try:
+        import unireplknet_cpu
+    except ImportError as error:
+        if error.name != 'unireplknet_cpu':  # the module is there but one of its imports failed
+            raise
+        if required:
+            raise ImportError('fast_cpu_kernels=True needs unireplknet_cpu.py next to unireplknet.py; without it the '
+                              'model runs the plain computation (fast_cpu_kernels=False).') from error
+        return None
+    return unireplknet_cpu
+
+
+def _resolve_fast_cpu_kernels(requested: Optional[bool]) -> bool:
+    """Whether to use unireplknet_cpu: the constructor argument if given, else $UNIREPLKNET_FAST_CPU (0 or 1), else
+    auto: on when the module is available and no GPU is visible (its kernels were measured on CPU only)."""
+    if requested is None and os.environ.get('UNIREPLKNET_FAST_CPU', '') != '':
+        setting = os.environ['UNIREPLKNET_FAST_CPU']
+        if setting not in ('0', '1'):
+            raise ValueError(f'UNIREPLKNET_FAST_CPU must be 0 or 1, got {setting!r}.')
+        requested = setting == '1'
+    if requested is None:
+        return not torch.cuda.is_available() and _fast_cpu_module(required=False) is not None
+    return requested
 
 
 def _resolve_kernel_sizes(depths, kernel_sizes):

@@ -1,15 +1,17 @@
-"""A/B timing of unireplknet.py against an earlier git revision of it, in one process.
+"""A/B timing of unireplknet.py (+ unireplknet_cpu.py) against an earlier git revision, or against the plain model,
+in one process.
 
-Loads `unireplknet.py` as committed at --before (via `git show`) next to the working-tree file, builds the same
-variant from both with the same weights, checks that they compute the same outputs, and times them interleaved
+Loads `unireplknet.py` and `unireplknet_cpu.py` as committed at --before (via `git show`) next to the working-tree
+files (`--before plain`: the working tree built with fast_cpu_kernels=False, the release's computation), builds the
+same variant from both with the same weights, checks that they compute the same outputs, and times them interleaved
 (with timm's convnext_atto as a third column, for the ratio the speed targets use). Use it after changing a hot
 path: a whole-model A/B in one process is much less noisy than two separate benchmark runs.
 
     python benchmarks/ab_unireplknet.py --before HEAD~1 --mode train --repeats 9
-    python benchmarks/ab_unireplknet.py --before 2a86523 --mode deploy --repeats 15
+    python benchmarks/ab_unireplknet.py --before plain --mode deploy --repeats 15
 """
 import argparse
-import importlib.util
+import importlib
 import os
 import subprocess
 import sys
@@ -28,28 +30,46 @@ from timing import interleaved_medians, machine_summary, markdown_table, utc_now
 import unireplknet  # noqa: E402
 
 
-def load_revision(revision, directory):
-    """unireplknet.py as committed at `revision`, imported under another module name."""
-    try:
-        source = subprocess.run(["git", "show", f"{revision}:unireplknet.py"], cwd=REPO_ROOT, check=True,
-                                capture_output=True, text=True).stdout
-    except subprocess.CalledProcessError as error:
-        raise SystemExit(f"--before {revision}: git cannot show unireplknet.py there ({error.stderr.strip()}).")
-    path = os.path.join(directory, "unireplknet_before.py")
-    with open(path, "w") as f:
-        f.write(source)
-    spec = importlib.util.spec_from_file_location("unireplknet_before", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # timm's register_model looks the module up
-    with warnings.catch_warnings():  # its factories re-register the timm names; the models are built directly
-        warnings.simplefilter("ignore")
-        spec.loader.exec_module(module)
-    return module
+MODULES = ("unireplknet", "unireplknet_cpu")
+
+
+def git_show(revision, filename):
+    """The file as committed at `revision`, or None if it did not exist there."""
+    result = subprocess.run(["git", "show", f"{revision}:{filename}"], cwd=REPO_ROOT, capture_output=True, text=True)
+    if result.returncode != 0 and filename == "unireplknet.py":
+        raise SystemExit(f"--before {revision}: git cannot show unireplknet.py there ({result.stderr.strip()}).")
+    return result.stdout if result.returncode == 0 else None
+
+
+def build_at_revision(revision, depths, dims):
+    """The variant built by unireplknet.py (+ unireplknet_cpu.py) as committed at `revision`.
+
+    The revision's files are imported under their own names while the model is built (the fast module imports
+    `unireplknet`, and the model binds its classes then); the working tree's modules are put back afterwards.
+    """
+    saved_modules = {name: sys.modules.pop(name) for name in MODULES if name in sys.modules}
+    with tempfile.TemporaryDirectory() as directory:
+        for name in MODULES:
+            source = git_show(revision, f"{name}.py")
+            if source is not None:
+                with open(os.path.join(directory, f"{name}.py"), "w") as f:
+                    f.write(source)
+        sys.path.insert(0, directory)
+        try:
+            with warnings.catch_warnings():  # its factories re-register the timm names; the model is built directly
+                warnings.simplefilter("ignore")
+                return importlib.import_module("unireplknet").UniRepLKNet(depths=depths, dims=dims)
+        finally:
+            sys.path.remove(directory)
+            for name in MODULES:
+                sys.modules.pop(name, None)
+            sys.modules.update(saved_modules)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--before", required=True, help="git revision of unireplknet.py to compare against")
+    parser.add_argument("--before", required=True,
+                        help="git revision to compare against, or 'plain' (the working tree without unireplknet_cpu)")
     parser.add_argument("--model", default="unireplknet_a", choices=unireplknet.MODEL_NAMES)
     parser.add_argument("--mode", default="train", choices=["train", "eval", "deploy"],
                         help="training step (forward + backward + AdamW), eval in the training structure, or "
@@ -65,10 +85,11 @@ def main():
     torch.manual_seed(0)
 
     depths, dims = unireplknet.VARIANTS[args.model]
-    with tempfile.TemporaryDirectory() as directory:
-        before_module = load_revision(args.before, directory)
-    models = {f"before ({args.before})": before_module.UniRepLKNet(depths=depths, dims=dims),
-              "working tree": unireplknet.UniRepLKNet(depths=depths, dims=dims)}
+    if args.before == "plain":
+        before = unireplknet.UniRepLKNet(depths=depths, dims=dims, fast_cpu_kernels=False)
+    else:
+        before = build_at_revision(args.before, depths, dims)
+    models = {f"before ({args.before})": before, "working tree": unireplknet.UniRepLKNet(depths=depths, dims=dims)}
     models["working tree"].load_state_dict(models[f"before ({args.before})"].state_dict())
     if args.baseline:
         models[args.baseline] = timm.create_model(args.baseline)

@@ -4,7 +4,7 @@ Answers, with measurements, which implementation of each piece is fastest on thi
   1. depthwise KxK conv, NCHW vs channels_last, K = 3, 5, 7, 13;
   2. the dilated branches (k, r) of a K=13 Dilated Reparam Block (facts A.6): dilated conv in
      NCHW / channels_last, the dense (zero-inserted) equivalent kernel, space-to-batch, and
-     unireplknet.same_depthwise_conv (what ships: custom backward, see its docstring);
+     unireplknet_cpu.same_depthwise_conv (what ships: custom backward, see its docstring);
   3. the pointwise FFN layers: nn.Linear on NHWC vs 1x1 conv in channels_last;
 each forward only and forward+backward (grads for input and weight, as in training).
 
@@ -20,9 +20,8 @@ import torch.nn.functional as F
 from timing import interleaved_medians, machine_summary, markdown_table, utc_now
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from unireplknet import (  # noqa: E402
-    dilated_depthwise_conv_by_space_to_batch, dilated_to_dense_kernel, same_depthwise_conv,
-)
+from unireplknet import dilated_to_dense_kernel  # noqa: E402
+from unireplknet_cpu import dilated_depthwise_conv_by_space_to_batch, same_depthwise_conv  # noqa: E402
 
 # (channels, resolution) of unireplknet_a's stages at 224x224 input.
 STAGE_SHAPES = {0: (40, 56), 1: (80, 28), 2: (160, 14), 3: (320, 7)}

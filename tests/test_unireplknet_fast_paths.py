@@ -1,8 +1,8 @@
-"""unireplknet.py CPU fast paths compute the same function as the plain layers they replace.
+"""unireplknet_cpu.py (the optional CPU speed-ups) computes the same function as the plain model, and gives way to
+hooks and replaced modules.
 
-The fast paths (BENCHMARKS.md): channels_last on CPU, dilated DRB branches by space-to-batch in training, the
-eval-mode DRB as one conv with the fused kernel, and GRN's scale folded into the following Linear. Reference computations here use plain F.conv2d with dilation and
-the block's own BatchNorms, in float64 so that any difference beyond rounding shows.
+Reference computations use plain F.conv2d with dilation and the block's own BatchNorms, or the model built with
+fast_cpu_kernels=False, in float64 where any difference beyond rounding should show.
 """
 import copy
 
@@ -10,11 +10,12 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 import unireplknet
-from unireplknet import (
-    DilatedReparamBlock, GRNwithNHWC, dilated_depthwise_conv_by_space_to_batch, grn_then_linear, same_depthwise_conv,
+import unireplknet_cpu
+from unireplknet import DilatedReparamBlock, GRNwithNHWC
+from unireplknet_cpu import (
+    FastGRN, convert_to_fast_cpu, dilated_depthwise_conv_by_space_to_batch, grn_then_linear, same_depthwise_conv,
 )
 
 DILATED_BRANCHES = sorted({(k, r) for branches in unireplknet.DRB_BRANCHES.values() for k, r in branches if r > 1})
@@ -90,8 +91,8 @@ def test_same_depthwise_conv_gradients_pass_gradcheck():
 
 def test_training_drb_runs_under_cpu_bfloat16_autocast_like_the_plain_convs():
     torch.manual_seed(0)
-    drb = DilatedReparamBlock(8, 13, attempt_use_lk_impl=False).train()
-    reference = copy.deepcopy(drb)
+    reference = DilatedReparamBlock(8, 13, attempt_use_lk_impl=False).train()
+    drb = convert_to_fast_cpu(copy.deepcopy(reference))
     x = torch.randn(2, 8, 14, 14).contiguous(memory_format=torch.channels_last)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out, expected = drb(x), reference_drb_forward(reference, x)
@@ -107,8 +108,8 @@ def test_training_drb_runs_under_cpu_bfloat16_autocast_like_the_plain_convs():
 @pytest.mark.parametrize('kernel_size', sorted(unireplknet.DRB_BRANCHES))
 def test_training_drb_matches_plain_dilated_convs_with_gradients_and_bn_statistics(kernel_size):
     torch.manual_seed(kernel_size)
-    drb = randomise_batch_norms(DilatedReparamBlock(4, kernel_size, attempt_use_lk_impl=False)).double().train()
-    reference = copy.deepcopy(drb)
+    reference = randomise_batch_norms(DilatedReparamBlock(4, kernel_size, attempt_use_lk_impl=False)).double().train()
+    drb = convert_to_fast_cpu(copy.deepcopy(reference))
     x = torch.randn(2, 4, 11, 16, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
     out, expected = drb(x_fast), reference_drb_forward(reference, x_ref)
@@ -124,17 +125,19 @@ def test_training_drb_matches_plain_dilated_convs_with_gradients_and_bn_statisti
 
 
 @pytest.mark.parametrize('kernel_size', sorted(unireplknet.DRB_BRANCHES))
-def test_eval_drb_is_one_fused_conv_with_the_branches_result(kernel_size):
+def test_eval_drb_is_one_fused_conv_with_the_branches_result(kernel_size, monkeypatch):
+    # (Counted by calls, not FlopCounterMode: its global module hooks make the fast paths give way, as any hook does.)
+    convs = []
+    monkeypatch.setattr(F, 'conv2d', lambda *args, f=F.conv2d, **kwargs: (
+        convs.append(args[1].shape), f(*args, **kwargs))[1])
     torch.manual_seed(kernel_size)
     drb = randomise_batch_norms(DilatedReparamBlock(4, kernel_size, attempt_use_lk_impl=False)).double().eval()
+    drb = convert_to_fast_cpu(drb)
     x = torch.randn(2, 4, 2 * kernel_size, 2 * kernel_size + 3, dtype=torch.float64)
-    counter = FlopCounterMode(display=False)
     with torch.no_grad():
-        with counter:
-            out = drb(x)
+        out = drb(x)
+        assert convs == [(4, 1, kernel_size, kernel_size)]
         torch.testing.assert_close(out, reference_drb_forward(drb, x))
-    one_conv_flops = 2 * x.numel() * kernel_size ** 2
-    assert counter.get_total_flops() == one_conv_flops
     # Gradients (e.g. for ERF maps, computed in eval mode) flow through the fused kernel to every branch.
     x.requires_grad_()
     drb(x).sum().backward()
@@ -164,15 +167,15 @@ def test_grn_then_linear_equals_grn_followed_by_linear_with_gradients(training_f
 @pytest.mark.parametrize('shape', [(3, 700, 1000), (4, 5, 6), (0, 5, 6)], ids=['one sample per chunk', 'one chunk', 'empty'])
 def test_per_channel_l2_norm_equals_vector_norm(shape):
     x = torch.randn(shape, dtype=torch.float64)
-    torch.testing.assert_close(unireplknet.per_channel_l2_norm(x), torch.linalg.vector_norm(x, dim=1))
+    torch.testing.assert_close(unireplknet_cpu.per_channel_l2_norm(x), torch.linalg.vector_norm(x, dim=1))
     low_precision = x.to(torch.bfloat16)
     # Accumulated in float32 and returned in bfloat16, as vector_norm does.
-    torch.testing.assert_close(unireplknet.per_channel_l2_norm(low_precision),
+    torch.testing.assert_close(unireplknet_cpu.per_channel_l2_norm(low_precision),
                                torch.linalg.vector_norm(low_precision, dim=1))
 
 
 def test_grn_gradient_is_zero_not_nan_for_an_all_zero_channel():
-    grn = GRNwithNHWC(3).double()
+    grn = FastGRN(3).double()
     with torch.no_grad():
         grn.gamma.fill_(0.5)
     x = torch.randn(2, 4, 4, 3, dtype=torch.float64)
@@ -189,38 +192,127 @@ def test_grn_gradient_is_zero_not_nan_for_an_all_zero_channel():
     torch.testing.assert_close(x.grad, x_ref.grad)
 
 
-def disable_fast_paths(monkeypatch):
-    """Make unireplknet compute as the release does: NCHW, dilated convs, branch by branch also in eval mode, GRN
-    output materialised before the Linear."""
-    monkeypatch.setattr(unireplknet, 'to_fast_layout', lambda x: x)
-    monkeypatch.setattr(unireplknet, 'grn_then_linear', lambda grn, linear, x: linear(grn(x)))
-    monkeypatch.setattr(unireplknet, 'same_depthwise_conv', lambda x, weight, dilation=1: F.conv2d(
-        x, weight, padding=dilation * (weight.shape[-1] - 1) // 2, dilation=dilation, groups=x.shape[1]))
-    monkeypatch.setattr(DilatedReparamBlock, 'forward',
-                        lambda self, x: self.lk_origin(x) if self.deploy else self.forward_branches(x))
+TINY = dict(depths=(2, 2, 2, 2), dims=(4, 8, 16, 32), num_classes=5, kernel_sizes=((3, 3), (13, 13), (13, 3), (13, 13)),
+            attempt_use_lk_impl=False)
 
 
-def test_model_with_fast_paths_matches_the_release_computation(monkeypatch):
+def fast_and_plain_models(**kwargs):
+    """The same randomly initialised model with and without unireplknet_cpu (GRN and layer scale made non-trivial,
+    so that every part of the block shows in the output)."""
     torch.manual_seed(0)
-    fast = randomise_batch_norms(unireplknet.UniRepLKNet(depths=(2, 2, 2, 2), dims=(4, 8, 16, 32), num_classes=5,
-                                                         kernel_sizes=((3, 3), (13, 13), (13, 3), (13, 13))))
-    reference = copy.deepcopy(fast)
+    fast = unireplknet.UniRepLKNet(**{**TINY, 'layer_scale_init_value': 1.0, **kwargs}, fast_cpu_kernels=True)
+    randomise_batch_norms(fast)
+    with torch.no_grad():
+        for grn in fast.modules():
+            if isinstance(grn, GRNwithNHWC):
+                grn.gamma.uniform_(-0.5, 0.5)
+                grn.beta.uniform_(-0.5, 0.5)
+    plain = copy.deepcopy(fast)
+    plain.set_fast_cpu_kernels(False)
+    return fast, plain
+
+
+def train_and_eval_outputs(model, x):
+    """Outputs in train mode (with a backward pass) and in eval mode without autograd; the gradients by name."""
+    train_out = model.train()(x)
+    train_out.square().sum().backward()
+    with torch.no_grad():
+        eval_out = model.eval()(x)
+    return [train_out.detach(), eval_out], {name: p.grad for name, p in model.named_parameters()}
+
+
+def assert_same_outputs_and_gradients(fast, plain, x):
+    fast_outputs, fast_grads = train_and_eval_outputs(fast, x)
+    plain_outputs, plain_grads = train_and_eval_outputs(plain, x)
+    for out, expected in zip(fast_outputs, plain_outputs):
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    for name, grad in plain_grads.items():  # float32 sums over the batch: compared by norm, not elementwise
+        assert (fast_grads[name] - grad).norm() <= 1e-4 * grad.norm() + 1e-5, name  # BN-cancelled grads: ~0
+
+
+def test_fast_cpu_kernels_convert_modules_and_match_the_plain_model():
+    fast, plain = fast_and_plain_models()
+    assert fast.fast_cpu_kernels and not plain.fast_cpu_kernels
+    assert isinstance(fast.stages[1][0], unireplknet_cpu.FastUniRepLKNetBlock)
+    assert type(plain.stages[1][0]) is unireplknet.UniRepLKNetBlock
+    assert fast.state_dict().keys() == plain.state_dict().keys()
     layouts = []
     for stage in fast.stages:
         stage.register_forward_hook(
             lambda module, args, out: layouts.append(out.is_contiguous(memory_format=torch.channels_last)))
     # float32: in float64, CPU depthwise convs take a slow per-channel path and this test would take ~20 s.
+    assert_same_outputs_and_gradients(fast, plain, torch.randn(2, 3, 48, 48))
+    assert layouts == [True] * 8  # every stage ran in channels_last
+
+
+def test_fast_paths_are_taken_when_nothing_observes_them(monkeypatch):
+    calls = []
+    for function in (unireplknet_cpu._GRNThenLinear, unireplknet_cpu._DepthwiseConvCPU, unireplknet_cpu._SpatialL2Norm):
+        monkeypatch.setattr(function, 'apply', lambda *args, f=function.apply, name=function.__name__: (
+            calls.append(name), f(*args))[1])
+    fast, plain = fast_and_plain_models()
+    train_and_eval_outputs(fast, torch.randn(2, 3, 48, 48))
+    assert {'_GRNThenLinear', '_DepthwiseConvCPU', '_SpatialL2Norm'} <= set(calls)
+    calls.clear()
+    train_and_eval_outputs(plain, torch.randn(2, 3, 48, 48))
+    assert calls == []  # the plain model is the release computation
+
+
+@pytest.mark.parametrize('fast_cpu_kernels', [True, False], ids=['fast', 'plain'])
+@pytest.mark.parametrize('mode', ['train', 'eval'])
+def test_hooks_on_block_modules_fire_and_see_unmodified_tensors(fast_cpu_kernels, mode):
+    fast, plain = fast_and_plain_models()
+    model = fast if fast_cpu_kernels else plain
+    block = model.stages[0][0]  # 12x12 pixels > 4 outputs: where the GRN fold would apply
+    seen = {}
+
+    def record(name):
+        def hook(module, args, out):
+            seen[name] = (out, out.detach().clone())
+        return hook
+    for name in ('pwconv1', 'act', 'pwconv2'):
+        getattr(block, name).register_forward_hook(record(name))
     x = torch.randn(2, 3, 48, 48)
-    fast_outputs = [fast.train()(x), fast.eval()(x)]
-    assert layouts == [True] * 8  # every stage ran in channels_last on the CPU
-    fast_outputs[0].square().sum().backward()
-    disable_fast_paths(monkeypatch)
-    reference_outputs = [reference.train()(x), reference.eval()(x)]
-    reference_outputs[0].square().sum().backward()
-    for out, expected in zip(fast_outputs, reference_outputs):
-        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
-    for (name, p), p_ref in zip(fast.named_parameters(), reference.parameters()):
-        torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-5, msg=name)
+    with torch.set_grad_enabled(mode == 'train'):
+        out = getattr(model, mode)()(x)
+    assert sorted(seen) == ['act', 'pwconv1', 'pwconv2']
+    for name, (tensor, copy_at_hook_time) in seen.items():
+        assert torch.equal(tensor, copy_at_hook_time), f'{name} output overwritten after its hook ran'
+    with torch.no_grad():
+        torch.testing.assert_close(out, getattr(plain, mode)()(x), rtol=1e-4, atol=1e-5)
+
+
+def test_replacing_block_act_takes_effect_with_and_without_fast_kernels():
+    fast, plain = fast_and_plain_models()
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        before = plain.eval()(x)
+    for model in (fast, plain):
+        for block in model.blocks():
+            block.act = nn.GELU()  # ablation: no GRN
+    assert_same_outputs_and_gradients(fast, plain, x)
+    with torch.no_grad():
+        assert not torch.allclose(plain.eval()(x), before)
+
+
+@pytest.mark.parametrize('change', ['hook', 'bias', 'new conv'])
+def test_a_changed_drb_branch_conv_takes_effect_in_training_and_eval(change):
+    fast, plain = fast_and_plain_models()
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        before = plain.eval()(x)
+    for model in (fast, plain):
+        drb = model.stages[1][0].dwconv
+        torch.manual_seed(1)
+        if change == 'hook':
+            drb.dil_conv_k7_2.register_forward_hook(lambda module, args, out: out * 0)  # branch ablated
+        elif change == 'bias':
+            drb.dil_conv_k7_2.bias = nn.Parameter(torch.rand(8))
+        else:
+            drb.dil_conv_k7_2 = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)  # k3 instead of k7 r2
+    assert_same_outputs_and_gradients(fast, plain, x)
+    with torch.no_grad():
+        assert not torch.allclose(plain.eval()(x), before)
 
 
 def test_model_trains_under_cpu_bfloat16_autocast_close_to_float32():
@@ -228,7 +320,8 @@ def test_model_trains_under_cpu_bfloat16_autocast_close_to_float32():
     def gradients(autocast):
         torch.manual_seed(0)
         model = unireplknet.UniRepLKNet(depths=(2, 2, 2, 2), dims=(8, 16, 32, 64), num_classes=5,
-                                        kernel_sizes=((3, 3), (13, 13), (13, 3), (13, 13)), layer_scale_init_value=1.0)
+                                        kernel_sizes=((3, 3), (13, 13), (13, 3), (13, 13)), layer_scale_init_value=1.0,
+                                        fast_cpu_kernels=True)
         x, labels = torch.randn(4, 3, 96, 96), torch.randint(0, 5, (4,))
         with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
             logits = model(x)
@@ -243,12 +336,28 @@ def test_model_trains_under_cpu_bfloat16_autocast_close_to_float32():
             assert (low[name] - grad).norm() <= 0.3 * grad.norm(), name  # the release computation in bf16: <= 0.2
 
 
-def test_custom_grn_functions_are_used_on_cpu_only(monkeypatch):
-    """Other devices keep the release's GRN computation: the CPU-tuned Functions were not measured there."""
-    def refuse(*args):
-        raise AssertionError('CPU-only Function used on another device')
-    monkeypatch.setattr(unireplknet._GRNThenLinear, 'apply', refuse)
-    monkeypatch.setattr(unireplknet._SpatialL2Norm, 'apply', refuse)
-    grn, linear = GRNwithNHWC(12).to('meta'), nn.Linear(12, 5).to('meta')
-    x = torch.empty(2, 8, 8, 12, device='meta')  # 64 pixels > 5 outputs: the fold's case on the CPU
-    assert grn_then_linear(grn, linear, x).shape == (2, 8, 8, 5)
+def test_fast_cpu_kernels_chosen_by_argument_then_environment_then_auto(monkeypatch):
+    def built(**kwargs):
+        return unireplknet.UniRepLKNet(depths=(1, 1, 1, 1), dims=(4, 8, 16, 32), kernel_sizes=((3,), (13,), (3,), (3,)),
+                                       num_classes=2, **kwargs).fast_cpu_kernels
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.delenv('UNIREPLKNET_FAST_CPU', raising=False)
+    assert built() is True  # auto: no GPU, module present
+    monkeypatch.setenv('UNIREPLKNET_FAST_CPU', '0')
+    assert built() is False and built(fast_cpu_kernels=True) is True
+    monkeypatch.setenv('UNIREPLKNET_FAST_CPU', 'yes')
+    with pytest.raises(ValueError, match='UNIREPLKNET_FAST_CPU must be 0 or 1'):
+        built()
+    monkeypatch.delenv('UNIREPLKNET_FAST_CPU')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    assert built() is False  # auto on a GPU machine: the release computation
+
+
+def test_without_the_cpu_module_the_model_is_plain_or_says_what_is_missing(monkeypatch):
+    monkeypatch.setitem(__import__('sys').modules, 'unireplknet_cpu', None)  # import fails as if the file were absent
+    monkeypatch.delenv('UNIREPLKNET_FAST_CPU', raising=False)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    model = unireplknet.UniRepLKNet(**TINY)
+    assert model.fast_cpu_kernels is False and type(model.stages[1][0]) is unireplknet.UniRepLKNetBlock
+    with pytest.raises(ImportError, match='unireplknet_cpu.py next to unireplknet.py'):
+        unireplknet.UniRepLKNet(**TINY, fast_cpu_kernels=True)

@@ -1,0 +1,384 @@
+"""Optional CPU speed-ups for unireplknet.py: the same function, computed faster on CPU (BENCHMARKS.md).
+
+`unireplknet.py` alone runs the release's computation on every device; this module is imported by it with a
+fallback, and used when a model is built with `fast_cpu_kernels=True` (default: auto, i.e. on where no GPU is
+visible; environment override `UNIREPLKNET_FAST_CPU=0/1`). Same state_dict, same values up to float rounding
+(tests/test_unireplknet_fast_paths.py checks each path against the plain one in float64).
+
+Design: `convert_to_fast_cpu(model)` swaps the class of specific submodules to a subclass defined here. The
+subclasses add no parameters, buffers or submodules, so the swap is a `__class__` assignment: state_dict, parameter
+identity (optimizers), hooks and `isinstance` checks are untouched, and `convert_to_fast_cpu(model, False)` undoes
+it. Because the fast code lives in the swapped modules, a researcher's change wins automatically: a module replaced
+by the user (`block.act = nn.GELU()`, a new conv in a DRB) is simply not a fast module. The two fast paths that span
+several modules (the GRN fold into the next Linear and in-place inference ops in `FastUniRepLKNetBlock`, the fused
+eval-mode conv of `FastDilatedReparamBlock`) first check, once per forward and cheaply, that the modules they fuse
+are the expected types and carry no hooks; otherwise the plain forward runs, so hooks fire and receive tensors that
+nothing overwrites afterwards.
+
+The fast paths (measured gains in BENCHMARKS.md, "Ideas kept and dropped"):
+  * channels_last from the stem on (`ChannelsLastStemConv2d`): oneDNN's depthwise convs are several times faster in
+    channels_last, and the NCHW <-> NHWC permutes around the Linear layers become free views;
+  * the DRB's large and dilated depthwise convs in training (`FastDepthwiseConv2d`, `same_depthwise_conv`): a custom
+    backward that avoids oneDNN's slow kernels (weight gradient as one grouped forward conv; dilated convs padded by
+    more than 4 by space-to-batch or the dense kernel);
+  * an eval-mode training-form DRB as one conv with its fused kernel (`FastDilatedReparamBlock`);
+  * GRN's norm in cache-sized chunks with a one-pass backward (`FastGRN`), and GRN's scale folded into the
+    following Linear where a sample has more pixels than that Linear has outputs (`grn_then_linear`);
+  * without autograd, GELU and the residual add written over fresh tensors (`FastUniRepLKNetBlock`).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.modules import module as module_hooks
+
+import unireplknet
+from unireplknet import DilatedReparamBlock, GRNwithNHWC, UniRepLKNetBlock, dilated_to_dense_kernel, grn_response_scale
+
+__all__ = ['convert_to_fast_cpu', 'same_depthwise_conv', 'grn_then_linear', 'per_channel_l2_norm']
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Depthwise convs: custom backward, space-to-batch
+# --------------------------------------------------------------------------------------------------------------------
+
+def dilated_depthwise_conv_by_space_to_batch(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
+    """Depthwise 'same' conv with a dilated (C, 1, k, k) kernel, computed as an undilated conv (space-to-batch).
+
+    A dilated conv only mixes pixels of the same phase (row % r, column % r), so the r * r phases of the zero-padded
+    input are moved into the batch dimension, convolved with the undilated kernel and moved back. Same values as
+    F.conv2d(x, weight, padding=r * (k - 1) // 2, dilation=r, groups=C) up to float rounding; on CPU several times
+    faster because oneDNN has no fast dilated depthwise kernel. Works in NHWC internally (free for channels_last
+    input). (B, C, H, W) -> (B, C, H, W).
+    """
+    batch, channels, height, width = x.shape
+    r, pad = dilation, dilation * (weight.shape[-1] - 1) // 2
+    # Pad to the conv's padding, then up to a multiple of r so that every phase has the same size.
+    padded_h, padded_w = -(-(height + 2 * pad) // r) * r, -(-(width + 2 * pad) // r) * r
+    x = F.pad(x, (pad, padded_w - width - pad, pad, padded_h - height - pad))
+    nhwc = x.permute(0, 2, 3, 1).reshape(batch, padded_h // r, r, padded_w // r, r, channels)
+    phases = nhwc.permute(0, 2, 4, 1, 3, 5).reshape(batch * r * r, padded_h // r, padded_w // r, channels)
+    out = F.conv2d(phases.permute(0, 3, 1, 2), weight, groups=channels)
+    out_h, out_w = out.shape[-2:]
+    out = out.permute(0, 2, 3, 1).reshape(batch, r, r, out_h, out_w, channels)
+    out = out.permute(0, 3, 1, 4, 2, 5).reshape(batch, out_h * r, out_w * r, channels)
+    return out[:, :height, :width].permute(0, 3, 1, 2)
+
+
+def _same_depthwise_conv_forward(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
+    """Stride-1 'same' depthwise conv by the fastest CPU computation measured: oneDNN's dilated conv is fast up to a
+    padding of 4 and falls back to a path 5-20x slower beyond it; there space-to-batch is used, or on small maps the
+    equivalent dense kernel."""
+    padding = dilation * (weight.shape[-1] - 1) // 2
+    if dilation > 1 and padding > 4:
+        height, width = x.shape[-2:]
+        if (height + 2 * padding) * (width + 2 * padding) <= 2.5 * height * width:
+            return dilated_depthwise_conv_by_space_to_batch(x, weight, dilation)
+        # Small maps (e.g. 7x7 or 14x14 under a 13x13 reach): space-to-batch would mostly move padding; the
+        # zero-inserted dense kernel costs less there.
+        weight, dilation = dilated_to_dense_kernel(weight, dilation), 1
+    return F.conv2d(x, weight, padding=padding, dilation=dilation, groups=x.shape[1])
+
+
+def depthwise_conv_weight_grad_by_batch_folding(x: torch.Tensor, grad_out: torch.Tensor, kernel_size: int,
+                                                dilation: int) -> torch.Tensor:
+    """Weight gradient of a stride-1 'same' depthwise conv, computed as one forward conv.
+
+    grad_w[c, u, v] = sum_{n, h, w} x_padded[n, c, h + r u, w + r v] * grad_out[n, c, h, w] is a strided correlation
+    of each (sample, channel) image with its own output gradient: a grouped conv with N * C groups whose kernel is
+    grad_out, summed over the batch. oneDNN runs this 1.5-6x faster than its depthwise backward-weights kernel for
+    large or dilated kernels (5-10x when the kernel is larger than the feature map). (C, 1, k, k), x's dtype.
+    """
+    batch, channels, height, width = x.shape
+    padding = dilation * (kernel_size - 1) // 2
+    # Padded beforehand: oneDNN's own padding is several times slower for this conv (BENCHMARKS.md).
+    padded = F.pad(x, [padding] * 4).reshape(1, batch * channels, height + 2 * padding, width + 2 * padding)
+    per_sample = F.conv2d(padded, grad_out.reshape(batch * channels, 1, height, width), stride=dilation,
+                          groups=batch * channels)
+    return per_sample.reshape(batch, channels, kernel_size, kernel_size).sum(0).unsqueeze(1)
+
+
+class _DepthwiseConvCPU(torch.autograd.Function):
+    """Stride-1 'same' depthwise conv without bias whose backward uses the fastest CPU computations measured.
+
+    The input gradient of a 'same' conv is the same conv of the output gradient with the flipped kernel; the weight
+    gradient comes from `depthwise_conv_weight_grad_by_batch_folding`. First-order gradients only.
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type='cpu')
+    def forward(ctx, x, weight, dilation):
+        ctx.save_for_backward(x, weight)
+        ctx.dilation = dilation
+        return _same_depthwise_conv_forward(x, weight, dilation)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    @torch.amp.custom_bwd(device_type='cpu')
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _same_depthwise_conv_forward(grad_out, weight.flip(-2, -1), ctx.dilation)
+        if ctx.needs_input_grad[1]:
+            grad_weight = depthwise_conv_weight_grad_by_batch_folding(x, grad_out, weight.shape[-1], ctx.dilation)
+        return grad_x, grad_weight, None
+
+
+def same_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int = 1) -> torch.Tensor:
+    """F.conv2d(x, weight, padding=dilation * (k - 1) // 2, dilation=dilation, groups=C) for a (C, 1, k, k) kernel:
+    dilated or larger-than-5 kernels through `_DepthwiseConvCPU`, small undilated ones through F.conv2d."""
+    if dilation > 1 or weight.shape[-1] > 5:
+        return _DepthwiseConvCPU.apply(x, weight, dilation)
+    return F.conv2d(x, weight, padding=dilation * (weight.shape[-1] - 1) // 2, dilation=dilation, groups=x.shape[1])
+
+
+def _is_same_depthwise_conv(conv: nn.Module) -> bool:
+    """Whether `conv` is an nn.Conv2d computing a stride-1 'same' depthwise conv with a square kernel (the only case
+    the fast paths reproduce)."""
+    if not isinstance(conv, nn.Conv2d) or type(conv).forward not in (nn.Conv2d.forward, FastDepthwiseConv2d.forward):
+        return False
+    k, r = conv.kernel_size[0], conv.dilation[0]
+    return (conv.kernel_size == (k, k) and conv.dilation == (r, r) and conv.stride == (1, 1)
+            and conv.padding == (r * (k - 1) // 2,) * 2 and conv.padding_mode == 'zeros'
+            and conv.groups == conv.in_channels == conv.out_channels)
+
+
+class FastDepthwiseConv2d(nn.Conv2d):
+    """A DRB conv whose training forward and backward avoid oneDNN's slow cases (`same_depthwise_conv`); a conv
+    that has been given a bias or other settings runs as nn.Conv2d."""
+
+    def forward(self, x):
+        if self.bias is None and _is_same_depthwise_conv(self):
+            return same_depthwise_conv(x, self.weight, self.dilation[0])
+        return super().forward(x)
+
+
+class ChannelsLastStemConv2d(nn.Conv2d):
+    """The stem's first conv with its input in channels_last, so the whole network after it runs in that layout."""
+
+    def forward(self, x):
+        return super().forward(x.contiguous(memory_format=torch.channels_last))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# GRN: chunked norm with one-pass backward, fold into the next Linear
+# --------------------------------------------------------------------------------------------------------------------
+
+def per_channel_l2_norm(x: torch.Tensor) -> torch.Tensor:
+    """torch.linalg.vector_norm(x, dim=1) for (B, L, C) x: each sample's and channel's L2 norm over L, as (B, C).
+
+    Computed as sqrt(sum of squares) a few samples at a time, so the squares stay in cache: on CPU 3-7x faster than
+    vector_norm, whose reduction over a non-innermost dim is slow. Accumulates in float32 or wider and returns x's
+    dtype, as vector_norm does.
+    """
+    batch, length, channels = x.shape
+    if batch == 0:
+        return x.new_zeros(0, channels)
+    samples_per_chunk = max(1, (1 << 21) // max(1, length * channels))  # ~8 MB of float32 squares per chunk
+    accumulate = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    sums = [chunk.to(accumulate).square().sum(dim=1) for chunk in x.split(samples_per_chunk)]
+    return (torch.cat(sums) if len(sums) > 1 else sums[0]).sqrt().to(x.dtype)
+
+
+def _l2_norm_gradient(x: torch.Tensor, norm: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Gradient of an L2 norm with respect to x in one pass: x * (grad / norm), 0 where the norm is 0 (as torch
+    defines it). norm and grad broadcast against x."""
+    return x * torch.where(norm > 0, grad / norm, torch.zeros_like(grad))
+
+
+class _SpatialL2Norm(torch.autograd.Function):
+    """torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True) for (B, H, W, C) x, with a one-pass backward (autograd's
+    makes three passes over x: divide, multiply, mask)."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type='cpu')
+    def forward(ctx, x):
+        batch, height, width, channels = x.shape
+        norm = per_channel_l2_norm(x.reshape(batch, height * width, channels)).reshape(batch, 1, 1, channels)
+        ctx.save_for_backward(x, norm)
+        return norm
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    @torch.amp.custom_bwd(device_type='cpu')
+    def backward(ctx, grad):
+        x, norm = ctx.saved_tensors
+        return _l2_norm_gradient(x, norm, grad)
+
+
+class FastGRN(GRNwithNHWC):
+    """GRN whose spatial norm is computed in chunks with a one-pass backward (`_SpatialL2Norm`)."""
+
+    def global_response(self, x):
+        return _SpatialL2Norm.apply(x)
+
+
+def _grn_folded_weight_and_bias(norm, gamma, beta, weight, bias):
+    """Per-sample weight W * s (B, O, C) and shared bias W @ beta + b (O,) of linear(grn(x)), from x's (B, C) norms."""
+    scale = grn_response_scale(norm, gamma.reshape(1, -1))
+    folded_bias = weight.new_zeros(weight.shape[0]) if bias is None else bias
+    if beta is not None:
+        folded_bias = folded_bias + weight @ beta.reshape(-1)
+    return weight.unsqueeze(0) * scale.unsqueeze(1), folded_bias
+
+
+class _GRNThenLinear(torch.autograd.Function):
+    """linear(grn(x)) for (B, L, C) x as one batched matmul with per-sample weights; see grn_then_linear.
+
+    The backward also makes one pass less than autograd would: the norm's gradient x * (grad / norm) is the `input`
+    of the baddbmm that computes grad @ (W * s), instead of a separate tensor added afterwards.
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type='cpu')
+    def forward(ctx, x, gamma, beta, weight, bias):
+        norm = per_channel_l2_norm(x)
+        folded_weight, folded_bias = _grn_folded_weight_and_bias(norm, gamma, beta, weight, bias)
+        ctx.save_for_backward(x, norm, gamma, beta, weight, bias)
+        return torch.baddbmm(folded_bias.reshape(1, 1, -1), x, folded_weight.transpose(1, 2))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    @torch.amp.custom_bwd(device_type='cpu')
+    def backward(ctx, grad_out):
+        x, norm, *small = ctx.saved_tensors
+        # The small tensors' gradients come from autograd on the fold itself; only x-sized work is written out.
+        inputs = [t.detach().requires_grad_() if t is not None else None for t in (norm, *small)]
+        with torch.enable_grad():
+            folded_weight, folded_bias = _grn_folded_weight_and_bias(*inputs)
+        grad_folded_weight = torch.bmm(grad_out.transpose(1, 2), x)
+        leaves = [t for t in inputs if t is not None]
+        leaf_grads = iter(torch.autograd.grad((folded_weight, folded_bias), leaves,
+                                              (grad_folded_weight, grad_out.sum(dim=(0, 1))), allow_unused=True))
+        grad_norm, grad_gamma, grad_beta, grad_weight, grad_bias = [
+            next(leaf_grads) if t is not None else None for t in inputs]
+        norm_term = _l2_norm_gradient(x, norm.unsqueeze(1), grad_norm.unsqueeze(1))
+        # In place, so in one dtype: grad_out's (bfloat16 under autocast, as the forward's matmul ran).
+        grad_x = norm_term.to(grad_out.dtype).baddbmm_(grad_out, folded_weight.detach().to(grad_out.dtype))
+        return grad_x, grad_gamma, grad_beta, grad_weight, grad_bias
+
+
+def grn_then_linear(grn: GRNwithNHWC, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """linear(grn(x)) for NHWC x, with GRN's per-sample scale folded into a per-sample copy of the Linear weight.
+
+    (x * s + beta) @ W.T + b == x @ (W * s).T + (W @ beta + b): one batched matmul instead of two elementwise passes
+    over the 4C-channel tensor (the largest in the block) and a matmul. That pays off when a sample has more pixels
+    than the Linear has outputs (at 224: stages 0-1, and stage 2 of unireplknet_a and _f); elsewhere the per-sample
+    weights cost more than they save, so the plain order is used. (B, H, W, 4C) -> (B, H, W, C).
+    """
+    batch, height, width, channels = x.shape
+    if height * width <= linear.out_features:
+        return linear(grn(x))
+    out = _GRNThenLinear.apply(x.reshape(batch, height * width, channels), grn.gamma, grn.beta, linear.weight,
+                               linear.bias)
+    return out.reshape(batch, height, width, linear.out_features)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Fast blocks: fused paths where nothing observes or replaces the fused modules
+# --------------------------------------------------------------------------------------------------------------------
+
+def _unobserved(modules) -> bool:
+    """No forward or backward hook, on these modules or registered globally, would miss a fused call."""
+    if (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
+            or module_hooks._global_backward_hooks or module_hooks._global_backward_pre_hooks):
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                   for m in modules)
+
+
+def _has_types(sequential: nn.Module, types) -> bool:
+    return type(sequential) is nn.Sequential and len(sequential) == len(types) and all(
+        type(layer) in allowed for layer, allowed in zip(sequential, types))
+
+
+_BATCH_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
+_PLAIN_DRB_CONVS = (nn.Conv2d, FastDepthwiseConv2d)
+
+
+class FastDilatedReparamBlock(DilatedReparamBlock):
+    """In eval mode, a training-form DRB runs as the one conv that reparameterisation would store (every BN is a
+    fixed affine map there): one K x K conv instead of 1 + len(branches) convs, BNs and adds. Gradients still reach
+    every branch through the fused kernel (ERF maps are computed in eval mode)."""
+
+    def forward(self, x):
+        if self.training or self.deploy or not self._fusable():
+            return super().forward(x)
+        kernel, bias = self.get_kernel_bias()
+        return F.conv2d(x, kernel, bias, padding=self.kernel_size // 2, groups=x.shape[1])
+
+    def _fusable(self) -> bool:
+        shapes = [(self.kernel_size, 1)] + list(self.branches)
+        convs = [self.lk_origin] + [getattr(self, f'dil_conv_k{k}_{r}') for k, r in self.branches]
+        norms = [self.origin_bn] + [getattr(self, f'dil_bn_k{k}_{r}') for k, r in self.branches]
+        return (all(type(c) in _PLAIN_DRB_CONVS and _is_same_depthwise_conv(c)
+                    and (c.kernel_size[0], c.dilation[0]) == shape for c, shape in zip(convs, shapes))
+                and all(type(n) in _BATCH_NORMS and not n.training for n in norms)
+                and _unobserved(convs + norms))
+
+
+def _gelu_in_place_without_autograd(gelu: nn.GELU, x: torch.Tensor) -> torch.Tensor:
+    """gelu(x), written over x when no gradient will flow through it (GELU's backward needs x)."""
+    return gelu(x) if x.requires_grad else torch.ops.aten.gelu_(x, approximate=gelu.approximate)
+
+
+class FastUniRepLKNetBlock(UniRepLKNetBlock):
+    """The block with GRN's scale folded into the second Linear (`grn_then_linear`) and, without autograd, GELU and
+    the residual add written over fresh tensors (saves allocating and first-touching the block's largest tensors).
+
+    Runs the plain forward whenever pwconv1, act, pwconv2 or drop_path are not the modules the block was built with
+    or carry hooks: the fused path would skip those calls or overwrite the tensors a hook received.
+    """
+
+    def residual_forward(self, x):
+        if not self._fusable():
+            return super().residual_forward(x)
+        y = self.se(self.norm(self.dwconv(x)))
+        gelu, grn = self.act
+        y = grn_then_linear(grn, self.pwconv2[0], _gelu_in_place_without_autograd(gelu, self.pwconv1(y)))
+        for layer in self.pwconv2[1:]:  # NHWC -> NCHW, then (training form) BatchNorm
+            y = layer(y)
+        y = self.drop_path(self.layer_scale(y))
+        return x + y if y.requires_grad else y.add_(x)
+
+    def _fusable(self) -> bool:
+        pwconv2_types = [(nn.Linear,), (unireplknet.NHWCtoNCHW,)] + [_BATCH_NORMS] * (len(self.pwconv2) == 3)
+        return (_has_types(self.pwconv1, [(unireplknet.NCHWtoNHWC,), (nn.Linear,)])
+                and _has_types(self.act, [(nn.GELU,), (GRNwithNHWC, FastGRN)])
+                and _has_types(self.pwconv2, pwconv2_types)
+                and type(self.drop_path) in (nn.Identity, unireplknet.DropPath)
+                and _unobserved([self.pwconv1, *self.pwconv1, self.act, *self.act, self.pwconv2, *self.pwconv2,
+                                 self.drop_path]))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Conversion
+# --------------------------------------------------------------------------------------------------------------------
+
+# plain class -> fast subclass, for the modules of a UniRepLKNet built by unireplknet.py
+_FAST_CLASSES = {
+    DilatedReparamBlock: FastDilatedReparamBlock,
+    GRNwithNHWC: FastGRN,
+    UniRepLKNetBlock: FastUniRepLKNetBlock,
+}
+
+
+def convert_to_fast_cpu(model: nn.Module, enable: bool = True) -> nn.Module:
+    """Swap the classes of the submodules of a UniRepLKNet (or of any module holding its blocks) to their fast CPU
+    subclasses in place (enable=False: back). UniRepLKNet.set_fast_cpu_kernels calls this.
+
+    Only modules of exactly the plain class are converted; anything a user replaced is left alone.
+    """
+    to_class = _FAST_CLASSES if enable else {fast: plain for plain, fast in _FAST_CLASSES.items()}
+    for module in model.modules():
+        if type(module) in to_class:
+            module.__class__ = to_class[type(module)]
+        if isinstance(module, DilatedReparamBlock):
+            for conv in module.children():
+                if type(conv) is (nn.Conv2d if enable else FastDepthwiseConv2d):
+                    conv.__class__ = FastDepthwiseConv2d if enable else nn.Conv2d
+    if isinstance(model, unireplknet.UniRepLKNet):
+        stem_conv = model.downsample_layers[0][0]
+        if type(stem_conv) is (nn.Conv2d if enable else ChannelsLastStemConv2d):
+            stem_conv.__class__ = ChannelsLastStemConv2d if enable else nn.Conv2d
+    return model
