@@ -19,6 +19,7 @@ waiting for data, and the speed of the loader alone (no model) for comparison.
 """
 import argparse
 import os
+import re
 import shlex
 import sys
 import tempfile
@@ -36,7 +37,7 @@ from engine import Precision, train_one_epoch  # noqa: E402
 from optim_factory import cosine_scheduler, create_optimizer  # noqa: E402
 from timing import machine_summary, markdown_table, utc_now  # noqa: E402  (this folder is sys.path[0])
 
-SECTION_HEADING = '## Training throughput (bench_train.py)'
+SECTION_HEADING = '### Training throughput (`bench_train.py`)'
 
 
 class TimedLoader:
@@ -141,13 +142,13 @@ def measure(args, cli):
 
 def replace_section(path, body):
     """Put `body` under SECTION_HEADING in the markdown file, replacing that section only
-    (up to the next '## ' heading); other sections are left exactly as they are."""
+    (up to the next '## ' or '### ' heading); other sections are left exactly as they are."""
     text = open(path).read() if os.path.exists(path) else ''
     section = f'{SECTION_HEADING}\n\n{body.strip()}\n'
     if SECTION_HEADING in text:
         before, after = text.split(SECTION_HEADING, 1)
-        next_heading = after.find('\n## ')
-        rest = after[next_heading + 1:] if next_heading >= 0 else ''
+        match = re.search(r'\n#{2,3} ', after)
+        rest = after[match.start() + 1:] if match else ''
         text = before + section + ('\n' + rest if rest else '')
     else:
         text = text.rstrip('\n') + ('\n\n' if text else '') + section
