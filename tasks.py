@@ -7,7 +7,7 @@ main.py and engine.py run one training loop for every data set and ask the run's
 - `evaluate(...)`: the evaluation metrics, from sums all-reduced over ranks (so --dist_eval equals one process);
 - `score(stats)` (higher is better) and `initial_best`: what the best checkpoint is (highest top-1 accuracy, or
   lowest MSE);
-- `summary(stats)`, `best_summary(best)`, `tensorboard_values(stats)`: what the console and Tensorboard show.
+- `summary(what, stats)`, `best_summary(what, best)`, `tensorboard_values(stats)`: what the console and Tensorboard show.
   log.txt records every key of `evaluate`'s stats with main.py's `test_` prefix.
 
 Classification is the default; a modality module (modalities.adapter_module) that defines `build_task(args)` supplies
@@ -52,11 +52,11 @@ class ClassificationTask:
     def score(self, stats):
         return stats['acc1']
 
-    def summary(self, stats):
-        return f"accuracy on the {stats['num_images']} test images: {stats['acc1']:.1f}%"
+    def summary(self, what, stats):
+        return f"Accuracy of the {what} on {stats['num_images']} test images: {stats['acc1']:.5f}%"
 
-    def best_summary(self, best):
-        return f'max accuracy: {best:.2f}%'
+    def best_summary(self, what, best):
+        return f'Max accuracy of the {what}: {best:.2f}%'
 
     def tensorboard_values(self, stats):
         return {'acc1': stats['acc1'], 'acc5': stats['acc5'], 'loss': stats['loss']}
@@ -126,14 +126,15 @@ class ForecastingTask:
     def score(self, stats):
         return -stats['mse']
 
-    def summary(self, stats):
+    def summary(self, what, stats):
         baselines = '  '.join(f"{name[:-4]} MSE {value:.4f} MAE {stats[name[:-4] + '_mae']:.4f}"
                               for name, value in stats.items() if name.endswith('_mse'))
-        return (f"MSE {stats['mse']:.4f} MAE {stats['mae']:.4f} (physical units: MSE {stats['mse_physical']:.4f} "
-                f"MAE {stats['mae_physical']:.4f}) on {stats['num_values']} values; baselines: {baselines}")
+        return (f"Forecasts of the {what}: MSE {stats['mse']:.6f} MAE {stats['mae']:.6f} on {stats['num_values']} "
+                f"values (physical units: MSE {stats['mse_physical']:.4f} MAE {stats['mae_physical']:.4f}); "
+                f"baselines: {baselines}")
 
-    def best_summary(self, best):
-        return f'lowest MSE: {-best:.4f}'
+    def best_summary(self, what, best):
+        return f'Lowest MSE of the {what}: {-best:.4f}'
 
     def tensorboard_values(self, stats):
         return {key: stats[key] for key in ('mse', 'mae', 'persistence_mse', 'persistence_mae') if key in stats}

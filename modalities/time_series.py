@@ -106,8 +106,8 @@ def time_features(path, num_hours):
     if len(raw) != num_hours:
         raise ValueError(f'{path} has {len(raw)} timestamps but the series has {num_hours} hours')
     stamps = pd.DatetimeIndex(pd.to_datetime(np.asarray(raw).reshape(-1)))
-    features = np.stack([stamps.hour / 23.0, stamps.dayofweek / 6.0, (stamps.day - 1) / 30.0,
-                         (stamps.dayofyear - 1) / 365.0], axis=1) - 0.5
+    features = np.stack([stamps.hour / 23.0, stamps.day_of_week / 6.0, (stamps.day - 1) / 30.0,
+                         (stamps.day_of_year - 1) / 365.0], axis=1) - 0.5
     return features.astype(np.float32)
 
 

@@ -5,12 +5,15 @@ pvlib/data/: 703165TY.csv (Sand Point, AK) and 723170TYA.CSV (Greensboro, NC) ar
 year of 8,760 hours; the three are aligned hour by hour on the first file's calendar (year 2001, local time).
 """
 import os
+import sys
 
 import numpy as np
 import pvlib
 
 PVLIB_DATA = os.path.join(os.path.dirname(pvlib.__file__), 'data')
 UNITS_PER_PHYSICAL = 10.0  # Corrformer stores x10 values
+# Three months of training, two weeks each of validation and test (the year runs January to December).
+QUICKSTART_SPLIT_HOURS = {'train': (0, 2160), 'val': (2160, 2496), 'test': (2496, 2832)}
 
 
 def read_stations():
@@ -38,3 +41,16 @@ def write_corrformer_layout(folder, prefix, series, times, stations, split_hours
         np.save(os.path.join(folder, f'data_time_{split}.npy'), times[first:end], allow_pickle=True)
     np.save(os.path.join(folder, 'stations_sorted.npy'), stations)
     return folder
+
+
+def write_quickstart_folder(folder):
+    """Temperature and wind of the three stations in one folder (configs/time_series/quickstart_*.yaml)."""
+    temperature, wind, times, stations = read_stations()
+    write_corrformer_layout(folder, 'temp', temperature, times, stations, QUICKSTART_SPLIT_HOURS)
+    return write_corrformer_layout(folder, 'wind', wind, times, stations, QUICKSTART_SPLIT_HOURS)
+
+
+if __name__ == '__main__':
+    if len(sys.argv) != 2:
+        sys.exit('usage: python tests/weather_data.py OUTPUT_FOLDER')
+    print(f'wrote {write_quickstart_folder(sys.argv[1])}')

@@ -1,0 +1,258 @@
+"""GLOBAL_TEMP / GLOBAL_WIND (modalities/time_series.py) on real hourly weather that the pvlib wheel ships
+(tests/weather_data.py), written in Corrformer's .npy layout."""
+import argparse
+import copy
+import os
+import random
+import re
+import time
+
+import numpy as np
+import pytest
+import torch
+from timm.utils import reparameterize_model
+
+import unireplknet
+from checkpoint import list_periodic_checkpoints
+from modalities import time_series
+from modalities.time_series import INPUT_HOURS, PREDICT_HOURS, WINDOW_HOURS
+from train_helpers import (REPO_ROOT, TINY_UNIREPLKNET, assert_bitwise_equal, assert_optimizer_states_equal, assert_succeeded,
+                           load_checkpoint, read_log, run_main, start_main)
+from weather_data import QUICKSTART_SPLIT_HOURS, read_stations, write_corrformer_layout, write_quickstart_folder
+
+pytestmark = pytest.mark.usefixtures('single_thread')
+
+SPLIT_HOURS = QUICKSTART_SPLIT_HOURS
+SHORT_SPLIT_HOURS = {'train': (0, 744), 'val': (744, 912), 'test': (912, 1080)}
+TINY_D_MODEL = 12
+QUICKSTART = os.path.join(REPO_ROOT, 'configs', 'time_series', 'quickstart_global_temp.yaml')  # 48 hours x 12 = a 24 x 24 map
+
+
+@pytest.fixture(scope='module')
+def weather():
+    return read_stations()
+
+
+@pytest.fixture(scope='module')
+def weather_folder(tmp_path_factory):
+    """Temperature and wind of the 3 stations in one folder, as GLOBAL_TEMP and GLOBAL_WIND read them."""
+    return write_quickstart_folder(str(tmp_path_factory.mktemp('corrformer')))
+
+
+@pytest.fixture(scope='module')
+def short_weather_folder(weather, tmp_path_factory):
+    """A month of training windows: for the runs that test resuming and distributed evaluation, not accuracy."""
+    temperature, wind, times, stations = weather
+    folder = str(tmp_path_factory.mktemp('corrformer_short'))
+    write_corrformer_layout(folder, 'wind', wind, times, stations, SHORT_SPLIT_HOURS)
+    return folder
+
+
+def series_args(folder, **overrides):
+    args = argparse.Namespace(data_path=folder, data_set='GLOBAL_TEMP', series_eval_split='val',
+                              series_units_per_physical=10.0, series_d_model=TINY_D_MODEL,
+                              series_stations_per_node=2)
+    vars(args).update(overrides)
+    return args
+
+
+def tiny_forecaster(folder, **overrides):
+    args = series_args(folder, **overrides)
+    backbone = unireplknet.UniRepLKNet(**time_series.backbone_kwargs(args), depths=(1, 1, 1, 1), dims=(8, 16, 24, 32),
+                                       kernel_sizes=((3,), (7,), (7,), (3,)))
+    return time_series.build_model(args, backbone)
+
+
+# ---------------------------------------------------------------- reading the layout
+
+def test_windows_pack_the_known_hours_and_target_the_next_ones(weather, weather_folder):
+    temperature, _, _, _ = weather
+    windows, nb_classes = time_series.build_dataset(True, series_args(weather_folder))
+    assert nb_classes == 0 and len(windows) == 2160 - WINDOW_HOURS + 1
+    index = 100
+    sample, target = windows[index]
+    values, features = time_series.unpack_window(sample[None])
+    assert torch.equal(values[0], torch.from_numpy(temperature[index:index + INPUT_HOURS]))
+    assert torch.equal(target, torch.from_numpy(temperature[index + INPUT_HOURS:index + WINDOW_HOURS]))
+    assert not sample[INPUT_HOURS:, :3].any()  # the hours to predict are not in the input
+    assert features.shape == (1, WINDOW_HOURS, 4) and features.abs().max() <= 0.5
+
+
+def test_time_features_follow_the_timestamps(weather_folder):
+    features = time_series.time_features(os.path.join(weather_folder, 'data_time_train.npy'), 2160)
+    # The first hour is 2001-01-01 01:00, a Monday.
+    np.testing.assert_allclose(features[0], [1 / 23 - 0.5, -0.5, -0.5, -0.5], atol=1e-6)
+    np.testing.assert_allclose(features[22, 0], 0.5, atol=1e-6)  # 23:00
+    np.testing.assert_allclose(features[23], [-0.5, 1 / 6 - 0.5, 1 / 30 - 0.5, 1 / 365 - 0.5], atol=1e-6)  # Tuesday
+
+
+def test_missing_files_are_all_named(weather_folder, tmp_path):
+    folder = tmp_path / 'partial'
+    folder.mkdir()
+    for name in os.listdir(weather_folder):
+        if not name.startswith('data_time_') and name != 'temp_global_hourly_val.npy':
+            os.symlink(os.path.join(weather_folder, name), folder / name)
+    with pytest.raises(FileNotFoundError, match=r'missing data_time_train\.npy, temp_global_hourly_val\.npy, '
+                                                r'data_time_val\.npy, data_time_test\.npy \(expected'):
+        time_series.build_dataset(True, series_args(str(folder)))
+
+
+def test_nan_values_are_reported_with_their_hour_and_station(weather, tmp_path):
+    temperature, _, times, stations = weather
+    broken = temperature.copy()
+    broken[30, 2] = np.nan
+    folder = write_corrformer_layout(str(tmp_path), 'temp', broken, times, stations, SPLIT_HOURS)
+    with pytest.raises(ValueError, match=r'temp_global_hourly_train\.npy: 1 NaN value\(s\), first at hour 30 station 2'):
+        time_series.build_dataset(True, series_args(folder))
+
+
+def test_a_split_shorter_than_one_window_is_an_error(weather, tmp_path):
+    temperature, _, times, stations = weather
+    folder = write_corrformer_layout(str(tmp_path), 'temp', temperature, times, stations,
+                                     {'train': (0, 2160), 'val': (2160, 2160 + WINDOW_HOURS - 1), 'test': (0, 100)})
+    with pytest.raises(ValueError, match=r'has 71 hours, fewer than one window of 48 input \+ 24 predicted'):
+        time_series.build_dataset(False, series_args(folder))
+
+
+def test_series_and_stations_must_agree(weather, tmp_path):
+    temperature, _, times, stations = weather
+    folder = write_corrformer_layout(str(tmp_path), 'temp', temperature, times, stations[:2], SPLIT_HOURS)
+    with pytest.raises(ValueError, match=r'expected shape \(hours, 2 stations, 1\)'):
+        time_series.build_dataset(True, series_args(folder))
+
+
+# ---------------------------------------------------------------- model
+
+def test_forecaster_takes_any_batch_size_and_pads_the_last_node(weather_folder):
+    """3 stations in nodes of 2: the last node is zero-padded; a batch forecasts each window as alone."""
+    model = tiny_forecaster(weather_folder).eval()
+    assert (model.num_nodes, model.node_size) == (2, 2)
+    windows, _ = time_series.build_dataset(False, series_args(weather_folder))
+    samples = torch.stack([windows[index][0] for index in range(5)])
+    with torch.no_grad():
+        batch = model(samples)
+        alone = torch.cat([model(samples[index:index + 1]) for index in range(5)])
+    assert batch.shape == (5, PREDICT_HOURS, 3)
+    torch.testing.assert_close(batch, alone, rtol=1e-5, atol=1e-4)
+
+
+def test_reparameterised_backbone_inside_the_adapter_forecasts_the_same(weather_folder):
+    model = tiny_forecaster(weather_folder)
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    windows, _ = time_series.build_dataset(False, series_args(weather_folder))
+    samples = torch.stack([windows[index][0] for index in range(4)]).double()
+    deployed = reparameterize_model(copy.deepcopy(model)).double()
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(samples), model.double()(samples), rtol=1e-9, atol=1e-8)
+    assert any(getattr(block, 'deploy', False) for block in deployed.backbone.blocks())
+
+
+def test_embedding_width_must_make_a_square_map(weather_folder):
+    with pytest.raises(ValueError, match=r'--series_d_model 10: 48 x d_model must be a perfect square'):
+        tiny_forecaster(weather_folder, series_d_model=10)
+
+
+def test_baselines_are_the_last_known_hour_and_the_training_mean(weather, weather_folder):
+    temperature, _, _, _ = weather
+    args = series_args(weather_folder)
+    windows, _ = time_series.build_dataset(False, args)
+    samples = torch.stack([windows[index][0] for index in range(3)])
+    forecasts = time_series.baseline_forecasts(samples, time_series.training_mean(args))
+    val_start = SPLIT_HOURS['val'][0]
+    for index in range(3):
+        last_known = torch.from_numpy(temperature[val_start + index + INPUT_HOURS - 1])
+        assert torch.equal(forecasts['persistence'][index], last_known.expand(PREDICT_HOURS, -1))
+    np.testing.assert_allclose(forecasts['train_mean'][0, 0].numpy(), temperature[:2160].mean(axis=0), rtol=1e-5)
+
+
+# ---------------------------------------------------------------- through main.py
+
+def main_args(folder, data_set='GLOBAL_TEMP'):
+    """The recipe (Adam, MSE, lr halved every epoch, early stopping) at toy size."""
+    return ['--data_set', data_set, '--data_path', folder, '--model', 'unireplknet_a',
+            '--model_overrides', TINY_UNIREPLKNET, '--series_d_model', str(TINY_D_MODEL),
+            '--series_stations_per_node', '3', '--opt', 'adam', '--lr', '1e-3', '--weight_decay', '0',
+            '--lr_schedule', 'step', '--early_stop_patience', '3', '--batch_size', '32', '--device', 'cpu',
+            '--num_workers', '0', '--seed', '0']
+
+
+@pytest.mark.slow
+def test_trained_model_beats_persistence_and_the_training_mean(weather_folder, tmp_path):
+    """Temperature, one epoch of the recipe. (Wind, whose next hours are close to the last one, needs more than a
+    toy epoch to beat persistence: BENCHMARKS.md.)"""
+    output_dir = str(tmp_path / 'run')
+    completed = run_main(['--config', QUICKSTART, '--data_path', weather_folder, '--epochs', '1',
+                          '--output_dir', output_dir])
+    assert_succeeded(completed)
+    assert 'Forecasts of the model: MSE' in completed.stdout and 'baselines: persistence MSE' in completed.stdout
+    log = read_log(output_dir)[0]
+    assert 'train_class_acc' not in log
+    assert log['test_mse'] < log['test_persistence_mse'] and log['test_mse'] < log['test_train_mean_mse']
+    assert log['test_mse_physical'] == pytest.approx(log['test_mse'] / 100)
+    assert log['test_mae_physical'] == pytest.approx(log['test_mae'] / 10)
+    best = load_checkpoint(os.path.join(output_dir, 'checkpoint-best.pth'))
+    assert best['max_accuracy'] == -log['test_mse']
+
+
+@pytest.mark.slow
+def test_distributed_evaluation_equals_one_process(short_weather_folder, tmp_path):
+    """The validation windows split over 2 gloo ranks (unpadded): summed errors give the 1-process MSE/MAE."""
+    output_dir = str(tmp_path / 'run')
+    common = main_args(short_weather_folder, 'GLOBAL_WIND')
+    assert_succeeded(run_main([*common, '--epochs', '1', '--output_dir', output_dir]))
+    single = read_log(output_dir)[0]
+    argv = [*common, '--eval', 'true', '--resume', os.path.join(output_dir, 'checkpoint-0.pth')]
+    completed = run_main(argv, nproc=2)
+    assert_succeeded(completed)
+    mse, mae, count = re.search(r'Forecasts of the network: MSE (\S+) MAE (\S+) on (\d+) values',
+                                completed.stdout).groups()
+    assert int(count) == single['test_num_values']
+    assert float(mse) == pytest.approx(single['test_mse'], rel=1e-6)
+    assert float(mae) == pytest.approx(single['test_mae'], rel=1e-6)
+
+
+RESUME_EPOCHS = 2
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_is_bitwise_equal_to_an_uninterrupted_one(short_weather_folder, tmp_path):
+    argv = [*main_args(short_weather_folder, 'GLOBAL_WIND'), '--epochs', str(RESUME_EPOCHS), '--drop_path', '0.1',
+            '--model_ema', 'true', '--model_ema_eval', 'true', '--save_ckpt_every_steps', '5']
+    uninterrupted = str(tmp_path / 'uninterrupted')
+    assert_succeeded(run_main([*argv, '--output_dir', uninterrupted]))
+    steps_per_epoch = (SHORT_SPLIT_HOURS['train'][1] - WINDOW_HOURS + 1) // 32
+
+    def position(output_dir):
+        found = list_periodic_checkpoints(output_dir)
+        if not found:
+            return -1
+        (epoch, step), _ = found[-1]
+        return epoch * steps_per_epoch + (steps_per_epoch if step == float('inf') else step)
+
+    interrupted = str(tmp_path / 'interrupted')
+    chooser = random.Random(0)
+    for kill_after in (5, steps_per_epoch, steps_per_epoch + 10):  # steps_per_epoch: evaluation follows
+        process = start_main([*argv, '--output_dir', interrupted], str(tmp_path / f'kill_{kill_after}.log'))
+        deadline = time.time() + 300
+        while position(interrupted) < kill_after and process.poll() is None:
+            assert time.time() < deadline, 'the run made no progress'
+            time.sleep(0.05)
+        time.sleep(chooser.uniform(0, 0.3))
+        process.kill()
+        process.wait()
+        assert process.returncode != 0, 'the run ended before it could be killed'
+    assert_succeeded(run_main([*argv, '--output_dir', interrupted]))
+
+    final = f'checkpoint-{RESUME_EPOCHS - 1}.pth'
+    expected = load_checkpoint(os.path.join(uninterrupted, final))
+    resumed = load_checkpoint(os.path.join(interrupted, final))
+    assert_bitwise_equal(resumed['model'], expected['model'])
+    assert_bitwise_equal(resumed['model_ema'], expected['model_ema'])
+    assert_optimizer_states_equal(resumed['optimizer'], expected['optimizer'])
+    assert resumed['max_accuracy'] == expected['max_accuracy']
+    assert [line['test_mse'] for line in read_log(interrupted)] == [line['test_mse'] for line in read_log(uninterrupted)]
