@@ -1,8 +1,9 @@
 """UniRepLKNet and RepLKNet as MMSegmentation / MMDetection backbones.
 
 The classes import the model files at the repository root (unireplknet.py, replknet.py) instead of copying them,
-so the backbone is the very model that `main.py` trains. They need neither mmseg, mmdet nor mmcv; the packages
-`mmseg_custom` / `mmdet_custom` register them into the framework's registry with `register_backbones`.
+so the backbone is the very model that `main.py` trains. They need neither mmseg, mmdet nor mmcv;
+`replk_mm.register_mmseg` / `replk_mm.register_mmdet` register them into the framework's registry with
+`register_backbones`.
 """
 import logging
 
@@ -67,7 +68,7 @@ BACKBONES = {'UniRepLKNetBackbone': UniRepLKNetBackbone, 'RepLKNet': RepLKNetBac
 
 
 def register_backbones(registry):
-    """Register both backbones into an mmcv/mmengine registry (mmseg BACKBONES/MODELS, mmdet BACKBONES/MODELS)."""
+    """Register both backbones into an MMEngine registry (mmseg's or mmdet's MODELS)."""
     for name, cls in BACKBONES.items():
         if name not in registry:
             registry.register_module(name=name, module=cls)

@@ -1,9 +1,10 @@
-"""Layer-wise learning-rate decay for UniRepLKNet detectors and segmentors (MMCV 1.x and MMEngine).
+"""Layer-wise learning-rate decay for UniRepLKNet detectors and segmentors (MMEngine's optimizer wrapper).
 
-Config (as in the original release):
-    optimizer = dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05,
-                     constructor='UniRepLKNetLearningRateDecayOptimizerConstructor',
-                     paramwise_cfg=dict(num_layers=12, decay_rate=0.9, decay_type='layer_wise'))
+Config (mmseg 1.x / mmdet 3.x):
+    optim_wrapper = dict(type='OptimWrapper',
+                         optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
+                         constructor='UniRepLKNetLearningRateDecayOptimizerConstructor',
+                         paramwise_cfg=dict(num_layers=12, decay_rate=0.9, decay_type='layer_wise'))
 
 With M = num_layers and N = M + 2, parameter `name` gets layer id i and learning rate base_lr * decay_rate**(N - i - 1):
   layer_wise: backbone.downsample_layers.0 -> 0, .1 -> 2, .2 -> 3, .3 -> M; backbone.stages.0 -> 1, stages.1 -> 2,
@@ -12,8 +13,8 @@ With M = num_layers and N = M + 2, parameter `name` gets layer id i and learning
 Weight decay is 0 for 1-D parameters, biases, pos_embed and cls_token. `dw_scale` != 1 further scales the learning
 rate of depthwise ('dwconv') parameters, in groups of their own.
 
-`layer_id` and `param_groups` are plain functions (no mmcv needed); the constructor class is registered into
-MMCV's OPTIMIZER_BUILDERS or MMEngine's OPTIM_WRAPPER_CONSTRUCTORS, whichever is installed.
+`layer_id` and `param_groups` are plain functions (no MMEngine needed); `register_constructor` registers the
+constructor class into MMEngine's OPTIM_WRAPPER_CONSTRUCTORS (called by replk_mm.register_mmseg / register_mmdet).
 """
 import json
 import logging
@@ -81,29 +82,16 @@ def param_groups(named_parameters, base_lr: float, base_wd: float, paramwise_cfg
     return list(groups.values())
 
 
-def _constructor_base_and_registry():
-    """(base class, registry) of the installed framework, or (None, None) without MMCV 1.x / MMEngine."""
-    try:
-        from mmcv.runner import OPTIMIZER_BUILDERS, DefaultOptimizerConstructor  # MMCV 1.x (mmseg 0.x, mmdet 2.x)
-        return DefaultOptimizerConstructor, OPTIMIZER_BUILDERS
-    except ImportError:
-        pass
-    try:
-        from mmengine.optim import DefaultOptimWrapperConstructor  # MMEngine (mmseg 1.x, mmdet 3.x)
-        from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
-        return DefaultOptimWrapperConstructor, OPTIM_WRAPPER_CONSTRUCTORS
-    except ImportError:
-        return None, None
+def register_constructor():
+    """Register UniRepLKNetLearningRateDecayOptimizerConstructor into MMEngine's OPTIM_WRAPPER_CONSTRUCTORS."""
+    from mmengine.optim import DefaultOptimWrapperConstructor
+    from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
-
-_Base, _REGISTRY = _constructor_base_and_registry()
-
-if _Base is not None:
-    class UniRepLKNetLearningRateDecayOptimizerConstructor(_Base):
-        """The framework's default constructor with `add_params` replaced by the layer-wise decay groups."""
+    class UniRepLKNetLearningRateDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
+        """MMEngine's default constructor with `add_params` replaced by the layer-wise decay groups."""
 
         def add_params(self, params, module, *args, **kwargs):
             params.extend(param_groups(module.named_parameters(), self.base_lr, self.base_wd, self.paramwise_cfg))
 
-    if 'UniRepLKNetLearningRateDecayOptimizerConstructor' not in _REGISTRY:
-        _REGISTRY.register_module(module=UniRepLKNetLearningRateDecayOptimizerConstructor)
+    if UniRepLKNetLearningRateDecayOptimizerConstructor.__name__ not in OPTIM_WRAPPER_CONSTRUCTORS:
+        OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=UniRepLKNetLearningRateDecayOptimizerConstructor)

@@ -1,17 +1,26 @@
-"""Convert a trained detector/segmentor checkpoint with a UniRepLKNet or RepLKNet backbone to the deploy form.
+"""Convert a trained segmentor/detector checkpoint with a UniRepLKNet or RepLKNet backbone for the `_deploy` configs.
+
+    python -m replk_mm.reparameterize CHECKPOINT TARGET [--config CONFIG] [--cfg-options key=value ...]
 
 Only the backbone changes: it is rebuilt from the config's `model.backbone`, loaded strictly from the checkpoint's
 `backbone.*` weights, re-parameterised (BN statistics are used, so eval mode) and written back; all other weights
-(neck, heads) are copied unchanged. Test the result with the backbone in deploy form
-(UniRepLKNet: model.backbone.deploy=True; RepLKNet: model.backbone.small_kernel_merged=True).
+(neck, heads) are copied unchanged. Test the result with the `_deploy` twin of the training config (UniRepLKNet:
+model.backbone.deploy=True; RepLKNet: model.backbone.small_kernel_merged=True).
+
+Needs torch (+ timm for the model files) and, to read the config, mmengine; not mmseg, mmdet or mmcv. The config is
+the one MMEngine stores in every checkpoint it writes (meta['cfg']; MMCV 1.x: meta['config']) unless --config names a
+file (reading a file whose `_base_` are `mmseg::` / `mmdet::` files needs that framework installed). The checkpoint is
+read weights-only with MMEngine's allow-list (replk_mm/checkpoints.py); --trust-checkpoint unpickles anything.
 """
 import argparse
 import ast
+import os
+import tempfile
 
 import torch
 
-import unireplknet
 from .backbones import BACKBONES
+from .checkpoints import load_checkpoint
 
 
 def reparameterize_backbone_state(backbone_cfg: dict, state_dict: dict) -> dict:
@@ -26,12 +35,12 @@ def reparameterize_backbone_state(backbone_cfg: dict, state_dict: dict) -> dict:
         cfg.update(deploy=False)
     else:
         cfg.update(small_kernel_merged=False, pretrained=None)
-    backbone = BACKBONES[backbone_type](**cfg).eval()
-
     prefix = 'backbone.'
     backbone_state = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
     if not backbone_state:
         raise ValueError("the checkpoint has no 'backbone.*' weights: pass a detector/segmentor checkpoint")
+    dtype = next(v.dtype for v in backbone_state.values() if v.is_floating_point())  # merged in the checkpoint's
+    backbone = BACKBONES[backbone_type](**cfg).to(dtype).eval()
     backbone.load_state_dict(backbone_state, strict=True)
     with torch.no_grad():
         if backbone_type == 'UniRepLKNetBackbone':
@@ -43,20 +52,31 @@ def reparameterize_backbone_state(backbone_cfg: dict, state_dict: dict) -> dict:
     return merged
 
 
-def _load_config(path: str, cfg_options: dict):
-    """The MM config (MMEngine for mmseg 1.x / mmdet 3.x, else MMCV 1.x), with --cfg-options merged in."""
-    try:
-        from mmengine.config import Config
-    except ImportError:
-        try:
-            from mmcv import Config
-        except ImportError as error:
-            raise ImportError('reading an MM config needs mmengine (mmseg 1.x / mmdet 3.x) or mmcv 1.x '
-                              '(mmseg 0.x / mmdet 2.x)') from error
-    cfg = Config.fromfile(path)
+def _config_from_text(text: str):
+    """An MMEngine Config from the Python text a checkpoint stores, without running its custom_imports."""
+    from mmengine.config import Config
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, 'checkpoint_config.py')
+        with open(path, 'w') as file:
+            file.write(text)
+        return Config.fromfile(path, import_custom_modules=False)
+
+
+def backbone_config(checkpoint: dict, config_path=None, cfg_options=None) -> dict:
+    """`model.backbone` of --config, else of the config stored in the checkpoint; --cfg-options merged in."""
+    from mmengine.config import Config
+    if config_path is not None:
+        cfg = Config.fromfile(config_path, import_custom_modules=False)
+    else:
+        meta = checkpoint.get('meta') or {}
+        text = meta.get('cfg') or meta.get('config')
+        if not text:
+            raise ValueError('the checkpoint stores no config (meta.cfg / meta.config): pass the training config '
+                             'with --config CONFIG')
+        cfg = _config_from_text(text)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
-    return cfg
+    return cfg.model.backbone.to_dict()
 
 
 def _parse_option(text: str):
@@ -71,15 +91,23 @@ def _parse_option(text: str):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('config', help='the config the checkpoint was trained with')
-    parser.add_argument('checkpoint', help='trained detector/segmentor checkpoint (.pth)')
+    parser.add_argument('checkpoint', help='trained segmentor/detector checkpoint (.pth)')
     parser.add_argument('target', help='where to write the re-parameterised checkpoint')
+    parser.add_argument('--config', help='the training config (default: the one stored in the checkpoint)')
     parser.add_argument('--cfg-options', nargs='+', type=_parse_option, default=[],
                         help='override config entries, e.g. model.backbone.with_cp=False')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='unpickle anything in CHECKPOINT (weights_only=False): only for files you trust')
     args = parser.parse_args(argv)
 
-    cfg = _load_config(args.config, dict(args.cfg_options))
-    checkpoint = unireplknet.read_state_dict(args.checkpoint)  # unwraps 'state_dict'
-    state_dict = reparameterize_backbone_state(cfg.model.backbone.to_dict(), checkpoint)
-    torch.save({'state_dict': state_dict}, args.target)
+    checkpoint = load_checkpoint(args.checkpoint, trust=args.trust_checkpoint)
+    state_dict = checkpoint.get('state_dict', checkpoint)
+    backbone_cfg = backbone_config(checkpoint, args.config, dict(args.cfg_options))
+    # Training state (optimizer, message hub) is dropped; meta keeps e.g. dataset_meta, which the test tools read.
+    meta = {k: v for k, v in (checkpoint.get('meta') or {}).items() if k not in ('cfg', 'config')}
+    torch.save({'meta': meta, 'state_dict': reparameterize_backbone_state(backbone_cfg, state_dict)}, args.target)
     print(f'saved the re-parameterised checkpoint to {args.target}')
+
+
+if __name__ == '__main__':
+    main()
