@@ -14,9 +14,11 @@ Model (`build_model`): stations are grouped into nodes of --series_stations_per_
 each window is normalised per station (mean/std over its input hours) with a learnable affine; Corrformer's embedding
 (circular Conv1d over a node's station values + Linear over the 4 time features + Linear over the node's standardised
 station coordinates) gives (INPUT_HOURS, d_model) per node, reshaped into one square single-channel map for the
-UniRepLKNet backbone (in_chans=1). The forecasting head: the backbone's pooled, normalised node feature plus an
-embedding of each future hour's time features, GELU, Linear to the node's stations. Corrformer's multi-correlation
-decoder is not implemented (README, "Time-series forecasting").
+UniRepLKNet backbone (in_chans=1); its stage-4 tokens (through the backbone's final LayerNorm) feed one of two heads
+(--series_head): `correlation`, Corrformer's decoder written from the Autoformer/Corrformer papers (series
+decomposition, auto-correlation over time with the tokens, trend projection) without its cross-node (spatial)
+correlation; or `pooled`, the tokens' mean plus an embedding of each future hour's time features, GELU, Linear. The
+forecasts are de-normalised with the window's mean/std.
 """
 import math
 import os
@@ -33,6 +35,9 @@ SERIES_PREFIXES = {'GLOBAL_TEMP': 'temp', 'GLOBAL_WIND': 'wind'}
 SPLITS = ('train', 'val', 'test')
 STATION_COLUMNS = ('latitude', 'longitude', 'elevation')
 NORMALISATION_EPS = 1e-5
+LABEL_HOURS = 24  # known hours the decoder starts from (Corrformer's label_len)
+MOVING_AVERAGE_HOURS = 25  # series decomposition window (Corrformer's moving_avg)
+DECODER_DROPOUT = 0.05  # Corrformer's default dropout
 
 
 def add_arguments(parser):
@@ -47,6 +52,11 @@ def add_arguments(parser):
                        help=f'embedding width; {INPUT_HOURS} x d_model must be a square (768 -> 192x192 map)')
     group.add_argument('--series_stations_per_node', default=11, type=int,
                        help='stations embedded together (one backbone image per node and window)')
+    group.add_argument('--series_head', default='correlation', choices=['correlation', 'pooled'],
+                       help="correlation: Corrformer's decoder (auto-correlation with the backbone's tokens, series "
+                            'decomposition; without its cross-node correlation); pooled: pooled feature + time of each '
+                            'future hour, Linear')
+    group.add_argument('--series_heads', default=16, type=int, help='auto-correlation heads of the decoder')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,7 +207,8 @@ def backbone_kwargs(args):
 def build_model(args, backbone):
     check_layout(args.data_path, args.data_set)
     return SeriesForecaster(backbone, torch.from_numpy(read_stations(args.data_path)), d_model=args.series_d_model,
-                            stations_per_node=args.series_stations_per_node)
+                            stations_per_node=args.series_stations_per_node, head=args.series_head,
+                            heads=args.series_heads)
 
 
 def map_side(d_model):
@@ -215,10 +226,140 @@ def standardise(columns):
     return (columns - columns.mean(dim=0)) / torch.where(std > 0, std, torch.ones_like(std))
 
 
+def decompose(x, kernel_size=MOVING_AVERAGE_HOURS):
+    """(seasonal, trend) of (B, L, C) series: the trend is a moving average over time with the ends repeated
+    (Autoformer's and Corrformer's series decomposition); seasonal = x - trend."""
+    pad = (kernel_size - 1) // 2
+    padded = torch.cat([x[:, :1].expand(-1, pad, -1), x, x[:, -1:].expand(-1, pad, -1)], dim=1)
+    trend = nn.functional.avg_pool1d(padded.transpose(1, 2), kernel_size, stride=1).transpose(1, 2)
+    return x - trend, trend
+
+
+class NodeEmbedding(nn.Module):
+    """Corrformer's DataEmbedding: circular Conv1d over a node's station values + Linear over the hours' time features
+    + Linear over the node's standardised station coordinates, (B * nodes, L, node_size) -> (B * nodes, L, d_model)."""
+
+    def __init__(self, node_size, coordinates_per_node, d_model):
+        super().__init__()
+        self.values = nn.Conv1d(node_size, d_model, kernel_size=3, padding=1, padding_mode='circular', bias=False)
+        self.time = nn.Linear(TIME_FEATURES, d_model, bias=False)
+        self.position = nn.Linear(coordinates_per_node, d_model)
+
+    def forward(self, node_values, features, node_coordinates):
+        batch, hours = features.shape[:2]
+        embedded = self.values(node_values.transpose(1, 2)).transpose(1, 2).reshape(batch, -1, hours,
+                                                                                      self.time.out_features)
+        embedded = embedded + self.time(features)[:, None] + self.position(node_coordinates)[None, :, None]
+        return embedded.flatten(0, 1)
+
+
+class AutoCorrelation(nn.Module):
+    """Autoformer's auto-correlation with time-delay aggregation, as Corrformer's leaf-node correlation uses it.
+
+    Written from the Autoformer/Corrformer papers: per head, the correlation of queries and keys at every lag (FFT,
+    averaged over channels) picks the top int(log L) lags; the output is the softmax(correlation)-weighted sum of the
+    values rolled by those lags. Keys/values shorter than the queries are zero-padded, longer ones cut."""
+
+    def __init__(self, d_model, heads):
+        super().__init__()
+        if d_model % heads:
+            raise ValueError(f'--series_heads {heads} must divide --series_d_model {d_model}')
+        self.heads = heads
+        self.query = nn.Linear(d_model, d_model)
+        self.key = nn.Linear(d_model, d_model)
+        self.value = nn.Linear(d_model, d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def forward(self, queries, keys, values):
+        batch, length, _ = queries.shape
+        split = (batch, -1, self.heads, queries.shape[-1] // self.heads)
+        q = self.query(queries).view(split)
+        k, v = (nn.functional.pad(projection(x), (0, 0, 0, max(0, length - x.shape[1])))[:, :length].view(split)
+                for projection, x in ((self.key, keys), (self.value, values)))
+        correlation = torch.fft.irfft(torch.fft.rfft(q, dim=1) * torch.fft.rfft(k, dim=1).conj(), n=length, dim=1)
+        top_k = max(1, int(math.log(length)))
+        weights, delays = correlation.mean(dim=-1).topk(top_k, dim=1)  # (B, top_k, heads)
+        weights = weights.softmax(dim=1)
+        hours = torch.arange(length, device=queries.device)[None, :, None]
+        aggregated = torch.zeros_like(v)
+        for index in range(top_k):
+            rolled = (hours + delays[:, index:index + 1]) % length  # (B, L, heads): value hour t + delay
+            aggregated = aggregated + v.gather(1, rolled[..., None].expand_as(v)) * weights[:, index, None, :, None]
+        return self.out(aggregated.reshape(batch, length, -1))
+
+
+class CorrelationDecoderLayer(nn.Module):
+    """Corrformer's decoder layer without its cross-node (spatial) correlation: self auto-correlation, auto-correlation
+    with the backbone's tokens, a position-wise feed-forward, each followed by a series decomposition; the three
+    trends are projected to the node's stations (circular Conv1d, kernel 3)."""
+
+    def __init__(self, d_model, heads, node_size, dropout=DECODER_DROPOUT):
+        super().__init__()
+        self.self_correlation = AutoCorrelation(d_model, heads)
+        self.cross_correlation = AutoCorrelation(d_model, heads)
+        hidden = round(d_model * 8 / 3)  # the release's d_ff 2048 at d_model 768
+        self.feed_forward = nn.Sequential(nn.Linear(d_model, hidden, bias=False), nn.GELU(), nn.Dropout(dropout),
+                                          nn.Linear(hidden, d_model, bias=False), nn.Dropout(dropout))
+        self.dropout = nn.Dropout(dropout)
+        self.trend_projection = nn.Conv1d(d_model, node_size, kernel_size=3, padding=1, padding_mode='circular',
+                                          bias=False)
+
+    def forward(self, x, memory):
+        x, trend_self = decompose(x + self.dropout(self.self_correlation(x, x, x)))
+        x, trend_cross = decompose(x + self.dropout(self.cross_correlation(x, memory, memory)))
+        x, trend_forward = decompose(x + self.feed_forward(x))
+        trend = self.trend_projection((trend_self + trend_cross + trend_forward).transpose(1, 2)).transpose(1, 2)
+        return x, trend
+
+
+class CorrelationDecoder(nn.Module):
+    """Decodes LABEL_HOURS known + PREDICT_HOURS future hours from the backbone's stage-4 tokens (Corrformer's
+    decoder input: the seasonal part of the known hours then zeros, the trend then the window mean)."""
+
+    def __init__(self, backbone_width, node_size, coordinates_per_node, d_model, heads):
+        super().__init__()
+        self.memory_projection = nn.Linear(backbone_width, d_model)
+        self.embedding = NodeEmbedding(node_size, coordinates_per_node, d_model)
+        self.layer = CorrelationDecoderLayer(d_model, heads, node_size)
+        self.norm = nn.LayerNorm(d_model)
+        self.projection = nn.Linear(d_model, node_size)
+
+    def forward(self, tokens, normalised_nodes, features, node_coordinates):
+        """tokens (B * nodes, T, width); normalised_nodes (B * nodes, INPUT_HOURS, node_size); features
+        (B, WINDOW_HOURS, 4) -> (B * nodes, PREDICT_HOURS, node_size)."""
+        seasonal, trend = decompose(normalised_nodes)
+        known = slice(INPUT_HOURS - LABEL_HOURS, INPUT_HOURS)
+        future = (normalised_nodes.shape[0], PREDICT_HOURS, normalised_nodes.shape[2])
+        seasonal_init = torch.cat([seasonal[:, known], seasonal.new_zeros(future)], dim=1)
+        trend_init = torch.cat([trend[:, known], normalised_nodes.mean(dim=1, keepdim=True).expand(future)], dim=1)
+        x = self.embedding(seasonal_init, features[:, INPUT_HOURS - LABEL_HOURS:], node_coordinates)
+        x, trend = self.layer(x, self.memory_projection(tokens))
+        x = self.norm(x)
+        seasonal_part = self.projection(x - x.mean(dim=1, keepdim=True))  # Corrformer's seasonal LayerNorm
+        return (seasonal_part + trend_init + trend)[:, -PREDICT_HOURS:]
+
+
+class PooledHead(nn.Module):
+    """The simpler head: the mean of the backbone's tokens plus an embedding of each future hour's time features,
+    GELU, Linear to the node's stations."""
+
+    def __init__(self, backbone_width, node_size):
+        super().__init__()
+        self.future_time = nn.Linear(TIME_FEATURES, backbone_width)
+        self.projection = nn.Linear(backbone_width, node_size)
+
+    def forward(self, tokens, normalised_nodes, features, node_coordinates):
+        pooled = tokens.mean(dim=1)
+        batch = features.shape[0]
+        hours = self.future_time(features[:, None, INPUT_HOURS:])  # (B, 1, PREDICT_HOURS, width)
+        pooled = pooled.reshape(batch, -1, 1, pooled.shape[-1])
+        return self.projection(nn.functional.gelu(pooled + hours)).flatten(0, 1)
+
+
 class SeriesForecaster(nn.Module):
     """(B, WINDOW_HOURS, stations + 4) packed windows -> (B, PREDICT_HOURS, stations) forecasts, any batch size."""
 
-    def __init__(self, backbone, stations, d_model, stations_per_node):
+    def __init__(self, backbone, stations, d_model, stations_per_node, head='correlation', heads=16):
         super().__init__()
         if getattr(backbone, 'in_chans', 1) != 1:
             raise ValueError(f'the time-series backbone needs in_chans=1, got {backbone.in_chans}')
@@ -232,15 +373,13 @@ class SeriesForecaster(nn.Module):
         # Per-window normalisation with a learnable affine per station (Corrformer's RevIN-style layer).
         self.affine_weight = nn.Parameter(torch.ones(self.num_stations))
         self.affine_bias = nn.Parameter(torch.zeros(self.num_stations))
-        # Corrformer's embedding: values (circular conv over time), time features, station coordinates.
-        self.value_embedding = nn.Conv1d(self.node_size, d_model, kernel_size=3, padding=1, padding_mode='circular',
-                                         bias=False)
-        self.time_embedding = nn.Linear(TIME_FEATURES, d_model, bias=False)
-        self.position_embedding = nn.Linear(self.node_coordinates.shape[1], d_model)
+        self.embedding = NodeEmbedding(self.node_size, self.node_coordinates.shape[1], d_model)
         self.backbone = backbone
-        width = backbone.num_features
-        self.future_time_embedding = nn.Linear(TIME_FEATURES, width)
-        self.head = nn.Linear(width, self.node_size)
+        if head == 'correlation':
+            self.head = CorrelationDecoder(backbone.num_features, self.node_size, self.node_coordinates.shape[1],
+                                           d_model, heads)
+        else:
+            self.head = PooledHead(backbone.num_features, self.node_size)
 
     def forward(self, samples):
         values, features = unpack_window(samples)
@@ -250,17 +389,14 @@ class SeriesForecaster(nn.Module):
         normalised = (values - mean) / std * self.affine_weight + self.affine_bias
 
         padding = self.num_nodes * self.node_size - self.num_stations
-        nodes = nn.functional.pad(normalised, (0, padding))  # (B, INPUT_HOURS, nodes * node_size)
-        nodes = nodes.reshape(batch, INPUT_HOURS, self.num_nodes, self.node_size).permute(0, 2, 3, 1)
-        embedded = self.value_embedding(nodes.reshape(batch * self.num_nodes, self.node_size, INPUT_HOURS))
-        embedded = embedded.transpose(1, 2).reshape(batch, self.num_nodes, INPUT_HOURS, -1)
-        embedded = (embedded + self.time_embedding(features[:, None, :INPUT_HOURS])
-                    + self.position_embedding(self.node_coordinates)[None, :, None, :])
+        nodes = nn.functional.pad(normalised, (0, padding)).reshape(batch, INPUT_HOURS, self.num_nodes, self.node_size)
+        nodes = nodes.transpose(1, 2).flatten(0, 1)  # (B * nodes, INPUT_HOURS, node_size)
+        embedded = self.embedding(nodes, features[:, :INPUT_HOURS], self.node_coordinates)
         maps = embedded.reshape(batch * self.num_nodes, 1, self.side, self.side)
+        # Stage-4 tokens (B * nodes, h * w, width), each through the backbone's final LayerNorm.
+        tokens = self.backbone.norm(self.backbone.forward_features(maps).flatten(2).transpose(1, 2))
 
-        node_features = self.backbone.forward_head(self.backbone.forward_features(maps), pre_logits=True)
-        node_features = node_features.reshape(batch, self.num_nodes, 1, -1)
-        hours = self.future_time_embedding(features[:, None, INPUT_HOURS:])  # (B, 1, PREDICT_HOURS, width)
-        forecast = self.head(nn.functional.gelu(node_features + hours))  # (B, nodes, PREDICT_HOURS, node_size)
-        forecast = forecast.permute(0, 2, 1, 3).reshape(batch, PREDICT_HOURS, -1)[:, :, :self.num_stations]
+        forecast = self.head(tokens, nodes, features, self.node_coordinates)  # (B * nodes, PREDICT_HOURS, node_size)
+        forecast = forecast.reshape(batch, self.num_nodes, PREDICT_HOURS, self.node_size).transpose(1, 2)
+        forecast = forecast.reshape(batch, PREDICT_HOURS, -1)[:, :, :self.num_stations]
         return (forecast - self.affine_bias) / (self.affine_weight + NORMALISATION_EPS) * std + mean

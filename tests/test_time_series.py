@@ -51,7 +51,7 @@ def short_weather_folder(weather, tmp_path_factory):
 def series_args(folder, **overrides):
     args = argparse.Namespace(data_path=folder, data_set='GLOBAL_TEMP', series_eval_split='val',
                               series_units_per_physical=10.0, series_d_model=TINY_D_MODEL,
-                              series_stations_per_node=2)
+                              series_stations_per_node=2, series_head='correlation', series_heads=2)
     vars(args).update(overrides)
     return args
 
@@ -123,9 +123,10 @@ def test_series_and_stations_must_agree(weather, tmp_path):
 
 # ---------------------------------------------------------------- model
 
-def test_forecaster_takes_any_batch_size_and_pads_the_last_node(weather_folder):
+@pytest.mark.parametrize('head', ['correlation', 'pooled'])
+def test_forecaster_takes_any_batch_size_and_pads_the_last_node(weather_folder, head):
     """3 stations in nodes of 2: the last node is zero-padded; a batch forecasts each window as alone."""
-    model = tiny_forecaster(weather_folder).eval()
+    model = tiny_forecaster(weather_folder, series_head=head).eval()
     assert (model.num_nodes, model.node_size) == (2, 2)
     windows, _ = time_series.build_dataset(False, series_args(weather_folder))
     samples = torch.stack([windows[index][0] for index in range(5)])
@@ -136,8 +137,9 @@ def test_forecaster_takes_any_batch_size_and_pads_the_last_node(weather_folder):
     torch.testing.assert_close(batch, alone, rtol=1e-5, atol=1e-4)
 
 
-def test_reparameterised_backbone_inside_the_adapter_forecasts_the_same(weather_folder):
-    model = tiny_forecaster(weather_folder)
+@pytest.mark.parametrize('head', ['correlation', 'pooled'])
+def test_reparameterised_backbone_inside_the_adapter_forecasts_the_same(weather_folder, head):
+    model = tiny_forecaster(weather_folder, series_head=head)
     with torch.no_grad():  # BatchNorm statistics that are not the identity
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
@@ -150,6 +152,39 @@ def test_reparameterised_backbone_inside_the_adapter_forecasts_the_same(weather_
     with torch.no_grad():
         torch.testing.assert_close(deployed(samples), model.double()(samples), rtol=1e-9, atol=1e-8)
     assert any(getattr(block, 'deploy', False) for block in deployed.backbone.blocks())
+
+
+def test_auto_correlation_equals_a_brute_force_time_delay_aggregation():
+    """Float64: lags from the circular cross-correlation sum_t q[t + lag] . k[t] averaged over a head's channels, the
+    top int(log L) lags per head, their softmax weights, and the values rolled by each lag."""
+    torch.manual_seed(0)
+    layer = time_series.AutoCorrelation(d_model=6, heads=2).double()
+    queries, memory = torch.randn(2, 10, 6, dtype=torch.float64), torch.randn(2, 7, 6, dtype=torch.float64)
+    output = layer(queries, memory, memory)
+    length, top_k = 10, int(np.log(10))
+    q = layer.query(queries).view(2, length, 2, 3)
+    zeros = memory.new_zeros(2, 3, 6)  # keys and values shorter than the queries are zero-padded after projection
+    k = torch.cat([layer.key(memory), zeros], dim=1).view(2, length, 2, 3)
+    v = torch.cat([layer.value(memory), zeros], dim=1).view(2, length, 2, 3)
+    expected = torch.zeros_like(v)
+    for b in range(2):
+        for h in range(2):
+            scores = torch.stack([sum((q[b, (t + lag) % length, h] * k[b, t, h]).mean() for t in range(length))
+                                  for lag in range(length)])
+            weights, lags = scores.topk(top_k)
+            for weight, lag in zip(weights.softmax(0), lags):
+                expected[b, :, h] += weight * v[b, (torch.arange(length) + lag) % length, h]
+    torch.testing.assert_close(output, layer.out(expected.reshape(2, length, 6)))
+
+
+def test_series_decomposition_trend_is_an_edge_padded_moving_average():
+    x = torch.randn(1, 40, 2, dtype=torch.float64)
+    seasonal, trend = time_series.decompose(x, kernel_size=5)
+    series = x[0].numpy()
+    padded = np.concatenate([np.repeat(series[:1], 2, axis=0), series, np.repeat(series[-1:], 2, axis=0)])
+    reference = np.stack([np.convolve(padded[:, c], np.ones(5) / 5, mode='valid') for c in range(2)], axis=1)
+    np.testing.assert_allclose(trend[0].numpy(), reference, rtol=1e-12)
+    torch.testing.assert_close(seasonal + trend, x)
 
 
 def test_embedding_width_must_make_a_square_map(weather_folder):
@@ -176,7 +211,7 @@ def main_args(folder, data_set='GLOBAL_TEMP'):
     """The recipe (Adam, MSE, lr halved every epoch, early stopping) at toy size."""
     return ['--data_set', data_set, '--data_path', folder, '--model', 'unireplknet_a',
             '--model_overrides', TINY_UNIREPLKNET, '--series_d_model', str(TINY_D_MODEL),
-            '--series_stations_per_node', '3', '--opt', 'adam', '--lr', '1e-3', '--weight_decay', '0',
+            '--series_stations_per_node', '3', '--series_heads', '2', '--opt', 'adam', '--lr', '1e-3', '--weight_decay', '0',
             '--lr_schedule', 'step', '--early_stop_patience', '3', '--batch_size', '32', '--device', 'cpu',
             '--num_workers', '0', '--seed', '0']
 
