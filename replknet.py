@@ -314,7 +314,8 @@ class RepLKNet(nn.Module):
         num_classes: classifier size (0 gives pooled features), or None in backbone mode.
         out_indices: stages whose (stage-normed) outputs `forward` returns in backbone mode, e.g. (0, 1, 2, 3).
             Give exactly one of num_classes / out_indices.
-        use_checkpoint: non-reentrant activation checkpointing of every block (and stem layers 1-3).
+        use_checkpoint: non-reentrant activation checkpointing of every block (and stem layers 1-3); `with_cp` is
+            accepted as another name for it (UniRepLKNet's).
         small_kernel_merged: build the re-parameterised (deploy) form directly.
         use_sync_bn: use nn.SyncBatchNorm in this model (default False; the original class defaulted to True and
             switched every later-built model of the process to SyncBN).
@@ -327,8 +328,12 @@ class RepLKNet(nn.Module):
                  drop_path_rate: float, small_kernel: Optional[int], dw_ratio: float = 1, ffn_ratio: float = 4,
                  in_channels: int = 3, num_classes: Optional[int] = 1000, out_indices: Optional[Sequence[int]] = None,
                  use_checkpoint: bool = False, small_kernel_merged: bool = False, use_sync_bn: bool = False,
-                 norm_intermediate_features: bool = False):
+                 norm_intermediate_features: bool = False, with_cp: Optional[bool] = None):
         super().__init__()
+        if with_cp is not None:  # UniRepLKNet's name for use_checkpoint, so callers can treat both families alike
+            if use_checkpoint and not with_cp:
+                raise ValueError('use_checkpoint=True contradicts with_cp=False (two names of one switch): pass one.')
+            use_checkpoint = with_cp
         num_stages = len(layers)
         if not (len(large_kernel_sizes) == len(channels) == num_stages >= 1):
             raise ValueError(f'large_kernel_sizes, layers and channels need one entry per stage, got '
@@ -452,6 +457,8 @@ class RepLKNet(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """BN -> global average pool -> Linear: (N, C, h, w) -> (N, num_classes), or (N, C) if pre_logits."""
+        if self.out_indices is not None:
+            raise ValueError('this RepLKNet was built as a backbone (out_indices given) and has no head')
         x = self.avgpool(self.norm(x)).flatten(1)
         return x if pre_logits else self.head(x)
 
@@ -659,10 +666,6 @@ def _replknet_from_timm_kwargs(arch: str, in_chans: int = 3, **kwargs) -> RepLKN
 
 def _create_replknet(arch: str, pretrained: bool = False, **kwargs) -> RepLKNet:
     """Build through timm (pretrained_cfg, features_only) after mapping this project's kwarg spellings."""
-    if 'with_cp' in kwargs:  # UniRepLKNet's name for the same switch, so callers can treat both families alike
-        with_cp = kwargs.pop('with_cp')
-        if kwargs.setdefault('use_checkpoint', with_cp) != with_cp:
-            raise ValueError(f'with_cp={with_cp} contradicts use_checkpoint={kwargs["use_checkpoint"]}; pass one')
     kwargs.setdefault('drop_path_rate', 0.)
     if kwargs.get('out_indices') is not None and not kwargs.get('features_only'):
         kwargs.setdefault('num_classes', None)  # backbone mode; stops timm from filling in num_classes=1000

@@ -328,3 +328,37 @@ def test_timm_kwargs_override_the_variant_architecture():
                               large_kernel_sizes=(7, 7, 7, 5), small_kernel=3)
     assert model.head.in_features == 64 and len(model.stages[2].blocks) == 2
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+# ---- one model API across replknet.py and unireplknet.py ---------------------------------------------------------------
+
+def test_both_model_files_share_the_timm_api_names_and_error_types():
+    import unireplknet
+    uni_kwargs = dict(depths=(1, 1, 1, 1), dims=(8, 8, 16, 16), kernel_sizes=((3,), (13,), (3,), (3,)))
+    x = torch.randn(1, 3, 32, 32)
+    for build, own_name, other_name in ((lambda **kw: tiny(**kw), 'use_checkpoint', 'with_cp'),
+                                        (lambda **kw: unireplknet.UniRepLKNet(**uni_kwargs, **kw), 'with_cp',
+                                         'use_checkpoint')):
+        # Both names of the checkpointing switch, and timm's.
+        assert build(with_cp=True).grad_checkpointing and build(use_checkpoint=True).grad_checkpointing
+        with pytest.raises(ValueError, match='two names of one switch'):
+            build(**{own_name: True, other_name: False})
+        model = build(num_classes=4).eval()
+        model.set_grad_checkpointing(False)
+        final, features = model.forward_intermediates(x)
+        assert [f.shape[1] for f in features] == [8, 8, 16, 16]
+        torch.testing.assert_close(model.forward_head(model.forward_features(x)), model(x))
+        torch.testing.assert_close(model.forward_features(x), final)
+        with pytest.raises(ValueError, match='global_pool'):
+            model.reset_classifier(3, global_pool='max')
+        # A checkpoint of another width: ValueError naming the shapes, in both files.
+        with pytest.raises(ValueError, match='shape mismatch'):
+            model.load_state_dict(build(num_classes=5).state_dict()) if isinstance(model, RepLKNet) else \
+                unireplknet.load_checkpoint_strict(model, build(num_classes=5).state_dict())
+        backbone = build(num_classes=None, out_indices=(0, 1, 2, 3))
+        with pytest.raises(ValueError, match='backbone'):
+            backbone.reset_classifier(3)
+        with pytest.raises(ValueError, match='backbone'):
+            backbone.forward_head(final)
+    assert [f.shape for f in unireplknet.UniRepLKNet(**uni_kwargs, num_classes=None, out_indices=(1, 2)).eval()
+            .forward_backbone(x)] == [(1, 8, 4, 4), (1, 16, 2, 2)]
