@@ -33,3 +33,20 @@ def test_micro_dwconv_times_the_shipped_depthwise_conv():
     out = run_script('benchmarks/micro_dwconv.py', '--batch', '1', '--repeats', '1', '--warmup', '0', '--threads', '1',
                      '--only', 'dwconv 13x13')
     assert 'same_depthwise_conv' in out
+
+
+def test_gpu_check_runs_its_checks_on_cpu_and_catches_a_wrong_path(capsys, monkeypatch):
+    """benchmarks/gpu_check.py has not run on a GPU yet: its checks and timings run here on a tiny CPU model."""
+    sys.path.insert(0, os.path.join(REPO_ROOT, 'benchmarks'))
+    import gpu_check
+    import unireplknet_cpu
+    tiny_run = ['--device', 'cpu', '--tiny', '--batch', '2', '--img_size', '32', '--check_batch', '2',
+                '--check_img_size', '64', '--repeats', '1', '--warmup', '0']
+    gpu_check.main(tiny_run)
+    out = capsys.readouterr().out
+    assert out.count('| ok |') == len(gpu_check.CONFIGS) and 'AMP bfloat16, channels_last' in out
+    assert '| release computation (plain, float32, NCHW) |' in out
+    # A fast path that computes something else is caught (here the GRN fold skipping GRN).
+    monkeypatch.setattr(unireplknet_cpu, 'grn_then_linear', lambda grn, linear, x: linear(x))
+    with pytest.raises(SystemExit, match='differ from the plain computation'):
+        gpu_check.main(tiny_run)

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# UniRepLKNet GPU readiness check, under 8 minutes on one CUDA GPU: every path the model picks there against the
+# plain computation (float32, AMP float16 / bfloat16 training steps, channels_last), training and deployed
+# inference speed against the release computation in one run, and with_cp peak memory (benchmarks/gpu_check.py).
+#
+#   benchmarks/gpu_check.sh [OUT_DIR]      # report: OUT_DIR/gpu_check.md (default: $OUT, else the current folder)
+#
+# Exits non-zero if a configuration differs from the plain computation beyond its tolerance.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out_dir=${1:-${OUT:-.}}
+python=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+mkdir -p "$out_dir"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+"$python" -c 'import torch, timm; print("torch", torch.__version__, "timm", timm.__version__, "cuda", torch.version.cuda)'
+timeout 450 "$python" benchmarks/gpu_check.py --device cuda --model unireplknet_a --batch 64 --img_size 224 \
+  --repeats 20 --warmup 3 --out "$out_dir/gpu_check.md"
