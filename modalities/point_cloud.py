@@ -13,7 +13,8 @@ loads ModelNet. Training: farthest-point sampling of `--pc_fps_points` points (f
 release's shuffled point order gives), then a random `--pc_points` of them, a random rotation (azimuth 0.04-1.94 pi,
 elevation -0.4 to -0.2 pi), a per-axis scale in [2/3, 3/2] and a translation in [-0.2, 0.2]. Evaluation:
 `--pc_points` farthest points from point 0, each under `--pc_test_rotations` fixed rotations (azimuth from
-linspace(0.1, 2, 9) pi, elevation -0.35 pi); the model pools (averages) the rotations' scores. A sample is a float
+linspace(0.1, 2, 9) pi, elevation -0.35 pi); engine.evaluate averages the rotations' class probabilities (the
+release instead scored each rotation on its own and averaged the accuracies). A sample is a float
 tensor (2, N, 3) in training and (rotations, 2, N, 3) in evaluation: [placed points, un-augmented points].
 
 Randomness comes from python/numpy/torch's global generators only, which `datasets.SeededAugmentation` seeds per
@@ -205,6 +206,7 @@ class ModelNet40(Dataset):
         self.fps_points = fps_points
         self.test_rotations = torch.stack([view_rotation(a * np.pi, TEST_ELEVATION * np.pi)
                                            for a in TEST_AZIMUTHS[:test_rotations]])
+        self.eval_views = 1 if is_train else test_rotations   # engine.evaluate averages the views' probabilities
 
     def __len__(self):
         return len(self.reader)
@@ -358,7 +360,7 @@ class MultiViewFusion(nn.Module):
 class PointCloudClassifier(nn.Module):
     """P2P-style learnable projection around a UniRepLKNet backbone (release: Point/models/p2p_adaptor_lk.py).
 
-    Input (B, 2, N, 3) [placed, un-augmented] or (B, R, 2, N, 3) (R rotations: their logits are averaged).
+    Input (B, 2, N, 3): [placed, un-augmented] points.
     """
 
     def __init__(self, backbone, num_classes, grid, num_views=4, neighbours=32, dim=64, fusion_dim=128):
@@ -388,8 +390,6 @@ class PointCloudClassifier(nn.Module):
         return (torch.sigmoid(self.img_layer(images)) - self.mean) / self.std
 
     def forward(self, points):
-        if points.dim() == 5:   # (B, R, 2, N, 3): average the scores of R rotations (one at a time: memory)
-            return torch.stack([self(points[:, r]) for r in range(points.shape[1])]).mean(dim=0)
         maps = self.backbone.forward_features(self.project(points[:, 0], points[:, 1]))  # (B V) C h w
         pooled = maps.mean(dim=(-2, -1)).reshape(len(points), -1)                        # B (V C), view-major
         return self.head(self.norm(pooled))

@@ -7,20 +7,21 @@ missing. By hand:
     apt-get download libcgal-demo && dpkg-deb -x libcgal-demo_*.deb pkg &&
     mkdir -p data/libcgal-demo && tar -xzf pkg/usr/share/doc/libcgal-dev/data.tar.gz -C data/libcgal-demo data/meshes
 """
-import argparse
 import os
-import signal
+import re
 import time
 
 import h5py
 import numpy as np
 import pytest
 import torch
+import trimesh
 
 import main as train_main
+from checkpoint import list_periodic_checkpoints
 from modalities import point_cloud
-from train_helpers import (REPO_ROOT, TINY_UNIREPLKNET, assert_bitwise_equal, assert_succeeded,
-                                 load_checkpoint, read_log, run_main, start_main)
+from train_helpers import (REPO_ROOT, TINY_UNIREPLKNET, assert_bitwise_equal, assert_optimizer_states_equal,
+                           assert_succeeded, load_checkpoint, read_log, run_main, start_main)
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 
@@ -38,7 +39,6 @@ TINY_ARGS = ['--model', 'unireplknet_a', '--model_overrides', TINY_UNIREPLKNET, 
 
 
 def load_meshes():
-    trimesh = pytest.importorskip('trimesh')
     paths = [os.path.join(MESH_DIR, f'{name}.off') for name in MESHES]
     missing = [path for path in paths if not os.path.isfile(path)]
     if missing:
@@ -48,7 +48,6 @@ def load_meshes():
 
 def sample_surface(mesh, seed):
     """(RAW_POINTS, 6) x,y,z,nx,ny,nz uniformly on the mesh surface."""
-    import trimesh
     points, faces = trimesh.sample.sample_surface(mesh, RAW_POINTS, seed=seed)
     # Rounded to the 6 decimals the text layout stores, so both layouts hold the same float32 values.
     return np.round(np.hstack([points, mesh.face_normals[faces]]), 6).astype(np.float32)
@@ -92,6 +91,7 @@ def modelnet(tmp_path_factory):
     samples = {split: [(label, sample_surface(mesh, seed=1000 * offset + 10 * index + label))
                        for index in range(count) for label, mesh in enumerate(meshes)]
                for split, count, offset in (('train', TRAIN_PER_CLASS, 1), ('test', TEST_PER_CLASS, 2))}
+    samples['test'].append((0, sample_surface(meshes[0], seed=3000)))   # 21: uneven over 2 ranks and classes
     base = tmp_path_factory.mktemp('modelnet')
     os.makedirs(base / 'text')
     os.makedirs(base / 'hdf5')
@@ -151,7 +151,7 @@ def test_both_layouts_give_the_same_samples(modelnet):
         text_set, classes = point_cloud.build_dataset(is_train, tiny_args(modelnet['text']))
         hdf5_set, hdf5_classes = point_cloud.build_dataset(is_train, tiny_args(modelnet['hdf5']))
         assert classes == hdf5_classes == len(MESHES)
-        assert len(text_set) == len(hdf5_set) == len(MESHES) * (TRAIN_PER_CLASS if is_train else TEST_PER_CLASS)
+        assert len(text_set) == len(hdf5_set) == (len(MESHES) * TRAIN_PER_CLASS if is_train else 21)
         torch.manual_seed(3), np.random.seed(3)
         text_points, text_label = text_set[5]
         torch.manual_seed(3), np.random.seed(3)
@@ -216,22 +216,22 @@ def tiny_model(modelnet):
     return train_main.build_model(args)
 
 
-def test_model_pools_rotations_and_reparameterizes(modelnet):
+def test_model_reparameterizes_and_trains_every_parameter(modelnet):
     model = tiny_model(modelnet)
     test_set, _ = point_cloud.build_dataset(False, tiny_args(modelnet['hdf5']))
-    batch = torch.stack([test_set[i][0] for i in range(3)])                     # 3 x 8 rotations x 2 x 128 x 3
+    assert test_set.eval_views == 8
+    batch = torch.stack([test_set[i][0] for i in range(3)]).flatten(0, 1)      # 3 samples x 8 rotations
     model.eval()
     with torch.no_grad():
-        pooled = model(batch)
-        per_rotation = torch.stack([model(batch[:, r]) for r in range(batch.shape[1])], dim=1)
-        torch.testing.assert_close(pooled, per_rotation.mean(dim=1))
+        logits = model(batch)
+        assert logits.shape == (24, len(MESHES))
         deployed = train_main.inference_model(model, reparam=True)
         assert len(deployed.state_dict()) < len(model.state_dict())   # the blocks' branches were merged
-        torch.testing.assert_close(deployed(batch), pooled, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(deployed(batch), logits, atol=1e-4, rtol=1e-4)
     model.train()
     model.set_grad_checkpointing(True)
     assert all(block.with_cp for block in model.backbone.blocks())
-    model(batch[:, 0]).sum().backward()
+    model(batch).sum().backward()
     unused = [name for name, param in model.named_parameters() if param.grad is None]
     assert not unused, f'parameters without gradient break DDP (find_unused_parameters=False): {unused}'
 
@@ -254,13 +254,69 @@ def test_point_encoder_sees_only_unaugmented_points(modelnet):
 # Training through main.py
 # ----------------------------------------------------------------------------------------------
 
+@pytest.fixture(scope='module')
+def trained_run(modelnet, tmp_path_factory):
+    """12 epochs of the tiny model on the text layout (10 updates of 4 samples per epoch)."""
+    output = str(tmp_path_factory.mktemp('trained') / 'run')
+    assert_succeeded(run_main([*TINY_ARGS, '--data_path', modelnet['text'], '--epochs', '12', '--batch_size', '4',
+                               '--lr', '2e-3', '--output_dir', output]))
+    return output
+
+
 @pytest.mark.slow
-def test_training_beats_chance_on_held_out_samples(modelnet, tmp_path):
+def test_training_beats_chance_on_held_out_samples(trained_run):
     """Held-out surface samplings of each mesh under the 8 fixed test rotations; chance is 25%."""
-    output = tmp_path / 'run'
-    completed = run_main([*TINY_ARGS, '--data_path', modelnet['text'], '--epochs', '12', '--batch_size', '8',
-                          '--lr', '2e-3', '--output_dir', str(output)])
+    final = read_log(trained_run)[-1]
+    assert final['test_acc1'] >= 70.0 and final['test_mean_class_acc'] >= 70.0, final
+
+
+@pytest.mark.slow
+def test_distributed_evaluation_equals_single_process(trained_run, modelnet):
+    """21 test samples (6 of the first class) on 2 gloo ranks: overall and mean class accuracy from summed counts
+    equal the single-process evaluation of the same weights (the last epoch's log line)."""
+    final = read_log(trained_run)[-1]
+    checkpoint = os.path.join(trained_run, f"checkpoint-{final['epoch']}.pth")
+    completed = run_main([*TINY_ARGS, '--data_path', modelnet['hdf5'], '--batch_size', '4', '--eval', 'true',
+                          '--resume', checkpoint], nproc=2)
     assert_succeeded(completed)
-    log = read_log(output)
-    assert max(line['test_acc1'] for line in log) >= 70.0, [line['test_acc1'] for line in log]
-    assert 'test_mean_class_acc' in log[-1]
+    found = re.search(r'\* Acc@1 (\S+) Acc@5 \S+ mean class acc (\S+) loss (\S+) \((\d+) images\)', completed.stdout)
+    acc1, mean_class_acc, loss, count = map(float, found.groups())
+    assert count == 21
+    assert acc1 == pytest.approx(final['test_acc1'], abs=1e-3)
+    assert mean_class_acc == pytest.approx(final['test_mean_class_acc'], abs=1e-3)
+    assert loss == pytest.approx(final['test_loss'], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_is_bitwise_equal(modelnet, tmp_path):
+    """SIGKILL mid-epoch after 2 and after 7 updates (of 5 per epoch): the resumed run's weights and optimizer
+    equal an uninterrupted run's bit for bit (point sampling, rotations, scaling and drop path all seeded)."""
+    argv = [*TINY_ARGS, '--data_path', modelnet['text'], '--epochs', '2', '--batch_size', '8', '--lr', '2e-3',
+            '--drop_path', '0.1', '--save_ckpt_every_steps', '1']
+    uninterrupted = str(tmp_path / 'uninterrupted')
+    assert_succeeded(run_main([*argv, '--output_dir', uninterrupted]))
+    interrupted = str(tmp_path / 'interrupted')
+    for kill_after in (2, 7):
+        process = start_main([*argv, '--output_dir', interrupted], str(tmp_path / f'kill_{kill_after}.log'))
+        deadline = time.time() + 300
+        while newest_update(interrupted, updates_per_epoch=5) < kill_after and process.poll() is None:
+            assert time.time() < deadline, 'the run made no progress'
+            time.sleep(0.05)
+        process.kill()   # SIGKILL
+        process.wait()
+        assert process.returncode != 0, 'the run ended before it could be killed'
+    assert_succeeded(run_main([*argv, '--output_dir', interrupted]))
+    expected = load_checkpoint(os.path.join(uninterrupted, 'checkpoint-1.pth'))
+    resumed = load_checkpoint(os.path.join(interrupted, 'checkpoint-1.pth'))
+    assert_bitwise_equal(resumed['model'], expected['model'])
+    assert_optimizer_states_equal(resumed['optimizer'], expected['optimizer'])
+    assert [line['test_acc1'] for line in read_log(interrupted)] == [line['test_acc1'] for line in read_log(uninterrupted)]
+
+
+def newest_update(output_dir, updates_per_epoch):
+    """Global update count of the newest periodic checkpoint in output_dir (-1: none yet)."""
+    found = list_periodic_checkpoints(output_dir)
+    if not found:
+        return -1
+    (epoch, step), _ = found[-1]
+    return epoch * updates_per_epoch + (updates_per_epoch if step == float('inf') else step)
