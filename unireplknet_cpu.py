@@ -90,8 +90,11 @@ def depthwise_conv_weight_grad_by_batch_folding(x: torch.Tensor, grad_out: torch
     """
     batch, channels, height, width = x.shape
     padding = dilation * (kernel_size - 1) // 2
-    # Padded beforehand: oneDNN's own padding is several times slower for this conv (BENCHMARKS.md).
-    padded = F.pad(x, [padding] * 4).reshape(1, batch * channels, height + 2 * padding, width + 2 * padding)
+    # Padded beforehand (oneDNN's own padding is several times slower for this conv), written straight into the
+    # (1, B * C, H', W') layout the grouped conv needs: one copy of a channels_last x where F.pad + reshape make two.
+    padded = x.new_zeros(1, batch * channels, height + 2 * padding, width + 2 * padding)
+    padded.view(batch, channels, height + 2 * padding, width + 2 * padding)[
+        :, :, padding:padding + height, padding:padding + width].copy_(x)
     per_sample = F.conv2d(padded, grad_out.reshape(batch * channels, 1, height, width), stride=dilation,
                           groups=batch * channels)
     return per_sample.reshape(batch, channels, kernel_size, kernel_size).sum(0).unsqueeze(1)
