@@ -161,6 +161,34 @@ def collate_skipping_corrupt(batch):
     return default_collate(kept)
 
 
+class SkipsUnreadable(Dataset):
+    """Base of the data sets of other modalities (modalities/) whose `read(index)` raises RuntimeError naming a
+    file it cannot read: that error stops the run, or with skip_corrupt the sample comes back as None (dropped
+    by `collate_skipping_corrupt`), reported on stderr and counted across DataLoader worker processes."""
+
+    def __init__(self, skip_corrupt):
+        self.skip_corrupt = skip_corrupt
+        self._skipped = multiprocessing.Value('q', 0)
+
+    @property
+    def skipped_count(self):
+        return self._skipped.value
+
+    def count_skips(self, number, message):
+        with self._skipped.get_lock():
+            self._skipped.value += number
+        print(message, file=sys.stderr, flush=True)
+
+    def __getitem__(self, index):
+        try:
+            return self.read(index)
+        except RuntimeError as err:
+            if not self.skip_corrupt:
+                raise
+            self.count_skips(1, f'Skipping: {err}')
+            return None
+
+
 def count_skipped(dataset):
     """Number of unreadable samples skipped so far (0 for datasets that cannot skip)."""
     return getattr(dataset, 'skipped_count', 0)

@@ -32,17 +32,16 @@ checkpoints).
 """
 import csv
 import math
-import multiprocessing
 import os
 import random
-import sys
 import warnings
 
 import numpy as np
 import soundfile
 import torch
 from scipy.signal import resample_poly
-from torch.utils.data import Dataset
+
+import datasets
 
 SAMPLE_RATE = 16000
 NUM_MEL_BINS = 128
@@ -190,36 +189,20 @@ def speech_commands_files(root, split, label_map=None):
     return files, classes
 
 
-class SpeechCommands(Dataset):
+class SpeechCommands(datasets.SkipsUnreadable):
     """One split of Speech Commands v0.02 as (1, 128, 128) normalised filterbanks; see the module docstring."""
 
     def __init__(self, root, split, train, mixup_prob=0.0, label_map=None, skip_corrupt=False):
+        super().__init__(skip_corrupt)
         self.samples, self.classes = speech_commands_files(root, split, label_map)
         self.train = train
         self.mixup_prob = mixup_prob
-        self.skip_corrupt = skip_corrupt
         self.fbank = KaldiFbank()
-        self._skipped = multiprocessing.Value('q', 0)
-
-    @property
-    def skipped_count(self):
-        return self._skipped.value
 
     def __len__(self):
         return len(self.samples)
 
-    def __getitem__(self, index):
-        try:
-            return self.load(index)
-        except RuntimeError as err:
-            if not self.skip_corrupt:
-                raise
-            with self._skipped.get_lock():
-                self._skipped.value += 1
-            print(f"Skipping unreadable audio '{self.samples[index][0]}' ({err})", file=sys.stderr, flush=True)
-            return None
-
-    def load(self, index):
+    def read(self, index):
         path, label = self.samples[index]
         waveform = read_wav(path)
         if not self.train:

@@ -36,16 +36,12 @@ decoded, is an error naming its path; with `--skip_corrupt_images true` it is sk
 """
 import csv
 import math
-import multiprocessing
 import os
 import random
-import sys
 
 import av
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
@@ -239,19 +235,17 @@ def check_classes(samples, nb_classes, found, is_train, where):
 # Dataset
 # ----------------------------------------------------------------------------------------------
 
-class VideoClips(Dataset):
+class VideoClips(datasets.SkipsUnreadable):
     """Clips as (C, sqrt(T) S, sqrt(T) S) training images or (views, C, ...) test stacks; see module docstring."""
 
     def __init__(self, samples, classes_count, train, frame_transform, args):
-        self.skip_corrupt = args.skip_corrupt_images
-        self._skipped = multiprocessing.Value('q', 0)
+        super().__init__(args.skip_corrupt_images)
         missing = [path for path, _ in samples if not os.path.isfile(path)]
         if missing and not self.skip_corrupt:
             raise FileNotFoundError(f"{len(missing)} listed clip(s) do not exist, e.g. '{missing[0]}'. Fix the "
                                     "list/--data_path, or pass --skip_corrupt_images true to skip them.")
         if missing:
-            print(f'Skipping {len(missing)} missing clip(s), e.g. {missing[0]}', file=sys.stderr, flush=True)
-            self._skipped.value = len(missing)
+            self.count_skips(len(missing), f'Skipping {len(missing)} missing clip(s), e.g. {missing[0]}')
         absent = set(missing)
         self.samples = [(path, label) for path, label in samples if path not in absent]
         self.classes = list(range(classes_count))
@@ -266,24 +260,12 @@ class VideoClips(Dataset):
         grid_side(self.frames)
         self.eval_views = 1 if train else self.segments * self.crops
 
-    @property
-    def skipped_count(self):
-        return self._skipped.value
-
     def __len__(self):
         return len(self.samples)
 
-    def __getitem__(self, index):
+    def read(self, index):
         path, label = self.samples[index]
-        try:
-            frames = decode_frames(path)
-        except RuntimeError as err:
-            if not self.skip_corrupt:
-                raise
-            with self._skipped.get_lock():
-                self._skipped.value += 1
-            print(f'Skipping undecodable clip: {err}', file=sys.stderr, flush=True)
-            return None
+        frames = decode_frames(path)
         if self.train:
             return self.training_image(frames), label
         return self.test_views(frames), label

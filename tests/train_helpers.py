@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import torch
@@ -127,3 +128,25 @@ def assert_optimizer_states_equal(optimizer_a, optimizer_b):
                 assert torch.equal(value, other), (index, name)
             else:
                 assert value == other, (index, name)
+
+
+def kill_when_checkpoint_exists(argv, output_dir, checkpoint, log_path, timeout=300):
+    """Start main.py with --output_dir output_dir and SIGKILL it as soon as output_dir/checkpoint exists."""
+    process = start_main([*argv, '--output_dir', output_dir], log_path)
+    deadline = time.time() + timeout
+    while not os.path.isfile(os.path.join(output_dir, checkpoint)) and process.poll() is None:
+        assert time.time() < deadline, 'the run made no progress'
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    assert process.returncode != 0, 'the run ended before it could be killed'
+
+
+def assert_same_training_state(checkpoint_a, checkpoint_b):
+    """Two checkpoint files hold bitwise-equal model, EMA (when saved) and optimizer states."""
+    state_a, state_b = load_checkpoint(checkpoint_a), load_checkpoint(checkpoint_b)
+    assert_bitwise_equal(state_a['model'], state_b['model'])
+    assert ('model_ema' in state_a) == ('model_ema' in state_b)
+    if 'model_ema' in state_a:
+        assert_bitwise_equal(state_a['model_ema'], state_b['model_ema'])
+    assert_optimizer_states_equal(state_a['optimizer'], state_b['optimizer'])
