@@ -9,7 +9,7 @@ for each format and 0/1/2 DataLoader workers reads --read_images images in a ran
   * img/s with a cold page cache (posix_fadvise(DONTNEED) on every file of that format just before the run:
     it evicts only this benchmark's files, unlike `echo 3 > /proc/sys/vm/drop_caches`, which would slow the
     other users of a shared machine; on a virtual disk the host may still cache), then warm (same images again);
-  * conversion speed (img/s) and bytes on disk;
+  * conversion speed (img/s, from a cold source tree) and bytes on disk;
   * memory of one reading process after the run: RSS and USS (private pages, what each extra worker costs).
 """
 import argparse
@@ -206,14 +206,15 @@ def main(argv=None):
     datasets_by_format, files_by_format, rows = {}, {}, []
     print(f'| format | conversion (img/s, {args.convert_workers} processes) | bytes on disk |')
     print('|---|---|---|')
+    files_by_format['folder'] = files_under(folder)
+    print(f'| folder | - | {disk_usage(folder)} |')
     for data_format in args.formats:
         if data_format == 'folder':
             datasets_by_format[data_format] = tv_datasets.ImageFolder(folder)
-            files_by_format[data_format] = files_under(folder)
-            print(f'| folder | - | {disk_usage(folder)} |')
             continue
         target = os.path.join(args.root, f'{data_format}_{args.images}')
         shutil.rmtree(target, ignore_errors=True)
+        evict_from_page_cache(files_by_format['folder'])   # each conversion reads a cold source tree
         if data_format == 'shards':
             seconds = convert_timed(lambda: make_shards.main(
                 ['--src', folder, '--dst', target, '--workers', str(args.convert_workers)]))
