@@ -238,6 +238,8 @@ def get_args_parser():
                         help='cosine (with --warmup_epochs, down to --min_lr) or step: --lr times '
                              '--lr_step_gamma ** epoch')
     parser.add_argument('--lr_step_gamma', default=0.5, type=float, help='--lr_schedule step: factor per epoch')
+    parser.add_argument('--lr_step_first_epoch', default=1, type=int, metavar='EPOCH',
+                        help='--lr_schedule step: the first (0-based) epoch with a decayed lr (the audio recipe: 5)')
     parser.add_argument('--early_stop_patience', default=0, type=int, metavar='N',
                         help='stop once N evaluations in a row have not beaten the best (tasks.py says what '
                              'best is: top-1 accuracy, or MSE for forecasting); 0: off')
@@ -602,7 +604,8 @@ def main(args):
 
     # ---------------- schedules, loss, loggers ----------------
     if args.lr_schedule == 'step':
-        lr_schedule = step_scheduler(args.lr, args.lr_step_gamma, args.epochs, steps_per_epoch)
+        lr_schedule = step_scheduler(args.lr, args.lr_step_gamma, args.epochs, steps_per_epoch,
+                                     first_decayed_epoch=args.lr_step_first_epoch)
     else:
         lr_schedule = cosine_scheduler(args.lr, args.min_lr, args.epochs, steps_per_epoch,
                                        warmup_epochs=args.warmup_epochs, warmup_steps=args.warmup_steps)

@@ -18,6 +18,7 @@ import torch
 
 import main
 from datasets import SeededAugmentation
+from optim_factory import step_scheduler
 from modalities import audio
 from train_helpers import (TINY_UNIREPLKNET, assert_same_training_state, assert_succeeded,
                            kill_when_checkpoint_exists, read_log, run_main)
@@ -266,3 +267,13 @@ def test_killed_and_resumed_speech_run_is_bitwise_equal(spoken_commands, tmp_pat
     assert_succeeded(run_main([*argv, '--output_dir', interrupted]))
     assert_same_training_state(os.path.join(interrupted, 'checkpoint-0.pth'),
                                os.path.join(uninterrupted, 'checkpoint-0.pth'))
+
+
+def test_recipe_schedule_is_asts_lr_times_0_85_per_epoch_from_epoch_5():
+    args = main.parse_args(['--config', os.path.join(os.path.dirname(__file__), '..', 'configs', 'audio',
+                                                     'unireplknet_s_speechcommands.yaml')])
+    schedule = step_scheduler(args.lr, args.lr_step_gamma, args.epochs, 3, args.lr_step_first_epoch)
+    # AST: MultiStepLR(milestones=range(5, 1000), gamma=0.85) stepped after each finished epoch.
+    expected = [2.5e-4 * 0.85 ** sum(1 for milestone in range(5, 1000) if milestone <= epoch)
+                for epoch in range(args.epochs)]
+    np.testing.assert_allclose(schedule[::3], expected, rtol=1e-12)
