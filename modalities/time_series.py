@@ -56,7 +56,10 @@ def add_arguments(parser):
                        help="correlation: Corrformer's decoder (auto-correlation with the backbone's tokens, series "
                             'decomposition; without its cross-node correlation); pooled: pooled feature + time of each '
                             'future hour, Linear')
-    group.add_argument('--series_heads', default=16, type=int, help='auto-correlation heads of the decoder')
+    group.add_argument('--series_heads', default=16, type=int, help='correlation heads of the decoder')
+    group.add_argument('--series_node_tree', default=None, type=int, nargs='+', metavar='SIZE',
+                       help="the decoder's node tree for its cross-node correlation, sizes whose product is the number "
+                            'of nodes (the release: 7 50 for 350 nodes); default: one level of all nodes')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,7 +211,7 @@ def build_model(args, backbone):
     check_layout(args.data_path, args.data_set)
     return SeriesForecaster(backbone, torch.from_numpy(read_stations(args.data_path)), d_model=args.series_d_model,
                             stations_per_node=args.series_stations_per_node, head=args.series_head,
-                            heads=args.series_heads)
+                            heads=args.series_heads, node_tree=args.series_node_tree)
 
 
 def map_side(d_model):
@@ -253,12 +256,8 @@ class NodeEmbedding(nn.Module):
         return embedded.flatten(0, 1)
 
 
-class AutoCorrelation(nn.Module):
-    """Autoformer's auto-correlation with time-delay aggregation, as Corrformer's leaf-node correlation uses it.
-
-    Written from the Autoformer/Corrformer papers: per head, the correlation of queries and keys at every lag (FFT,
-    averaged over channels) picks the top int(log L) lags; the output is the softmax(correlation)-weighted sum of the
-    values rolled by those lags. Keys/values shorter than the queries are zero-padded, longer ones cut."""
+class HeadProjections(nn.Module):
+    """Query/key/value projections split into heads, and the output projection (Corrformer's *CorrelationLayer)."""
 
     def __init__(self, d_model, heads):
         super().__init__()
@@ -270,43 +269,147 @@ class AutoCorrelation(nn.Module):
         self.value = nn.Linear(d_model, d_model)
         self.out = nn.Linear(d_model, d_model)
 
-    def forward(self, queries, keys, values):
-        batch, length, _ = queries.shape
-        split = (batch, -1, self.heads, queries.shape[-1] // self.heads)
-        q = self.query(queries).view(split)
-        k, v = (nn.functional.pad(projection(x), (0, 0, 0, max(0, length - x.shape[1])))[:, :length].view(split)
+    def split(self, queries, keys, values):
+        """(B, L, C), (B, S, C) x 2 -> q, k, v as (B, L, heads, C / heads); the projected keys and values are
+        zero-padded or cut to the queries' L hours."""
+        batch, length, channels = queries.shape
+        shape = (batch, length, self.heads, channels // self.heads)
+        q = self.query(queries).view(shape)
+        k, v = (nn.functional.pad(projection(x), (0, 0, 0, max(0, length - x.shape[1])))[:, :length].reshape(shape)
                 for projection, x in ((self.key, keys), (self.value, values)))
-        correlation = torch.fft.irfft(torch.fft.rfft(q, dim=1) * torch.fft.rfft(k, dim=1).conj(), n=length, dim=1)
-        top_k = max(1, int(math.log(length)))
-        weights, delays = correlation.mean(dim=-1).topk(top_k, dim=1)  # (B, top_k, heads)
+        return q, k, v
+
+
+def lag_correlation(q, k):
+    """Circular cross-correlation over time (dim -3) by FFT, averaged over a head's channels: out[..., lag, h] =
+    mean_e sum_t q[..., (t + lag) mod L, h, e] * k[..., t, h, e]."""
+    length = q.shape[-3]
+    spectrum = torch.fft.rfft(q, dim=-3) * torch.fft.rfft(k, dim=-3).conj()
+    return torch.fft.irfft(spectrum, n=length, dim=-3).mean(dim=-1)
+
+
+def roll_in_time(values, shift):
+    """values (..., L, heads, E), shift (..., heads) integer -> out[..., t, h, :] = values[..., (t + shift) mod L, h, :]."""
+    length = values.shape[-3]
+    hours = torch.arange(length, device=values.device).view(length, 1)
+    index = (hours + shift.unsqueeze(-2)) % length
+    return values.gather(-3, index.unsqueeze(-1).expand_as(values))
+
+
+class AutoCorrelation(nn.Module):
+    """Autoformer's auto-correlation with time-delay aggregation, Corrformer's correlation of each leaf node.
+
+    Written from the Autoformer/Corrformer papers: per head, the lag correlation of queries and keys (averaged over
+    channels) picks the top int(log L) lags; the output is the softmax(correlation)-weighted sum of the values rolled
+    by those lags."""
+
+    def __init__(self, d_model, heads):
+        super().__init__()
+        self.projections = HeadProjections(d_model, heads)
+
+    def forward(self, queries, keys, values):
+        q, k, v = self.projections.split(queries, keys, values)
+        length = q.shape[1]
+        weights, lags = lag_correlation(q, k).topk(max(1, int(math.log(length))), dim=1)  # (B, top_k, heads)
         weights = weights.softmax(dim=1)
-        hours = torch.arange(length, device=queries.device)[None, :, None]
-        aggregated = torch.zeros_like(v)
-        for index in range(top_k):
-            rolled = (hours + delays[:, index:index + 1]) % length  # (B, L, heads): value hour t + delay
-            aggregated = aggregated + v.gather(1, rolled[..., None].expand_as(v)) * weights[:, index, None, :, None]
-        return self.out(aggregated.reshape(batch, length, -1))
+        aggregated = sum(roll_in_time(v, lags[:, index]) * weights[:, index, None, :, None]
+                         for index in range(lags.shape[1]))
+        return self.projections.out(aggregated.flatten(2))
+
+
+class CausalNodeConvolution(nn.Module):
+    """Corrformer's CausalConv (one temporal-convolution block, kernel 3, weight-normalised, ReLU, dropout 0.2,
+    residual) run along a sequence of nodes: (N, channels, nodes) -> same shape; node i sees nodes <= i only."""
+
+    def __init__(self, channels, kernel_size=3, dropout=0.2):
+        super().__init__()
+        weight_norm = nn.utils.parametrizations.weight_norm
+        self.first = weight_norm(nn.Conv1d(channels, channels, kernel_size, padding=kernel_size - 1))
+        self.second = weight_norm(nn.Conv1d(channels, channels, kernel_size, padding=kernel_size - 1))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        nodes = x.shape[-1]
+        y = self.dropout(torch.relu(self.first(x)[..., :nodes]))  # cutting the right padding makes it causal
+        y = self.dropout(torch.relu(self.second(y)[..., :nodes]))
+        return torch.relu(x + y)
+
+
+class CrossNodeCorrelation(nn.Module):
+    """Corrformer's cross-correlation among sibling nodes (written from the paper and the release's behaviour).
+
+    Per head, each node's keys are correlated with the pivot (the mean of the siblings' queries); the best lag aligns
+    the node's values to the pivot, scaled by sigmoid(its correlation); the nodes, ordered by that lag (largest
+    first), go through a causal convolution along the node sequence, with a head's (channels x hours) as channels;
+    then each node is put back in its order and shifted back by its lag."""
+
+    def __init__(self, d_model, heads, hours=LABEL_HOURS + PREDICT_HOURS):
+        super().__init__()
+        self.projections = HeadProjections(d_model, heads)
+        self.fusion = CausalNodeConvolution(d_model // heads * hours)
+
+    def forward(self, queries, keys, values, nodes):
+        """(B * nodes, L, C) siblings in consecutive groups of `nodes` -> (B * nodes, L, C)."""
+        q, k, v = (x.reshape(-1, nodes, *x.shape[1:]) for x in self.projections.split(queries, keys, values))
+        groups, _, length, heads, channels = v.shape
+        pivot = q.mean(dim=1, keepdim=True)
+        weight, lag = lag_correlation(pivot.expand_as(k), k).max(dim=2)  # (groups, nodes, heads)
+        aligned = roll_in_time(v, -lag) * torch.sigmoid(weight)[:, :, None, :, None]  # value hour t - lag
+        order = torch.argsort(length - lag, dim=1, stable=True)  # (groups, nodes, heads): largest lag first
+        sequence = aligned.gather(1, order[:, :, None, :, None].expand_as(aligned))
+        sequence = sequence.permute(0, 3, 4, 2, 1).reshape(groups * heads, channels * length, nodes)
+        fused = self.fusion(sequence).reshape(groups, heads, channels, length, nodes).permute(0, 4, 3, 1, 2)
+        fused = torch.empty_like(fused).scatter_(1, order[:, :, None, :, None].expand_as(fused), fused)
+        return self.projections.out(roll_in_time(fused, lag).reshape(groups * nodes, length, -1))
+
+
+class MultiCorrelation(nn.Module):
+    """Corrformer's multi-correlation: the auto-correlation of every leaf node plus the mean over the levels of a node
+    tree (`tree`: sizes whose product is the number of nodes) of the cross-node correlation among siblings, each
+    level on node states averaged over their descendants and broadcast back to them."""
+
+    def __init__(self, d_model, heads, tree, dropout=DECODER_DROPOUT):
+        super().__init__()
+        self.tree = list(tree)
+        self.leaf = AutoCorrelation(d_model, heads)
+        self.cross_node = CrossNodeCorrelation(d_model, heads)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x, memory):
+        length, memory_length, channels = x.shape[1], memory.shape[1], x.shape[2]
+        x_tree = x.reshape(-1, *self.tree, length, channels)
+        memory_tree = memory.reshape(-1, *self.tree, memory_length, channels)
+        levels = []
+        for level, size in enumerate(self.tree):
+            deeper = tuple(range(level + 2, len(self.tree) + 1))  # tree dims below this level
+            x_level = (x_tree.mean(dim=deeper) if deeper else x_tree).reshape(-1, length, channels)
+            memory_level = (memory_tree.mean(dim=deeper) if deeper else memory_tree).reshape(-1, memory_length,
+                                                                                             channels)
+            out = self.cross_node(x_level, memory_level, memory_level, nodes=size)
+            out = out.reshape(-1, *self.tree[:level + 1], *([1] * len(deeper)), length, channels)
+            levels.append(out.expand_as(x_tree))
+        intermediate = torch.stack(levels).mean(dim=0).reshape(x.shape)
+        return self.dropout(self.leaf(x, memory, memory)) + self.dropout(intermediate)
 
 
 class CorrelationDecoderLayer(nn.Module):
-    """Corrformer's decoder layer without its cross-node (spatial) correlation: self auto-correlation, auto-correlation
-    with the backbone's tokens, a position-wise feed-forward, each followed by a series decomposition; the three
-    trends are projected to the node's stations (circular Conv1d, kernel 3)."""
+    """Corrformer's decoder layer: multi-correlation with itself, then with the backbone's tokens, then a
+    position-wise feed-forward, each added to its input and followed by a series decomposition; the three trends are
+    projected to the node's stations (circular Conv1d, kernel 3)."""
 
-    def __init__(self, d_model, heads, node_size, dropout=DECODER_DROPOUT):
+    def __init__(self, d_model, heads, node_size, tree, dropout=DECODER_DROPOUT):
         super().__init__()
-        self.self_correlation = AutoCorrelation(d_model, heads)
-        self.cross_correlation = AutoCorrelation(d_model, heads)
+        self.self_correlation = MultiCorrelation(d_model, heads, tree)
+        self.cross_correlation = MultiCorrelation(d_model, heads, tree)
         hidden = round(d_model * 8 / 3)  # the release's d_ff 2048 at d_model 768
         self.feed_forward = nn.Sequential(nn.Linear(d_model, hidden, bias=False), nn.GELU(), nn.Dropout(dropout),
                                           nn.Linear(hidden, d_model, bias=False), nn.Dropout(dropout))
-        self.dropout = nn.Dropout(dropout)
         self.trend_projection = nn.Conv1d(d_model, node_size, kernel_size=3, padding=1, padding_mode='circular',
                                           bias=False)
 
     def forward(self, x, memory):
-        x, trend_self = decompose(x + self.dropout(self.self_correlation(x, x, x)))
-        x, trend_cross = decompose(x + self.dropout(self.cross_correlation(x, memory, memory)))
+        x, trend_self = decompose(x + self.self_correlation(x, x))
+        x, trend_cross = decompose(x + self.cross_correlation(x, memory))
         x, trend_forward = decompose(x + self.feed_forward(x))
         trend = self.trend_projection((trend_self + trend_cross + trend_forward).transpose(1, 2)).transpose(1, 2)
         return x, trend
@@ -316,11 +419,11 @@ class CorrelationDecoder(nn.Module):
     """Decodes LABEL_HOURS known + PREDICT_HOURS future hours from the backbone's stage-4 tokens (Corrformer's
     decoder input: the seasonal part of the known hours then zeros, the trend then the window mean)."""
 
-    def __init__(self, backbone_width, node_size, coordinates_per_node, d_model, heads):
+    def __init__(self, backbone_width, node_size, coordinates_per_node, d_model, heads, tree):
         super().__init__()
         self.memory_projection = nn.Linear(backbone_width, d_model)
         self.embedding = NodeEmbedding(node_size, coordinates_per_node, d_model)
-        self.layer = CorrelationDecoderLayer(d_model, heads, node_size)
+        self.layer = CorrelationDecoderLayer(d_model, heads, node_size, tree)
         self.norm = nn.LayerNorm(d_model)
         self.projection = nn.Linear(d_model, node_size)
 
@@ -359,7 +462,7 @@ class PooledHead(nn.Module):
 class SeriesForecaster(nn.Module):
     """(B, WINDOW_HOURS, stations + 4) packed windows -> (B, PREDICT_HOURS, stations) forecasts, any batch size."""
 
-    def __init__(self, backbone, stations, d_model, stations_per_node, head='correlation', heads=16):
+    def __init__(self, backbone, stations, d_model, stations_per_node, head='correlation', heads=16, node_tree=None):
         super().__init__()
         if getattr(backbone, 'in_chans', 1) != 1:
             raise ValueError(f'the time-series backbone needs in_chans=1, got {backbone.in_chans}')
@@ -376,8 +479,12 @@ class SeriesForecaster(nn.Module):
         self.embedding = NodeEmbedding(self.node_size, self.node_coordinates.shape[1], d_model)
         self.backbone = backbone
         if head == 'correlation':
+            tree = node_tree or [self.num_nodes]
+            if math.prod(tree) != self.num_nodes:
+                raise ValueError(f'--series_node_tree {" ".join(map(str, tree))}: the sizes must multiply to the '
+                                 f'{self.num_nodes} nodes ({self.num_stations} stations in nodes of {self.node_size})')
             self.head = CorrelationDecoder(backbone.num_features, self.node_size, self.node_coordinates.shape[1],
-                                           d_model, heads)
+                                           d_model, heads, tree)
         else:
             self.head = PooledHead(backbone.num_features, self.node_size)
 

@@ -51,7 +51,8 @@ def short_weather_folder(weather, tmp_path_factory):
 def series_args(folder, **overrides):
     args = argparse.Namespace(data_path=folder, data_set='GLOBAL_TEMP', series_eval_split='val',
                               series_units_per_physical=10.0, series_d_model=TINY_D_MODEL,
-                              series_stations_per_node=2, series_head='correlation', series_heads=2)
+                              series_stations_per_node=2, series_head='correlation', series_heads=2,
+                              series_node_tree=None)
     vars(args).update(overrides)
     return args
 
@@ -162,10 +163,10 @@ def test_auto_correlation_equals_a_brute_force_time_delay_aggregation():
     queries, memory = torch.randn(2, 10, 6, dtype=torch.float64), torch.randn(2, 7, 6, dtype=torch.float64)
     output = layer(queries, memory, memory)
     length, top_k = 10, int(np.log(10))
-    q = layer.query(queries).view(2, length, 2, 3)
+    q = layer.projections.query(queries).view(2, length, 2, 3)
     zeros = memory.new_zeros(2, 3, 6)  # keys and values shorter than the queries are zero-padded after projection
-    k = torch.cat([layer.key(memory), zeros], dim=1).view(2, length, 2, 3)
-    v = torch.cat([layer.value(memory), zeros], dim=1).view(2, length, 2, 3)
+    k = torch.cat([layer.projections.key(memory), zeros], dim=1).view(2, length, 2, 3)
+    v = torch.cat([layer.projections.value(memory), zeros], dim=1).view(2, length, 2, 3)
     expected = torch.zeros_like(v)
     for b in range(2):
         for h in range(2):
@@ -174,7 +175,64 @@ def test_auto_correlation_equals_a_brute_force_time_delay_aggregation():
             weights, lags = scores.topk(top_k)
             for weight, lag in zip(weights.softmax(0), lags):
                 expected[b, :, h] += weight * v[b, (torch.arange(length) + lag) % length, h]
-    torch.testing.assert_close(output, layer.out(expected.reshape(2, length, 6)))
+    torch.testing.assert_close(output, layer.projections.out(expected.reshape(2, length, 6)))
+
+
+def test_cross_node_correlation_equals_a_brute_force_reference():
+    """Float64, 2 groups of 4 sibling nodes: pivot lags, alignment, sigmoid weights, order by lag (largest first),
+    the causal node convolution, then back in order and shifted back, computed node by node."""
+    torch.manual_seed(0)
+    nodes, length = 4, time_series.LABEL_HOURS + PREDICT_HOURS  # the decoder's hours
+    layer = time_series.CrossNodeCorrelation(d_model=4, heads=2).double().eval()
+    queries, memory = torch.randn(2 * nodes, length, 4, dtype=torch.float64), torch.randn(2 * nodes, 9, 4,
+                                                                                          dtype=torch.float64)
+    output = layer(queries, memory, memory, nodes=nodes)
+    q, k, v = (x.view(2, nodes, length, 2, 2) for x in layer.projections.split(queries, memory, memory))
+    expected = torch.zeros_like(v)
+    hours = torch.arange(length)
+    for group in range(2):
+        for head in range(2):
+            pivot = q[group, :, :, head].mean(dim=0)
+            lags, aligned = [], []
+            for node in range(nodes):
+                scores = torch.stack([(pivot[(hours + lag) % length] * k[group, node, :, head]).sum(0).mean()
+                                      for lag in range(length)])
+                lags.append(int(scores.argmax()))
+                aligned.append(v[group, node, (hours - lags[-1]) % length, head] * torch.sigmoid(scores.max()))
+            order = sorted(range(nodes), key=lambda node: -lags[node])  # largest lag first (ties: node order)
+            sequence = torch.stack([aligned[node].T.reshape(-1) for node in order], dim=1)  # (channels x hours, nodes)
+            fused = layer.fusion(sequence[None])[0]
+            for position, node in enumerate(order):
+                back = fused[:, position].reshape(2, length).T
+                expected[group, node, :, head] = back[(hours + lags[node]) % length]
+    torch.testing.assert_close(output, layer.projections.out(expected.reshape(2 * nodes, length, 4)))
+
+
+def test_causal_node_convolution_sees_only_earlier_nodes():
+    layer = time_series.CausalNodeConvolution(channels=3).double().eval()
+    x = torch.randn(1, 3, 6, dtype=torch.float64)
+    changed = x.clone()
+    changed[..., 3] += 1.0
+    difference = (layer(changed) - layer(x)).abs().sum(dim=1)[0]
+    assert difference[:3].max() == 0 and difference[3] > 0
+
+
+def test_multi_correlation_averages_each_tree_level_over_descendants():
+    """Tree (2, 3): level 0 correlates the 2 parents (each the mean of its 3 children) and hands each child its
+    parent's result; level 1 correlates each parent's 3 children; the leaf auto-correlation is added."""
+    torch.manual_seed(0)
+    layer = time_series.MultiCorrelation(d_model=4, heads=2, tree=[2, 3]).double().eval()
+    x, memory = torch.randn(6, 48, 4, dtype=torch.float64), torch.randn(6, 5, 4, dtype=torch.float64)
+    parents = layer.cross_node(x.view(2, 3, 48, 4).mean(1), memory.view(2, 3, 5, 4).mean(1),
+                               memory.view(2, 3, 5, 4).mean(1), nodes=2)
+    children = layer.cross_node(x, memory, memory, nodes=3)
+    expected = layer.leaf(x, memory, memory) + (parents.repeat_interleave(3, dim=0) + children) / 2
+    torch.testing.assert_close(layer(x, memory), expected)
+
+
+def test_node_tree_must_multiply_to_the_nodes(weather_folder):
+    with pytest.raises(ValueError, match=r'--series_node_tree 2 2: the sizes must multiply to the 3 nodes'):
+        tiny_forecaster(weather_folder, series_stations_per_node=1, series_node_tree=[2, 2])
 
 
 def test_series_decomposition_trend_is_an_edge_padded_moving_average():
