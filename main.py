@@ -55,6 +55,14 @@ THROUGHPUT_TIMED_ITERS = 30
 OPTIONAL_BOOL = dict(type=str2bool, nargs='?', const=True, default=False)
 
 
+def compile_backend(value):
+    """--compile's value: true (or the bare flag) = 'inductor', false = '' (off), anything else a backend name."""
+    text = str(value).strip()
+    if text.lower() in ('', 'false', 'no', 'off', '0'):
+        return ''
+    return 'inductor' if text.lower() in ('true', 'yes', 'on', '1') else text
+
+
 def get_args_parser():
     parser = argparse.ArgumentParser('UniRepLKNet / RepLKNet training and evaluation', add_help=False)
     parser.add_argument('--config', default=None, type=str, metavar='FILE.yaml',
@@ -87,9 +95,10 @@ def get_args_parser():
     parser.add_argument('--model_ema_eval', type=str2bool, default=False, help='Using ema to eval during training.')
 
     # torch.compile and MESA (README: "torch.compile" and "MESA")
-    parser.add_argument('--compile', **OPTIONAL_BOOL,
-                        help='torch.compile the model for training, evaluation and --throughput; checkpoints keep '
-                             'the un-compiled state_dict keys')
+    parser.add_argument('--compile', type=compile_backend, nargs='?', const='inductor', default='', metavar='BACKEND',
+                        help='torch.compile the model for training, evaluation and --throughput (bare flag or true: '
+                             'the inductor backend; or a backend name, e.g. aot_eager); checkpoints keep the '
+                             'un-compiled state_dict keys')
     parser.add_argument('--mesa', type=float, default=0.0, metavar='WEIGHT',
                         help='MESA: weight of the distillation term towards the EMA model (needs --model_ema true; '
                              '0 = off; see mesa.py)')
@@ -351,12 +360,12 @@ def load_finetune_weights(args, model):
         print(f'Weights from pretrained model not used in {type(model).__name__}: {unexpected}')
 
 
-def inference_model(model, reparam, compile_model=False):
-    """The model to evaluate: a structurally re-parameterised copy with --reparam, else the model; torch.compile'd
-    with --compile (a wrapper: the model itself, its state_dict keys and its EMA stay un-compiled)."""
+def inference_model(model, reparam, compile_with=''):
+    """The model to evaluate: a structurally re-parameterised copy with --reparam, else the model; with --compile
+    wrapped by torch.compile (the model itself, its state_dict keys and its EMA stay un-compiled)."""
     if reparam:
         model = reparameterize_model(copy.deepcopy(model).eval())
-    return torch.compile(model) if compile_model else model
+    return torch.compile(model, backend=compile_with) if compile_with else model
 
 
 def evaluate_and_keep_best(task, model, data_loader_val, args, device, precision, checkpointer, epoch, ema):
@@ -417,6 +426,9 @@ def check_options(args, device):
         raise ValueError(f'--update_freq must be at least 1, got {args.update_freq}')
     if args.eval and args.disable_eval:
         raise ValueError('--eval true with --disable_eval true leaves nothing to do; drop --disable_eval')
+    if args.compile and args.compile not in torch._dynamo.list_backends(exclude_tags=()):
+        raise ValueError(f'--compile {args.compile}: not a torch.compile backend; choose one of '
+                         f'{", ".join(torch._dynamo.list_backends(exclude_tags=()))} (bare --compile: inductor)')
     if args.mesa and not args.model_ema:
         raise ValueError(f'--mesa {args.mesa} needs --model_ema true: the EMA model is the MESA teacher')
 
@@ -573,7 +585,7 @@ def main(args):
             model, device_ids=[args.gpu] if device.type == 'cuda' else None, find_unused_parameters=False)
         model_without_ddp = model.module
     if args.compile:  # training only; model_without_ddp (checkpointed, evaluated, EMA source) stays un-compiled
-        model = torch.compile(model)
+        model = torch.compile(model, backend=args.compile)
 
     assigner = layer_decay_assigner(canonical_model_name(args.model), args.layer_decay)
     if assigner is not None:

@@ -1,0 +1,98 @@
+"""--compile: torch.compile'd training, evaluation and --throughput equal eager; checkpoints, EMA and resume unchanged.
+
+Inductor compiles C++ kernels on the CPU, minutes for a model with blocks on this 2-core machine: the inductor
+test uses the block-less tiny UniRepLKNet (stem, downsampling convs, LayerNorms, head) and is marked slow; the fast
+tests use the `eager` backend (Dynamo's graph capture without code generation) for the wiring."""
+import copy
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from timm.utils import ModelEmaV3
+
+import engine
+import main
+from train_helpers import (BATCH_INDEPENDENT_UNIREPLKNET, TINY_UNIREPLKNET, assert_succeeded, load_checkpoint,
+                           make_tiny_dataset, max_abs_difference, run_main, tiny_data_args)
+
+pytestmark = pytest.mark.usefixtures('single_thread')
+
+
+def blockless_model():
+    return main.build_model(main.parse_args(['--model', 'unireplknet_a', '--model_overrides',
+                                             BATCH_INDEPENDENT_UNIREPLKNET, '--nb_classes', '3']))
+
+
+def one_training_step(model, model_ema, images, targets):
+    engine.train_one_epoch(model, torch.nn.CrossEntropyLoss(), [(images, targets)],
+                           torch.optim.AdamW(model.parameters(), lr=0.01), engine.Precision('cpu', False),
+                           torch.device('cpu'), 0, steps_per_epoch=1, lr_schedule=np.full(1, 0.01),
+                           model_ema=model_ema)
+
+
+def compiled_and_eager_step(backend):
+    torch.manual_seed(0)
+    images, targets = torch.randn(4, 3, 16, 16), torch.randint(0, 3, (4,))
+    eager = blockless_model()
+    compiled_source = copy.deepcopy(eager)
+    eager_ema, compiled_ema = ModelEmaV3(eager, decay=0.5), ModelEmaV3(compiled_source, decay=0.5)
+    one_training_step(eager, eager_ema, images, targets)
+    one_training_step(torch.compile(compiled_source, backend=backend), compiled_ema, images, targets)
+    return eager, compiled_source, eager_ema, compiled_ema
+
+
+def test_compiled_training_keeps_state_dict_keys_and_updates_the_ema():
+    eager, compiled_source, eager_ema, compiled_ema = compiled_and_eager_step('eager')
+    assert list(compiled_source.state_dict()) == list(eager.state_dict())  # no `_orig_mod.` prefix
+    assert max_abs_difference(compiled_source.state_dict(), eager.state_dict()) == 0
+    assert max_abs_difference(compiled_ema.module.state_dict(), eager_ema.module.state_dict()) == 0
+    assert max_abs_difference(compiled_ema.module.state_dict(), blockless_model().state_dict()) > 0  # it moved
+
+
+def test_compile_option_values_and_throughput():
+    parse = main.parse_args
+    assert parse([]).compile == ''
+    assert parse(['--compile']).compile == parse(['--compile', 'true']).compile == 'inductor'
+    assert parse(['--compile', 'false']).compile == ''
+    assert parse(['--compile', 'aot_eager']).compile == 'aot_eager'
+    with pytest.raises(ValueError, match='not a torch.compile backend'):
+        main.check_options(parse(['--compile', 'inductorr', '--device', 'cpu']), torch.device('cpu'))
+    args = parse(['--model', 'unireplknet_a', '--model_overrides', BATCH_INDEPENDENT_UNIREPLKNET, '--nb_classes',
+                  '3', '--throughput', '--compile', 'eager', '--batch_size', '2', '--input_size', '16',
+                  '--device', 'cpu', '--reparam'])
+    assert main.measure_throughput(args, torch.device('cpu')) > 0
+
+
+@pytest.mark.slow
+def test_inductor_training_step_and_eval_batch_equal_eager():
+    eager, compiled_source, eager_ema, compiled_ema = compiled_and_eager_step('inductor')
+    assert max_abs_difference(compiled_source.state_dict(), eager.state_dict()) < 1e-5
+    assert max_abs_difference(compiled_ema.module.state_dict(), eager_ema.module.state_dict()) < 1e-5
+    images = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        expected = eager.eval()(images)
+        actual = main.inference_model(eager, reparam=True, compile_with='inductor')(images)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_eager_checkpoint_resumes_into_a_compiled_run(tmp_path):
+    """Epoch 0 eager, epoch 1 compiled (aot_eager: AOTAutograd's traced forward and backward, same kernels) with
+    activation checkpointing and EMA: the final weights equal a fully eager run's, under the same keys."""
+    data = make_tiny_dataset(str(tmp_path / 'data'))
+    argv = ['--model', 'unireplknet_a', '--model_overrides', TINY_UNIREPLKNET, *tiny_data_args(*data),
+            '--batch_size', '8', '--epochs', '2', '--warmup_steps', '1', '--mixup', '0', '--cutmix', '0',
+            '--model_ema', 'true', '--model_ema_eval', 'true', '--use_checkpoint', 'true']
+    eager, mixed = str(tmp_path / 'eager'), str(tmp_path / 'mixed')
+    assert_succeeded(run_main([*argv, '--output_dir', eager]))
+    os.makedirs(mixed)
+    shutil.copy(os.path.join(eager, 'checkpoint-0.pth'), mixed)
+    completed = run_main([*argv, '--output_dir', mixed, '--compile', 'aot_eager'])
+    assert_succeeded(completed)
+    assert 'Continuing after epoch 0' in completed.stdout
+    expected, actual = (load_checkpoint(os.path.join(folder, 'checkpoint-1.pth')) for folder in (eager, mixed))
+    assert list(actual['model']) == list(expected['model'])
+    assert max_abs_difference(actual['model'], expected['model']) < 1e-5
+    assert max_abs_difference(actual['model_ema'], expected['model_ema']) < 1e-5
