@@ -203,7 +203,7 @@ def main(argv=None):
         generate_tree(folder + '.partial', args.images)
         os.replace(folder + '.partial', folder)
         print(f'generated {args.images} JPEGs in {time.perf_counter() - start:.0f} s')
-    datasets_by_format, files_by_format, rows = {}, {}, []
+    datasets_by_format, files_by_format = {}, {}
     print(f'| format | conversion (img/s, {args.convert_workers} processes) | bytes on disk |')
     print('|---|---|---|')
     files_by_format['folder'] = files_under(folder)
@@ -226,7 +226,7 @@ def main(argv=None):
         print(f'| {data_format} | {args.images / seconds:.0f} | {disk_usage(target)} |')
 
     order = np.random.default_rng(0).permutation(args.images)[:args.read_images].tolist()
-    print(f'\n| format | workers | cold img/s | warm img/s | reader RSS MiB | reader USS MiB |')
+    print('\n| format | workers | cold img/s | warm img/s | reader RSS MiB | reader USS MiB |')
     print('|---|---|---|---|---|---|')
     for workers in args.workers:
         for data_format in args.formats:

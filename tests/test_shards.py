@@ -2,10 +2,8 @@
 folder, resumable conversion, error messages, and (slow) training, kill/resume and --dist_eval from shards."""
 import argparse
 import filecmp
-import json
 import os
 import pickle
-import random
 import re
 import shutil
 import signal
@@ -23,11 +21,10 @@ from torchvision import datasets as tv_datasets
 
 import datasets
 import shards
-from checkpoint import list_periodic_checkpoints
 from tools import make_shards
 from train_helpers import (BATCH_INDEPENDENT_UNIREPLKNET, REPO_ROOT, TINY_UNIREPLKNET, assert_bitwise_equal,
-                           assert_optimizer_states_equal, assert_succeeded, load_checkpoint, read_log, run_main,
-                           start_main, subprocess_env)
+                           assert_same_training_state, assert_succeeded, kill_when_checkpoint_exists, load_checkpoint,
+                           read_log, run_main, subprocess_env)
 
 # Photos shipped with scikit-image, one class each, cut into 16x16 JPEG crops at random places.
 PHOTOS = ('astronaut', 'coffee', 'chelsea')
@@ -320,9 +317,6 @@ def test_distributed_evaluation_from_shards_equals_one_process(folder_and_shard_
     assert loss == pytest.approx(single['test_loss'], abs=1e-3)
 
 
-STEPS_PER_EPOCH = 12   # 192 images // (batch 8 x update_freq 2)
-
-
 @pytest.mark.slow
 def test_killed_run_resumed_from_shards_is_bitwise_equal(photo_shards, tmp_path):
     argv = ['--model', 'unireplknet_a', '--model_overrides', TINY_UNIREPLKNET, '--batch_size', '8',
@@ -333,24 +327,18 @@ def test_killed_run_resumed_from_shards_is_bitwise_equal(photo_shards, tmp_path)
     assert_succeeded(run_main([*argv, '--output_dir', uninterrupted]))
 
     interrupted = str(tmp_path / 'interrupted')
-    chooser = random.Random(0)
-    for kill_after in (5,):   # optimizer steps of the 12 in the epoch
-        process = start_main([*argv, '--output_dir', interrupted], str(tmp_path / f'kill_{kill_after}.log'))
-        deadline = time.time() + 300
-        while process.poll() is None:
-            found = list_periodic_checkpoints(interrupted)
-            if found and found[-1][0][1] >= kill_after:
-                break
-            assert time.time() < deadline, 'the run made no progress'
-            time.sleep(0.05)
-        time.sleep(chooser.uniform(0, 0.2))
-        process.kill()
-        process.wait()
-        assert process.returncode != 0, 'the run ended before it could be killed'
+    kill_when_checkpoint_exists(argv, interrupted, 'checkpoint-0-step5.pth', str(tmp_path / 'killed.log'))  # of 12 steps
     assert_succeeded(run_main([*argv, '--output_dir', interrupted]))
+    assert_same_training_state(os.path.join(uninterrupted, 'checkpoint-0.pth'),
+                               os.path.join(interrupted, 'checkpoint-0.pth'))
+    assert read_log(interrupted)[0]['test_acc1'] == read_log(uninterrupted)[0]['test_acc1']
 
-    expected = load_checkpoint(os.path.join(uninterrupted, 'checkpoint-0.pth'))
-    resumed = load_checkpoint(os.path.join(interrupted, 'checkpoint-0.pth'))
-    assert_bitwise_equal(resumed['model'], expected['model'])
-    assert_optimizer_states_equal(resumed['optimizer'], expected['optimizer'])
-    assert json.dumps(read_log(interrupted)[0]['test_acc1']) == json.dumps(read_log(uninterrupted)[0]['test_acc1'])
+
+def test_the_benchmark_runs_at_a_tiny_size(tmp_path, capsys):
+    from benchmarks import bench_shards
+    bench_shards.main(['--root', str(tmp_path), '--images', '300', '--read_images', '64', '--workers', '0',
+                       '--convert_workers', '1', '--formats', 'folder', 'shards'])
+    out = capsys.readouterr().out
+    assert re.search(r'\| shards \| \d+ \| \d+ \|', out)
+    assert re.search(r'\| folder \| 0 \| \d+ \| \d+ \| \d+ \| \d+ \|', out)
+    assert re.search(r'\| shards \| 0 \| \d+ \| \d+ \| \d+ \| \d+ \|', out)
