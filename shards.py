@@ -104,7 +104,7 @@ class ShardDataset:
         self.manifest = read_manifest(split_dir)
         check_shard_files(split_dir, self.manifest)
         self.classes = list(self.manifest['classes'])
-        self._index = None          # memory map, opened lazily in the process that reads
+        self._index = None          # read-only memory map, opened on first use
         self._open_shards = OrderedDict()
         self._pid = None
 
@@ -137,10 +137,9 @@ class ShardDataset:
 
     def _shard_fd(self, shard):
         if self._pid != os.getpid():
-            # A forked DataLoader worker: its copies of the parent's descriptors share file offsets with the
-            # parent (harmless for pread, but never rely on them); close the copies and open its own.
+            # A forked DataLoader worker: close its copies of the parent's descriptors and open its own (the
+            # index's memory map is shared read-only memory, not a file handle, and stays).
             self._close_shards()
-            self._index = None
             self._pid = os.getpid()
         fd = self._open_shards.get(shard)
         if fd is None:

@@ -242,6 +242,11 @@ def test_missing_truncated_and_mismatched_shards_name_the_shard_and_the_rebuild_
         dataset[30]
     assert rebuild in str(mismatch.value)
 
+    with open(os.path.join(train, 'shard-000007.tar'), 'r+b') as f:   # truncated while the data set is open
+        f.truncate(2048)
+    with pytest.raises(shards.ShardError, match=r"shard-000007.tar' ends before sample 180 .* truncated"):
+        dataset[180]
+
 
 def test_verify_reports_a_changed_shard(photo_folder, photo_shards, tmp_path, capsys):
     dst = copy_tree(photo_shards, tmp_path / 'dst')
