@@ -6,6 +6,7 @@ UperNet and Cascade Mask R-CNN call) run torchvision's implementations; any othe
 naming itself. Installed only where the real `mmcv._ext` is missing (full mmcv wins), and only by the tests: users
 install full mmcv 2.1 (segmentation/README.md, "Install").
 """
+import importlib.machinery
 import importlib.util
 import sys
 import types
@@ -59,6 +60,7 @@ def install():
     if 'mmcv._ext' in sys.modules or importlib.util.find_spec('mmcv._ext') is not None:
         return
     extension = _StandInExtension('mmcv._ext', __doc__)
+    extension.__spec__ = importlib.machinery.ModuleSpec('mmcv._ext', loader=None)  # MMEngine's collect_env asks
     for function in (nms, roi_align_forward, roi_align_backward):
         setattr(extension, function.__name__, function)
     sys.modules['mmcv._ext'] = extension
