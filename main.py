@@ -43,6 +43,7 @@ from engine import Precision, train_one_epoch
 from mesa import Mesa
 from modalities import time_series
 from optim_factory import cosine_scheduler, create_optimizer, layer_decay_assigner, step_scheduler
+from shards import ShardError
 from tasks import build_task
 from utils import str2bool
 
@@ -707,7 +708,7 @@ if __name__ == '__main__':
     cli_args = parse_args()
     try:
         main(cli_args)
-    except (utils.NonFiniteLossError, CheckpointError, FileNotFoundError) as error:
+    except (utils.NonFiniteLossError, CheckpointError, FileNotFoundError, ShardError) as error:
         sys.exit(f'error: {error}')
     finally:
         if utils.is_dist_avail_and_initialized():
