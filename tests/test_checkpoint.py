@@ -210,3 +210,36 @@ def test_failed_overwrite_of_the_same_name_keeps_the_old_contents(tmp_path, monk
     assert os.listdir(tmp_path) == ['checkpoint-best.pth']
     saved = load_checkpoint_file(str(tmp_path / 'checkpoint-best.pth'))
     assert saved['epoch'] == 0 and torch.equal(saved['model']['weight'], first.model.weight)
+
+
+def distributed_faults(rank, world_size, init_file, output_dir, results):
+    """One gloo rank: resume past a truncated checkpoint, then a save whose write fails on rank 0 only."""
+    torch.distributed.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world_size)
+    try:
+        state = TrainingState(output_dir, seed=99)
+        resumed = state.checkpointer.resume()
+        if rank == 0:
+            os.fsync = fail_with(errno.ENOSPC)  # the write's last step, in this process only (it ends here)
+        try:
+            state.checkpointer.save_periodic(2)
+            outcome = 'saved'
+        except CheckpointWriteError as error:
+            outcome = str(error)
+        results[rank] = (resumed, outcome)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow  # two gloo processes
+def test_distributed_ranks_agree_on_the_fallback_and_all_stop_when_rank_0_cannot_write(tmp_path):
+    write_epochs(tmp_path, epochs=2)
+    newest = tmp_path / 'checkpoint-1.pth'
+    newest.write_bytes(newest.read_bytes()[:64])
+    results = torch.multiprocessing.Manager().dict()
+    torch.multiprocessing.spawn(distributed_faults, args=(2, str(tmp_path / 'rendezvous'), str(tmp_path), results),
+                                nprocs=2, join=True)
+    assert [results[rank][0] for rank in range(2)] == [(1, 0), (1, 0)]  # both resumed after epoch 0
+    assert 'No space left on device' in results[0][1]
+    assert 'rank 0 could not write checkpoint-2.pth' in results[1][1]  # rank 1 stops too instead of waiting
+    assert sorted(name for name in os.listdir(tmp_path) if name.startswith('checkpoint')) == [
+        'checkpoint-0.pth', 'checkpoint-1.pth.corrupt']
