@@ -299,6 +299,29 @@ def seeded_random_state(seed):
         torch.set_rng_state(saved[2])
 
 
+class RepeatedSamples(Dataset):
+    """Each sample `repeats` times: index i * repeats + k is copy k of sample i. Under SeededAugmentation every
+    copy has an index of its own, hence its own augmentation (repeated augmentation, --repeated_aug)."""
+
+    def __init__(self, dataset, repeats):
+        self.dataset = dataset
+        self.repeats = repeats
+
+    @property
+    def classes(self):
+        return self.dataset.classes
+
+    @property
+    def skipped_count(self):
+        return count_skipped(self.dataset)
+
+    def __len__(self):
+        return len(self.dataset) * self.repeats
+
+    def __getitem__(self, index):
+        return self.dataset[index // self.repeats]
+
+
 class SeededAugmentation(Dataset):
     """Makes each sample's random augmentation a function of (seed, epoch, index) only."""
 
@@ -365,6 +388,8 @@ def build_dataset(is_train, args):
 
     if adapter is None:
         nb_classes = len(dataset.classes)
+    if is_train and getattr(args, 'repeated_aug', 1) > 1:
+        dataset = RepeatedSamples(dataset, args.repeated_aug)
     if is_train:
         dataset = SeededAugmentation(dataset, args.seed)
     print(f"{args.data_set} {split}: {len(dataset)} images, {nb_classes} classes")

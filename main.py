@@ -241,6 +241,9 @@ def get_args_parser():
                         help="KINETICS400 frames -> image: 'grid' tiles (the paper) or 'reshape' (the release)")
     parser.add_argument('--video_test_segments', type=int, default=5, help='KINETICS400: test windows per clip')
     parser.add_argument('--video_test_crops', type=int, default=3, help='KINETICS400: test crops per window')
+    parser.add_argument('--repeated_aug', type=int, default=1, metavar='R',
+                        help='repeated augmentation: each training sample R times per step, differently augmented, '
+                             "on different ranks (timm's RepeatAugSampler order; the video recipe: 2)")
     point_cloud.add_arguments(parser)   # MODELNET40: --pc_* options
 
     # Learning-rate schedule and early stopping (the time-series recipe: lr halved every epoch, patience 3)
@@ -361,12 +364,21 @@ def load_finetune_weights(args, model):
         print(f'Weights from pretrained model not used in {type(model).__name__}: {unexpected}')
 
 
+def compiled(model, backend):
+    """--compile: a torch.compile wrapper (the model itself, its state_dict keys and its EMA stay un-compiled).
+
+    Static shapes: a run's batch and input size are fixed, and with automatic dynamic shapes inductor (torch 2.14)
+    fails on UniRepLKNet's CPU paths once the blocks of several stages (different sizes) have been traced.
+    """
+    return torch.compile(model, backend=backend, dynamic=False)
+
+
 def inference_model(model, reparam, compile_with=''):
-    """The model to evaluate: a structurally re-parameterised copy with --reparam, else the model; with --compile
-    wrapped by torch.compile (the model itself, its state_dict keys and its EMA stay un-compiled)."""
+    """The model to evaluate: a structurally re-parameterised copy with --reparam, else the model; compiled with
+    --compile."""
     if reparam:
         model = reparameterize_model(copy.deepcopy(model).eval())
-    return torch.compile(model, backend=compile_with) if compile_with else model
+    return compiled(model, compile_with) if compile_with else model
 
 
 def evaluate_and_keep_best(task, model, data_loader_val, args, device, precision, checkpointer, epoch, ema):
@@ -430,6 +442,12 @@ def check_options(args, device):
     if args.compile and args.compile not in torch._dynamo.list_backends(exclude_tags=()):
         raise ValueError(f'--compile {args.compile}: not a torch.compile backend; choose one of '
                          f'{", ".join(torch._dynamo.list_backends(exclude_tags=()))} (bare --compile: inductor)')
+    if args.compile and args.use_checkpoint:
+        # TorchDynamo cannot trace torch.utils.checkpoint with a context_fn, which both models use to keep BN
+        # statistics from being counted twice; with this setting those frames run eagerly and the rest is compiled.
+        print('--compile with --use_checkpoint: the checkpointed blocks run eagerly (TorchDynamo cannot trace '
+              'checkpoint with a context_fn); torch._dynamo.config.suppress_errors is set')
+        torch._dynamo.config.suppress_errors = True
     if args.mesa and not args.model_ema:
         raise ValueError(f'--mesa {args.mesa} needs --model_ema true: the EMA model is the MESA teacher')
 
@@ -535,14 +553,16 @@ def main(args):
     total_batch_size = args.batch_size * args.update_freq * world_size
     steps_per_epoch = 0
     if dataset_train is not None:
-        steps_per_epoch = len(dataset_train) // total_batch_size
+        # --repeated_aug R lists every sample R times (datasets.RepeatedSamples); an epoch keeps the data set's size.
+        steps_per_epoch = len(dataset_train) // args.repeated_aug // total_batch_size
         if steps_per_epoch == 0:
             raise ValueError(f'the training set has {len(dataset_train)} images, fewer than one total batch '
                              f'({args.batch_size} x update_freq {args.update_freq} x {world_size} processes '
                              f'= {total_batch_size}); lower --batch_size or --update_freq')
-        sampler_train = utils.ResumableTrainSampler(
-            dataset_train, num_replicas=world_size, rank=rank, seed=args.seed,
-            samples_per_epoch=steps_per_epoch * args.update_freq * args.batch_size)
+        sampler_options = dict(num_replicas=world_size, rank=rank, seed=args.seed,
+                               samples_per_epoch=steps_per_epoch * args.update_freq * args.batch_size)
+        sampler_train = utils.ResumableTrainSampler(dataset_train, **sampler_options) if args.repeated_aug == 1 \
+            else utils.RepeatedAugmentationSampler(dataset_train, repeats=args.repeated_aug, **sampler_options)
         data_loader_train = torch.utils.data.DataLoader(
             dataset_train, sampler=sampler_train, batch_size=args.batch_size, num_workers=args.num_workers,
             pin_memory=pin_memory, drop_last=True, collate_fn=collate_fn, generator=loader_generator)
@@ -586,7 +606,7 @@ def main(args):
             model, device_ids=[args.gpu] if device.type == 'cuda' else None, find_unused_parameters=False)
         model_without_ddp = model.module
     if args.compile:  # training only; model_without_ddp (checkpointed, evaluated, EMA source) stays un-compiled
-        model = torch.compile(model, backend=args.compile)
+        model = compiled(model, args.compile)
 
     assigner = layer_decay_assigner(canonical_model_name(args.model), args.layer_decay)
     if assigner is not None:

@@ -193,6 +193,31 @@ class ResumableTrainSampler(torch.utils.data.DistributedSampler):
         return self.samples_per_epoch - self.start_sample
 
 
+class RepeatedAugmentationSampler(ResumableTrainSampler):
+    """timm's RepeatAugSampler order over a datasets.RepeatedSamples (index i * repeats + k = copy k of sample i),
+    resumable like ResumableTrainSampler.
+
+    Each epoch shuffles the samples (seed + epoch), puts each one's `repeats` copies next to each other and deals
+    that list out to the ranks in turn, so the copies of a sample are in the same step on different ranks (in the
+    same batch on one process). Each rank keeps its first `samples_per_epoch`: an epoch has about as many samples
+    as the data set, not `repeats` times as many.
+    """
+
+    def __init__(self, dataset, num_replicas, rank, seed, samples_per_epoch, repeats):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, seed=seed,
+                         samples_per_epoch=samples_per_epoch)
+        self.repeats = repeats
+
+    def __iter__(self):
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.dataset) // self.repeats, generator=generator)
+        copies = (order[:, None] * self.repeats + torch.arange(self.repeats)).flatten().tolist()
+        total = -(-len(copies) // self.num_replicas) * self.num_replicas
+        copies += copies[:total - len(copies)]
+        return iter(copies[self.rank:total:self.num_replicas][:self.samples_per_epoch][self.start_sample:])
+
+
 class UnpaddedDistributedSampler(torch.utils.data.Sampler):
     """Rank r gets samples r, r + world, r + 2*world, ...: every sample exactly once over all ranks.
 

@@ -19,8 +19,8 @@ every frame of the clip: one seed is drawn from python's global RNG (seeded per 
 Evaluation: `--video_test_segments` (5) windows evenly spread over the clip x `--video_test_crops` (3) crops
 along the long side after resizing the short side to S; the sample is a (views, C, H, W) stack and
 `engine.evaluate` averages the views' class probabilities (the data set's `eval_views` says how many).
-Not reproduced: repeated augmentation x2 (timm's RepeatAugSampler); it does not resume mid-epoch, and exact
-resume comes first here (see README).
+Repeated augmentation (the release's x2) is `--repeated_aug 2`: `datasets.RepeatedSamples` and
+`utils.RepeatedAugmentationSampler`, in timm's RepeatAugSampler order and resumable mid-epoch.
 
 Data layouts under `--data_path` (checked in this order):
 1. `train.csv` / `val.csv` as VideoMAE list files: `<path> <label>` per line, no header, paths relative to

@@ -14,9 +14,12 @@ import av
 import numpy as np
 import pytest
 import torch
+from timm.data.distributed_sampler import RepeatAugSampler
 
 import main
-from datasets import SeededAugmentation
+import datasets
+import utils
+from datasets import RepeatedSamples, SeededAugmentation
 from modalities import video
 from train_helpers import (TINY_UNIREPLKNET, assert_same_training_state, assert_succeeded,
                            kill_when_checkpoint_exists, read_log, run_main)
@@ -120,6 +123,31 @@ def test_windows_follow_videomae_sampling():
     assert video.crop_offsets(40, 16, 3) == [0, 12, 24]
 
 
+def test_repeated_augmentation_follows_timms_order_per_rank_and_resumes():
+    samples, repeats = list(range(11)), 2
+    repeated = RepeatedSamples(samples, repeats)
+    assert [repeated[i] for i in range(4)] == [0, 0, 1, 1]
+    for rank in range(2):
+        ours = utils.RepeatedAugmentationSampler(repeated, 2, rank, seed=0, samples_per_epoch=5, repeats=repeats)
+        reference = RepeatAugSampler(samples, num_replicas=2, rank=rank, num_repeats=repeats)
+        ours.set_epoch(3)
+        reference.set_epoch(3)  # timm seeds with the epoch only: our seed 0 + epoch
+        copies = list(ours)
+        assert [index // repeats for index in copies] == list(reference)[:5]
+        ours.set_epoch(3, start_sample=2)
+        assert list(ours) == copies[2:]
+    # Copy k of a sample goes to rank k: the two ranks see each sample at the same position, as different copies.
+    rank0, rank1 = (list(utils.RepeatedAugmentationSampler(repeated, 2, r, 0, 5, repeats)) for r in (0, 1))
+    assert [i // 2 for i in rank0] == [i // 2 for i in rank1] and all(i % 2 == 0 for i in rank0)
+
+
+def test_repeated_copies_of_a_clip_are_augmented_differently(clip_folder):
+    dataset, _ = datasets.build_dataset(True, video_args(clip_folder, repeated_aug=2))
+    assert len(dataset) == 24
+    first, second = dataset[0][0], dataset[1][0]
+    assert first.shape == second.shape and (first - second).abs().mean() > 0.05
+
+
 # ---------------------------------------------------------------- data layouts and errors
 
 def test_real_mp4s_decode(clip_folder):
@@ -217,12 +245,14 @@ def video_train_argv(clip_folder):
             '--data_path', clip_folder, '--model_overrides', TINY_UNIREPLKNET, '--num_workers', '0']
 
 
-TRAINING = ['--epochs', '1', '--save_ckpt_every_steps', '1', '--model_ema', 'true', '--drop_path', '0.1']
+# 12 training clips, repeated augmentation x2, batch 2: 6 steps, each one clip in two augmentations.
+TRAINING = ['--epochs', '1', '--save_ckpt_every_steps', '1', '--model_ema', 'true', '--drop_path', '0.1',
+            '--repeated_aug', '2', '--batch_size', '2']
 
 
 @pytest.fixture(scope='module')
 def video_run(clip_folder, tmp_path_factory):
-    """An uninterrupted 1-epoch run (3 steps of 4 clips; 6 validation clips x 15 views)."""
+    """An uninterrupted 1-epoch run (6 validation clips x 15 views)."""
     output_dir = str(tmp_path_factory.mktemp('video_run'))
     completed = run_main([*video_train_argv(clip_folder), *TRAINING, '--output_dir', output_dir])
     assert_succeeded(completed)
@@ -232,7 +262,8 @@ def video_run(clip_folder, tmp_path_factory):
 
 @pytest.mark.slow
 def test_video_training_resumes_bitwise_after_sigkill(clip_folder, video_run, tmp_path):
-    """RandomResizedCrop/RandAugment/erasing per clip, mixup/cutmix, drop path: killed mid-epoch."""
+    """RandomResizedCrop/RandAugment/erasing per clip, repeated augmentation, mixup/cutmix, drop path: killed
+    mid-epoch."""
     argv, interrupted = [*video_train_argv(clip_folder), *TRAINING], str(tmp_path / 'interrupted')
     kill_when_checkpoint_exists(argv, interrupted, 'checkpoint-0-step2.pth', str(tmp_path / 'killed.log'))
     assert_succeeded(run_main([*argv, '--output_dir', interrupted]))
@@ -246,7 +277,7 @@ def test_video_training_resumes_bitwise_after_sigkill(clip_folder, video_run, tm
 def test_multi_view_distributed_evaluation_equals_one_process(clip_folder, video_run):
     """6 clips x 15 views on 2 ranks (3 clips each) against the single-process evaluation of the same weights."""
     single = read_log(video_run)[0]
-    completed = run_main([*video_train_argv(clip_folder), '--eval', 'true', '--batch_size', '2',
+    completed = run_main([*video_train_argv(clip_folder), '--eval', 'true', '--batch_size', '1',
                           '--resume', os.path.join(video_run, 'checkpoint-0.pth')], nproc=2)
     assert_succeeded(completed)
     assert f"Accuracy of the network on 6 test images: {single['test_acc1']:.5f}%" in completed.stdout
