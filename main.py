@@ -406,13 +406,19 @@ def should_stop_early(scores, patience):
 
 
 def logged_scores(task, log_path):
-    """task.score of each epoch's evaluation in log.txt (a resumed run continues --early_stop_patience)."""
-    if not log_path or not os.path.isfile(log_path):
-        return []
-    with open(log_path) as f:
-        lines = [json.loads(line) for line in f if line.strip()]
-    return [task.score({key[len('test_'):]: value for key, value in line.items() if key.startswith('test_')})
-            for line in lines if 'test_loss' in line]
+    """task.score of each epoch's evaluation in log.txt (a resumed run continues --early_stop_patience), read by
+    rank 0 (which writes the file) and sent to every rank, so that all ranks stop at the same epoch."""
+    scores = []
+    if log_path and utils.is_main_process() and os.path.isfile(log_path):
+        with open(log_path) as f:
+            lines = [json.loads(line) for line in f if line.strip()]
+        scores = [task.score({key[len('test_'):]: value for key, value in line.items() if key.startswith('test_')})
+                  for line in lines if 'test_loss' in line]
+    if utils.is_dist_avail_and_initialized():
+        shared = [scores]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        scores = shared[0]
+    return scores
 
 
 # --------------------------------------------------------------------------------------------------

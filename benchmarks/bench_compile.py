@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/bench_compile.py --model unireplknet_a --batch 8 --img_size 224
 
 The training step is forward + cross-entropy + backward + AdamW step (what main.py --compile compiles: the model's
-forward and backward); inference runs under torch.inference_mode on timm.utils.reparameterize_model's copy. Each
+forward and backward, via main.compiled); inference runs under torch.inference_mode on the reparameterised copy. Each
 compiled variant is called once untimed first (the compilation, whose time is reported), then eager and compiled are
 timed interleaved (benchmarks/timing.py). Prints a markdown table.
 """
@@ -53,9 +53,9 @@ def main_cli(args):
     trained, trained_copy = model.train(), copy.deepcopy(model).train()
     deployed = reparameterize_model(copy.deepcopy(model).eval())
     steps = {'train eager': training_step(trained, images, targets),
-             'train compiled': training_step(torch.compile(trained_copy, backend=args.backend), images, targets),
+             'train compiled': training_step(main.compiled(trained_copy, args.backend), images, targets),
              'deployed eager': inference_step(deployed, images),
-             'deployed compiled': inference_step(torch.compile(deployed, backend=args.backend), images)}
+             'deployed compiled': inference_step(main.compiled(deployed, args.backend), images)}
     compile_seconds = {label: seconds_of_first_call(step) for label, step in steps.items() if 'compiled' in label}
     medians = interleaved_medians(steps, warmup=args.warmup, repeats=args.repeats)
     rows = []
