@@ -15,11 +15,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
-import trimesh
 
+import engine
 import main as train_main
 from checkpoint import list_periodic_checkpoints
 from modalities import point_cloud
+from tools import make_modelnet_from_meshes
 from train_helpers import (REPO_ROOT, TINY_UNIREPLKNET, assert_bitwise_equal, assert_optimizer_states_equal,
                            assert_succeeded, load_checkpoint, read_log, run_main, start_main)
 
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.usefixtures('single_thread')
 
 MESH_DIR = os.environ.get('CGAL_MESH_DIR', os.path.join(REPO_ROOT, 'data', 'libcgal-demo', 'data', 'meshes'))
 # Four shapes that differ in outline: each is one class; samples are different surface samplings of it.
-MESHES = ('anchor', 'cactus', 'knot1', 'rotor')
+MESHES = make_modelnet_from_meshes.DEFAULT_MESHES
 RAW_POINTS = 400
 TRAIN_PER_CLASS, TEST_PER_CLASS = 10, 5
 # Tiny sizes: 128 points, a 32x32 grid, 8-d point features, the tiny backbone of the training tests.
@@ -38,65 +39,17 @@ TINY_ARGS = ['--model', 'unireplknet_a', '--model_overrides', TINY_UNIREPLKNET, 
              '--num_workers', '0', '--seed', '0']
 
 
-def load_meshes():
-    paths = [os.path.join(MESH_DIR, f'{name}.off') for name in MESHES]
-    missing = [path for path in paths if not os.path.isfile(path)]
-    if missing:
-        pytest.skip(f'libcgal-demo meshes missing ({missing[0]}); .ci/run unpacks them (see this module docstring)')
-    return [trimesh.load(path, force='mesh') for path in paths]
-
-
-def sample_surface(mesh, seed):
-    """(RAW_POINTS, 6) x,y,z,nx,ny,nz uniformly on the mesh surface."""
-    points, faces = trimesh.sample.sample_surface(mesh, RAW_POINTS, seed=seed)
-    # Rounded to the 6 decimals the text layout stores, so both layouts hold the same float32 values.
-    return np.round(np.hstack([points, mesh.face_normals[faces]]), 6).astype(np.float32)
-
-
-def write_text_layout(root, samples):
-    """modelnet40_normal_resampled layout of {split: [(class index, (P, 6) array)]}."""
-    with open(os.path.join(root, 'modelnet40_shape_names.txt'), 'w') as f:
-        f.write('\n'.join(MESHES) + '\n')
-    first_number = 0   # shape ids are unique over both splits, as in ModelNet-40
-    for split, items in samples.items():
-        shape_ids = []
-        for number, (label, points) in enumerate(items, start=first_number):
-            shape_id = f'{MESHES[label]}_{number:04d}'
-            os.makedirs(os.path.join(root, MESHES[label]), exist_ok=True)
-            np.savetxt(os.path.join(root, MESHES[label], f'{shape_id}.txt'), points, fmt='%.6f', delimiter=',')
-            shape_ids.append(shape_id)
-        with open(os.path.join(root, f'modelnet40_{split}.txt'), 'w') as f:
-            f.write('\n'.join(shape_ids) + '\n')
-        first_number += len(items)
-    return root
-
-
-def write_hdf5_layout(root, samples):
-    """modelnet40_ply_hdf5_2048 layout of the same samples (xyz only), split over two training files."""
-    with open(os.path.join(root, point_cloud.HDF5_SHAPE_NAMES), 'w') as f:
-        f.write('\n'.join(MESHES) + '\n')
-    for split, items in samples.items():
-        halves = np.array_split(np.arange(len(items)), 2 if split == 'train' else 1)
-        for part, indices in enumerate(halves):
-            with h5py.File(os.path.join(root, f'ply_data_{split}{part}.h5'), 'w') as f:
-                f['data'] = np.stack([items[i][1][:, :3] for i in indices])
-                f['label'] = np.array([[items[i][0]] for i in indices], dtype=np.uint8)
-    return root
-
-
 @pytest.fixture(scope='module')
 def modelnet(tmp_path_factory):
     """Both ModelNet-40 layouts of the same real-mesh samples: {'text': dir, 'hdf5': dir}."""
-    meshes = load_meshes()
-    samples = {split: [(label, sample_surface(mesh, seed=1000 * offset + 10 * index + label))
-                       for index in range(count) for label, mesh in enumerate(meshes)]
-               for split, count, offset in (('train', TRAIN_PER_CLASS, 1), ('test', TEST_PER_CLASS, 2))}
-    samples['test'].append((0, sample_surface(meshes[0], seed=3000)))   # 21: uneven over 2 ranks and classes
+    if not all(os.path.isfile(os.path.join(MESH_DIR, f'{name}.off')) for name in MESHES):
+        pytest.skip(f'libcgal-demo meshes missing in {MESH_DIR}; .ci/run unpacks them (see this module docstring)')
+    samples = make_modelnet_from_meshes.make_samples(
+        make_modelnet_from_meshes.load_meshes(MESH_DIR, MESHES), {'train': TRAIN_PER_CLASS, 'test': TEST_PER_CLASS},
+        RAW_POINTS, extra_test=1)   # 21 test samples: uneven over 2 ranks and over the classes
     base = tmp_path_factory.mktemp('modelnet')
-    os.makedirs(base / 'text')
-    os.makedirs(base / 'hdf5')
-    return {'text': write_text_layout(str(base / 'text'), samples),
-            'hdf5': write_hdf5_layout(str(base / 'hdf5'), samples)}
+    return {'text': make_modelnet_from_meshes.write_text_layout(str(base / 'text'), MESHES, samples),
+            'hdf5': make_modelnet_from_meshes.write_hdf5_layout(str(base / 'hdf5'), MESHES, samples)}
 
 
 def tiny_args(data_path, *extra):
@@ -140,6 +93,19 @@ def test_splat_matches_dense_reference():
     rows, cols = indices[0, 4] // grid, indices[0, 4] % grid
     assert (indices[0, :9] // grid).tolist() == [rows - 1] * 3 + [rows] * 3 + [rows + 1] * 3
     assert (indices[0, :9] % grid).tolist() == [cols - 1, cols, cols + 1] * 3
+
+
+def test_mean_class_accuracy_weights_every_class_equally():
+    """Class 0: 3 of 3 right; class 1: 0 of 1; class 2 absent: overall 75%, mean class accuracy 50%."""
+    targets = torch.tensor([0, 0, 0, 1])
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(4, 1), targets), batch_size=3)
+    stats = engine.evaluate(loader, AlwaysClassZero(), torch.device('cpu'), engine.Precision('cpu', False))
+    assert stats['acc1'] == 75.0 and stats['mean_class_acc'] == 50.0
+
+
+class AlwaysClassZero(torch.nn.Module):
+    def forward(self, samples):
+        return torch.tensor([[1.0, 0.0, 0.0]]).expand(len(samples), -1)
 
 
 # ----------------------------------------------------------------------------------------------
