@@ -301,6 +301,10 @@ class NormaliseFrames:
 
 
 def build_dataset(is_train, args):
+    if args.input_size <= 32:
+        raise ValueError(f'--input_size {args.input_size} is the size of one frame; 32 or less takes the image '
+                         'pipeline\'s small-input path (RandomCrop without resizing), which does not match the video '
+                         'test views (short side resized). Pass --input_size 33 or more (the recipe: 224).')
     split = 'train' if is_train else 'val'
     samples, found = clip_samples(args.data_path, split, args.label_map)
     check_classes(samples, args.nb_classes, found, is_train, f"'{args.data_path}' ({split})")

