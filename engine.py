@@ -176,6 +176,11 @@ def train_one_epoch(model, criterion, data_loader, optimizer, precision, device,
     return {name: meter.global_avg for name, meter in metric_logger.meters.items() if meter.count > 0}
 
 
+def main_output(output):
+    """The logits of a model that returns a tensor, or a dict of outputs with the logits under 'main'."""
+    return output['main'] if isinstance(output, dict) else output
+
+
 @torch.no_grad()
 def evaluate(data_loader, model, device, precision, distributed=False, channels_last=False, print_freq=10):
     """Top-1/top-5 accuracy (%) and mean cross-entropy over every sample the loader yields.
@@ -185,7 +190,7 @@ def evaluate(data_loader, model, device, precision, distributed=False, channels_
 
     Multi-view evaluation: a data set with an attribute `eval_views` = V > 1 yields each sample as a
     (V, ...) stack of views of any input (video: 5 temporal x 3 spatial crops); the V views go through
-    the model as one batch and the sample's prediction is the mean of their class probabilities (the
+    the model batch-size images at a time and the sample's prediction is the mean of their class probabilities (the
     loss is the cross-entropy of that mean). Counts stay per sample, so --dist_eval is still exact.
 
     mean_class_acc: top-1 accuracy per class, averaged over the classes present (from per-class sums, so also
@@ -205,10 +210,9 @@ def evaluate(data_loader, model, device, precision, distributed=False, channels_
             images = images.flatten(0, 1)  # (B, V, ...) -> (B * V, ...)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        # B samples of V views are V times a batch of images: they go through the model B images at a time.
         with precision.autocast():
-            output = model(images)
-        if isinstance(output, dict):
-            output = output['main']
+            output = torch.cat([main_output(model(chunk)) for chunk in images.split(len(targets))])
         output = output.float()
         if views > 1:  # log of the mean probability over each sample's views
             output = output.view(len(targets), views, -1).log_softmax(dim=-1).logsumexp(dim=1) - math.log(views)

@@ -18,6 +18,7 @@ from timm.data.distributed_sampler import RepeatAugSampler
 
 import main
 import datasets
+import engine
 import utils
 from datasets import RepeatedSamples, SeededAugmentation
 from modalities import video
@@ -238,6 +239,35 @@ def test_evaluation_sample_is_5_segments_by_3_crops(clip_folder):
     assert torch.equal(views, dataset[2][0])
     # The 3 crops of a segment are the left, centre and right of the 40x30 frames resized to 53x40.
     assert not torch.equal(views[0], views[2])
+
+
+class ViewStacks(torch.utils.data.Dataset):
+    """5 samples of 3 views of 4 features each."""
+    eval_views = 3
+
+    def __init__(self):
+        self.views = torch.randn(5, 3, 4, generator=torch.Generator().manual_seed(0))
+        self.targets = [0, 1, 2, 3, 0]
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, index):
+        return self.views[index], self.targets[index]
+
+
+def test_multi_view_evaluation_scores_the_mean_probability_of_the_views():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 6)
+    dataset = ViewStacks()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2)
+    stats = engine.evaluate(loader, model, torch.device('cpu'), engine.Precision('cpu', False))
+    with torch.no_grad():
+        probabilities = model(dataset.views.flatten(0, 1)).double().softmax(-1).view(5, 3, 6).mean(1)
+    targets = torch.tensor(dataset.targets)
+    assert stats['num_images'] == 5
+    assert stats['acc1'] == pytest.approx(100 * (probabilities.argmax(1) == targets).double().mean().item())
+    assert stats['loss'] == pytest.approx(-probabilities[torch.arange(5), targets].log().mean().item(), rel=1e-5)
 
 
 # ---------------------------------------------------------------- through main.py
