@@ -402,8 +402,9 @@ class Checkpointer:
 
         self.optimizer.load_state_dict(checkpoint['optimizer'])
         self.precision.load_state_dict(checkpoint.get('scaler'))
-        self.max_accuracy = checkpoint.get('max_accuracy', 0.0)
-        self.max_accuracy_ema = checkpoint.get('max_accuracy_ema', 0.0)
+        # A checkpoint without them keeps the caller's starting values (main.py: the task's initial best).
+        self.max_accuracy = checkpoint.get('max_accuracy', self.max_accuracy)
+        self.max_accuracy_ema = checkpoint.get('max_accuracy_ema', self.max_accuracy_ema)
         rng_states = checkpoint.get('rng_states')
         if rng_states is not None and len(rng_states) == utils.get_world_size():
             restore_rng_state(rng_states[utils.get_rank()])
