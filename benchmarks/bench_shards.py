@@ -1,6 +1,7 @@
-"""Data loading from tar shards vs the image folder (and LMDB, the other random-access candidate).
+"""Data loading from tar shards vs the image folder (and the other random-access candidates: the same shards through
+WebDataset's indexed reader `wids`, and LMDB).
 
-    python benchmarks/bench_shards.py --root /tmp/bench_shards --images 100000 --formats folder shards lmdb
+    python benchmarks/bench_shards.py --root /tmp/bench_shards --images 100000 --formats folder shards wids lmdb
 
 Generates (once, kept under --root) an ImageFolder tree of --images small JPEG crops of scikit-image's photos,
 converts it with tools/make_shards.py (and into one LMDB file, for the format choice; `pip install lmdb`), then
@@ -115,6 +116,33 @@ class LmdbImages(Dataset):
         self._environment, self._pid = None, None
 
 
+def keep_local_path(url):
+    """wids' `localname`: read a local shard where it is instead of copying it into a cache folder."""
+    return url
+
+
+class WidsImages(Dataset):
+    """The same tar shards read through WebDataset's indexed reader (`wids`, `pip install wids`): it indexes a shard
+    by scanning its tar headers when it opens it, and keeps the last `lru_size` (default 10) shards open."""
+
+    def __init__(self, shard_dir):
+        import wids
+        manifest = shards.read_manifest(shard_dir)
+        self.labels = shards.load_index(shard_dir, manifest)['label']
+        self.dataset = wids.ShardListDataset(
+            [{'url': os.path.join(shard_dir, shard['name']), 'nsamples': shard['num_samples']}
+             for shard in manifest['shards']], localname=keep_local_path, transformations=[])
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return Image.open(self.dataset[index]['.jpg']).convert('RGB'), int(self.labels[index])
+
+    def close(self):
+        self.dataset.close()   # its open shards would otherwise be inherited by the next pass's workers
+
+
 def process_memory_kib():
     """(RSS, USS) of this process in KiB, from /proc/self/smaps_rollup."""
     fields = {}
@@ -190,8 +218,13 @@ def parse_args(argv=None):
     parser.add_argument('--read_images', type=int, default=4096, help='images read per format and worker count')
     parser.add_argument('--workers', type=int, nargs='+', default=[0, 1, 2], help='DataLoader worker counts')
     parser.add_argument('--convert_workers', type=int, default=2)
-    parser.add_argument('--formats', nargs='+', default=['folder', 'shards'], choices=['folder', 'shards', 'lmdb'])
-    return parser.parse_args(argv)
+    parser.add_argument('--formats', nargs='+', default=['folder', 'shards'],
+                        choices=['folder', 'shards', 'wids', 'lmdb'],
+                        help="'wids' reads the 'shards' output with WebDataset's indexed reader (needs 'shards' first)")
+    args = parser.parse_args(argv)
+    if 'wids' in args.formats and 'shards' not in args.formats[:args.formats.index('wids')]:
+        parser.error("--formats: 'wids' reads the tar shards, so list 'shards' before it")
+    return args
 
 
 def main(argv=None):
@@ -211,6 +244,10 @@ def main(argv=None):
     for data_format in args.formats:
         if data_format == 'folder':
             datasets_by_format[data_format] = tv_datasets.ImageFolder(folder)
+            continue
+        if data_format == 'wids':   # reads the tar shards written for 'shards' (listed before it)
+            datasets_by_format[data_format] = WidsImages(datasets_by_format['shards'].split_dir)
+            files_by_format[data_format] = files_by_format['shards']
             continue
         target = os.path.join(args.root, f'{data_format}_{args.images}')
         shutil.rmtree(target, ignore_errors=True)
