@@ -7,6 +7,7 @@ so the backbone is the very model that `main.py` trains. They need neither mmseg
 """
 import logging
 
+import checkpoint
 import replknet
 import unireplknet
 
@@ -55,13 +56,13 @@ class RepLKNetBackbone(replknet.RepLKNet):
 
         MMSeg/MMDet call this again after building the whole model, so the checkpoint path is kept.
         """
-        checkpoint = pretrained or self.pretrained
-        if checkpoint is None:
+        path = pretrained or self.pretrained
+        if path is None:
             return
-        state_dict = unireplknet.read_state_dict(checkpoint)  # unwraps 'model' / 'state_dict', strips 'module.'
-        result = self.load_state_dict(state_dict, strict=False)
+        state_dict = unireplknet.read_state_dict(path)  # unwraps 'model' / 'state_dict', strips 'module.'
+        missing, unexpected = checkpoint.load_model_state(self, state_dict, strict=False, source=path)
         _logger.info('RepLKNet backbone loaded %s; missing keys: %s; unused checkpoint keys: %s',
-                     checkpoint, result.missing_keys, result.unexpected_keys)
+                     path, missing, unexpected)
 
 
 BACKBONES = {'UniRepLKNetBackbone': UniRepLKNetBackbone, 'RepLKNet': RepLKNetBackbone}

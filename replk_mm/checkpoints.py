@@ -9,13 +9,15 @@ mmengine.logging.history_buffer.HistoryBuffer`, mmengine issue 1655), so MMEngin
 `mmengine_safe_globals()` is the allow-list for exactly those objects: HistoryBuffer, numpy's array / dtype / scalar
 reconstruction, and, in place of `builtins.getattr`, a function that only returns HistoryBuffer's own statistic
 methods (any other attribute lookup fails the load). Nothing else becomes loadable, so a checkpoint carrying other
-code is still refused. `allow_mmengine_checkpoints()` adds the list process-wide; `replk_mm.register_mmseg` /
+code is still refused. Files are read by the project's checkpoint.py (`load_checkpoint_file`). `allow_mmengine_checkpoints()` adds the list process-wide; `replk_mm.register_mmseg` /
 `register_mmdet` (every config's `custom_imports`) call it, which makes MMEngine's loaders work unchanged.
 """
 import pickle
 
 import numpy as np
 import torch
+
+import checkpoint
 
 # The numpy reconstruction functions, under both names they are pickled with: numpy 1.x (numpy.core) and 2.x
 # (numpy._core).
@@ -32,8 +34,8 @@ def _history_buffer_statistic(owner, name):
     statistics = {**{n: getattr(HistoryBuffer, n) for n in _HISTORY_BUFFER_STATISTICS}, **HistoryBuffer._statistics_methods}
     if owner is not HistoryBuffer or name not in statistics:
         raise pickle.UnpicklingError(
-            f'the checkpoint asks for getattr({owner!r}, {name!r}); replk_mm.checkpoints allows only the statistic '
-            f'methods of mmengine HistoryBuffer ({sorted(statistics)}).')
+            f'Unsupported global: the checkpoint asks for getattr({owner!r}, {name!r}); replk_mm.checkpoints allows '
+            f'only the statistic methods of mmengine HistoryBuffer ({sorted(statistics)}).')
     return statistics[name]
 
 
@@ -51,23 +53,19 @@ def allow_mmengine_checkpoints():
     torch.serialization.add_safe_globals(mmengine_safe_globals())
 
 
-def load_checkpoint(path, trust: bool = False) -> dict:
-    """An MMEngine (or MMCV 1.x) checkpoint file as a dict, on the CPU.
+def load_checkpoint(path, unsafe: bool = False) -> dict:
+    """An MMEngine (or MMCV 1.x) checkpoint file as a dict, on the CPU, through the project's checkpoint reader.
 
     Safe by default: weights only, plus `mmengine_safe_globals()` when MMEngine is installed (plain state dicts and
-    the MMCV 1.x era's released checkpoints need no extra global). trust=True unpickles anything: only for files
-    whose source you trust.
+    the MMCV 1.x era's released checkpoints need no extra global). unsafe=True unpickles anything: only for files
+    whose source you trust. Errors are checkpoint.py's: a refused object, a truncated file and a missing file each
+    say so.
     """
-    if trust:
-        return torch.load(path, map_location='cpu', weights_only=False)
     try:
         allowed = mmengine_safe_globals()
     except ImportError:
         allowed = []
-    try:
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise pickle.UnpicklingError(
-            f'{path} holds objects that weights-only loading refuses. If the file comes from a source you trust, load '
-            f'it with trust=True (reparameterize.py: --trust-checkpoint). {error}') from error
+    # safe_globals() removes its list on exit: leave out what allow_mmengine_checkpoints() added process-wide.
+    registered = torch.serialization.get_safe_globals()
+    with torch.serialization.safe_globals([entry for entry in allowed if entry not in registered]):
+        return checkpoint.load_checkpoint_file(str(path), unsafe=unsafe)

@@ -10,7 +10,7 @@ model.backbone.deploy=True; RepLKNet: model.backbone.small_kernel_merged=True).
 Needs torch (+ timm for the model files) and, to read the config, mmengine; not mmseg, mmdet or mmcv. The config is
 the one MMEngine stores in every checkpoint it writes (meta['cfg']; MMCV 1.x: meta['config']) unless --config names a
 file (reading a file whose `_base_` are `mmseg::` / `mmdet::` files needs that framework installed). The checkpoint is
-read weights-only with MMEngine's allow-list (replk_mm/checkpoints.py); --trust-checkpoint unpickles anything.
+read weights-only with MMEngine's allow-list (replk_mm/checkpoints.py); --unsafe_load_checkpoint unpickles anything.
 """
 import argparse
 import ast
@@ -19,6 +19,8 @@ import tempfile
 
 import torch
 
+import checkpoint
+import utils
 from .backbones import BACKBONES
 from .checkpoints import load_checkpoint
 
@@ -41,7 +43,7 @@ def reparameterize_backbone_state(backbone_cfg: dict, state_dict: dict) -> dict:
         raise ValueError("the checkpoint has no 'backbone.*' weights: pass a detector/segmentor checkpoint")
     dtype = next(v.dtype for v in backbone_state.values() if v.is_floating_point())  # merged in the checkpoint's
     backbone = BACKBONES[backbone_type](**cfg).to(dtype).eval()
-    backbone.load_state_dict(backbone_state, strict=True)
+    checkpoint.load_model_state(backbone, backbone_state, strict=True, source="the checkpoint's backbone.* weights")
     with torch.no_grad():
         if backbone_type == 'UniRepLKNetBackbone':
             backbone.reparameterize_unireplknet()
@@ -62,13 +64,13 @@ def _config_from_text(text: str):
         return Config.fromfile(path, import_custom_modules=False)
 
 
-def backbone_config(checkpoint: dict, config_path=None, cfg_options=None) -> dict:
+def backbone_config(trained: dict, config_path=None, cfg_options=None) -> dict:
     """`model.backbone` of --config, else of the config stored in the checkpoint; --cfg-options merged in."""
     from mmengine.config import Config
     if config_path is not None:
         cfg = Config.fromfile(config_path, import_custom_modules=False)
     else:
-        meta = checkpoint.get('meta') or {}
+        meta = trained.get('meta') or {}
         text = meta.get('cfg') or meta.get('config')
         if not text:
             raise ValueError('the checkpoint stores no config (meta.cfg / meta.config): pass the training config '
@@ -96,15 +98,15 @@ def main(argv=None):
     parser.add_argument('--config', help='the training config (default: the one stored in the checkpoint)')
     parser.add_argument('--cfg-options', nargs='+', type=_parse_option, default=[],
                         help='override config entries, e.g. model.backbone.with_cp=False')
-    parser.add_argument('--trust-checkpoint', action='store_true',
+    parser.add_argument('--unsafe_load_checkpoint', type=utils.str2bool, nargs='?', const=True, default=False,
                         help='unpickle anything in CHECKPOINT (weights_only=False): only for files you trust')
     args = parser.parse_args(argv)
 
-    checkpoint = load_checkpoint(args.checkpoint, trust=args.trust_checkpoint)
-    state_dict = checkpoint.get('state_dict', checkpoint)
-    backbone_cfg = backbone_config(checkpoint, args.config, dict(args.cfg_options))
+    trained = load_checkpoint(args.checkpoint, unsafe=args.unsafe_load_checkpoint)
+    state_dict = trained.get('state_dict', trained)
+    backbone_cfg = backbone_config(trained, args.config, dict(args.cfg_options))
     # Training state (optimizer, message hub) is dropped; meta keeps e.g. dataset_meta, which the test tools read.
-    meta = {k: v for k, v in (checkpoint.get('meta') or {}).items() if k not in ('cfg', 'config')}
+    meta = {k: v for k, v in (trained.get('meta') or {}).items() if k not in ('cfg', 'config')}
     torch.save({'meta': meta, 'state_dict': reparameterize_backbone_state(backbone_cfg, state_dict)}, args.target)
     print(f'saved the re-parameterised checkpoint to {args.target}')
 
