@@ -406,11 +406,14 @@ class UniRepLKNet(nn.Module):
         head_init_scale: multiplier of the initial classifier weight and bias.
         kernel_sizes: per-stage tuple of per-block kernel sizes (0, 3, 5, 7..17); default from `depths`.
         deploy: build the reparameterised (inference) structure directly.
-        with_cp: checkpoint every block and the stem (non-reentrant) to save memory during training.
+        with_cp: checkpoint every block and the stem (non-reentrant) to save memory during training; `use_checkpoint`
+            (RepLKNet's name) is accepted too.
         init_cfg: backbone mode; dict(checkpoint=path or None) as in MMSegmentation/MMDetection configs.
         attempt_use_lk_impl: use the optional iGEMM package for large depthwise kernels if installed.
         use_sync_bn: SyncBatchNorm instead of BatchNorm2d inside the blocks.
         out_indices: backbone mode; which stages to return (only stages up to the last one are built).
+        fast_cpu_kernels: use the CPU speed-ups of unireplknet_cpu.py (None: where no GPU is visible, unless
+            UNIREPLKNET_FAST_CPU=0/1 says otherwise). Same state_dict and values up to float rounding.
     """
 
     def __init__(self, in_chans: int = 3, num_classes: Optional[int] = 1000, depths: Sequence[int] = (3, 3, 27, 3),
