@@ -7,8 +7,8 @@
 The backbone is the root `unireplknet.py` model created by timm with `features_only=True` (four LayerNorm-ed stage
 outputs, strides 4-32) under torchvision's FeaturePyramidNetwork; the detector is torchvision's MaskRCNN (or
 FasterRCNN with --arch faster_rcnn) with its defaults (5 FPN levels, RoIAlign 7/14, images resized to
-800/1333; --detector_kwargs changes them). Data: any COCO-format folder through torchvision's CocoDetection (pycocotools), no random
-augmentation. Training: AdamW with a linear warm-up, then constant. Evaluation (--val_images/--val_annotations):
+800/1333; --detector_kwargs changes them). Data: any COCO-format folder through torchvision's CocoDetection
+(pycocotools), no random augmentation. Training: AdamW with a linear warm-up, then constant. Evaluation (--val_images/--val_annotations):
 COCO box (and mask) AP with pycocotools' COCOeval. For the papers' Cascade Mask R-CNN numbers use the MMDetection
 configs (detection/README.md).
 """
@@ -30,6 +30,7 @@ from torchvision.transforms import v2
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import unireplknet  # noqa: E402,F401  (registers the unireplknet_* models with timm)
+from replk_mm.plain_training import add_training_arguments, train_iterations  # noqa: E402
 
 DETECTORS = dict(mask_rcnn=MaskRCNN, faster_rcnn=FasterRCNN)
 
@@ -108,46 +109,22 @@ def main(argv=None):
     parser.add_argument('--val_images', help='validation image folder (with --val_annotations: evaluate)')
     parser.add_argument('--val_annotations', help='validation instances json')
     parser.add_argument('--arch', default='mask_rcnn', choices=sorted(DETECTORS))
-    parser.add_argument('--model', default='unireplknet_s', help='a timm name of unireplknet.py (unireplknet_t ...)')
-    parser.add_argument('--model_kwargs', default='{}', help="extra model arguments as a Python dict, e.g. "
-                        "\"{'drop_path_rate': 0.3}\"")
-    parser.add_argument('--checkpoint', help='ImageNet checkpoint of --model (optional)')
     parser.add_argument('--num_classes', type=int, default=91, help='including the background (COCO: 91)')
-    parser.add_argument('--detector_kwargs', default='{}', help="arguments of torchvision's MaskRCNN / FasterRCNN "
-                        "as a Python dict, e.g. \"{'min_size': 800, 'max_size': 1333, 'box_batch_size_per_image': 512}\"")
-    parser.add_argument('--iters', type=int, default=90000)
-    parser.add_argument('--warmup_iters', type=int, default=500)
-    parser.add_argument('--batch_size', type=int, default=16)
-    parser.add_argument('--lr', type=float, default=1e-4)
-    parser.add_argument('--weight_decay', type=float, default=0.05)
-    parser.add_argument('--workers', type=int, default=4)
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--output', help='where to save the trained model state_dict')
+    parser.add_argument('--detector_kwargs', type=ast.literal_eval, default={},
+                        help="arguments of torchvision's MaskRCNN / FasterRCNN as a Python dict, "
+                             "e.g. \"{'min_size': 800, 'box_batch_size_per_image': 512}\"")
+    add_training_arguments(parser, iters=90000, warmup_iters=500)
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
-    model = build_detector(args.arch, args.model, args.num_classes, args.checkpoint,
-                           ast.literal_eval(args.detector_kwargs), **ast.literal_eval(args.model_kwargs))
+    model = build_detector(args.arch, args.model, args.num_classes, args.checkpoint, args.detector_kwargs,
+                           **args.model_kwargs)
     with_masks = args.arch == 'mask_rcnn'
     loader = torch.utils.data.DataLoader(
         coco_dataset(args.images, args.annotations, with_masks), batch_size=args.batch_size, shuffle=True,
         num_workers=args.workers, collate_fn=collate, generator=torch.Generator().manual_seed(args.seed))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / args.warmup_iters))
-    losses, iteration = [], 0
-    while iteration < args.iters:
-        model.train()
-        for images, targets in loader:
-            loss = sum(model(list(images), list(targets)).values())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
-            iteration += 1
-            if iteration == args.iters:
-                break
-    print(f'{args.iters} iterations, loss {losses[0]:.4f} -> {losses[-1]:.4f}')
+    losses = train_iterations(model, loader, lambda net, batch: sum(net(list(batch[0]), list(batch[1])).values()),
+                              args)
     result = dict(losses=losses)
     if args.val_images and args.val_annotations:
         result['AP'] = coco_average_precision(

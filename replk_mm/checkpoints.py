@@ -9,8 +9,9 @@ mmengine.logging.history_buffer.HistoryBuffer`, mmengine issue 1655), so MMEngin
 `mmengine_safe_globals()` is the allow-list for exactly those objects: HistoryBuffer, numpy's array / dtype / scalar
 reconstruction, and, in place of `builtins.getattr`, a function that only returns HistoryBuffer's own statistic
 methods (any other attribute lookup fails the load). Nothing else becomes loadable, so a checkpoint carrying other
-code is still refused. Files are read by the project's checkpoint.py (`load_checkpoint_file`). `allow_mmengine_checkpoints()` adds the list process-wide; `replk_mm.register_mmseg` /
-`register_mmdet` (every config's `custom_imports`) call it, which makes MMEngine's loaders work unchanged.
+code is still refused. Files are read by the project's checkpoint.py (`load_checkpoint_file`).
+`allow_mmengine_checkpoints()` adds the list process-wide; `replk_mm.register_mmseg` / `register_mmdet` (every
+config's `custom_imports`) call it, which makes MMEngine's loaders work unchanged.
 """
 import pickle
 
@@ -31,7 +32,8 @@ _HISTORY_BUFFER_STATISTICS = ('min', 'max', 'current', 'mean')
 def _history_buffer_statistic(owner, name):
     """Unpickling stand-in for `getattr`: only `HistoryBuffer.<statistic method>`, as MMEngine pickles them."""
     from mmengine.logging import HistoryBuffer
-    statistics = {**{n: getattr(HistoryBuffer, n) for n in _HISTORY_BUFFER_STATISTICS}, **HistoryBuffer._statistics_methods}
+    statistics = {name: getattr(HistoryBuffer, name) for name in _HISTORY_BUFFER_STATISTICS}
+    statistics.update(HistoryBuffer._statistics_methods)
     if owner is not HistoryBuffer or name not in statistics:
         raise pickle.UnpicklingError(
             f'Unsupported global: the checkpoint asks for getattr({owner!r}, {name!r}); replk_mm.checkpoints allows '

@@ -10,7 +10,6 @@ layer-wise decay and the random resize/crop/flip/photometric augmentation: image
 is deterministic. For the papers' numbers use the MMSegmentation configs (segmentation/README.md).
 """
 import argparse
-import ast
 import glob
 import math
 import os
@@ -24,6 +23,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import unireplknet  # noqa: E402,F401  (registers the unireplknet_* models with timm)
+from replk_mm.plain_training import add_training_arguments, train_iterations  # noqa: E402
 
 IGNORE_INDEX = 255
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -78,57 +78,32 @@ def mean_iou(model, loader, num_classes):
     return smp.metrics.iou_score(tp, fp, fn, tn, reduction='none', zero_division=math.nan).nanmean().item()
 
 
-def poly_with_warmup(iteration, iterations, warmup):
-    if iteration < warmup:
-        return (iteration + 1) / warmup
-    return (1 - (iteration - warmup) / max(1, iterations - warmup)) ** 1.0
+def poly_decay(iteration, iterations, warmup):
+    """The learning-rate factor after the warm-up: linear (poly, power 1) decay to 0 at the last iteration."""
+    return 1 - (iteration - warmup) / max(1, iterations - warmup)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--data', required=True, help='the ADEChallengeData2016 folder')
-    parser.add_argument('--model', default='unireplknet_s', help='a timm name of unireplknet.py (unireplknet_n ...)')
-    parser.add_argument('--model_kwargs', default='{}', help="extra model arguments as a Python dict, e.g. "
-                        "\"{'drop_path_rate': 0.3}\"")
-    parser.add_argument('--checkpoint', help='ImageNet checkpoint of --model (optional)')
     parser.add_argument('--num_classes', type=int, default=150)
     parser.add_argument('--size', type=int, nargs=2, default=(512, 512), help='training and test image size (H W)')
-    parser.add_argument('--iters', type=int, default=160000)
-    parser.add_argument('--warmup_iters', type=int, default=1500)
-    parser.add_argument('--batch_size', type=int, default=16)
-    parser.add_argument('--lr', type=float, default=1e-4)
-    parser.add_argument('--weight_decay', type=float, default=0.05)
-    parser.add_argument('--workers', type=int, default=4)
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--output', help='where to save the trained model state_dict')
+    add_training_arguments(parser, iters=160000, warmup_iters=1500)
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
-    model = build_upernet(args.model, args.num_classes, args.checkpoint, **ast.literal_eval(args.model_kwargs))
+    model = build_upernet(args.model, args.num_classes, args.checkpoint, **args.model_kwargs)
     train_set = ADE20KFolder(args.data, 'training', tuple(args.size))
     loader = torch.utils.data.DataLoader(
         train_set, batch_size=args.batch_size, shuffle=True, drop_last=len(train_set) > args.batch_size,
         num_workers=args.workers, generator=torch.Generator().manual_seed(args.seed))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: poly_with_warmup(i, args.iters, args.warmup_iters))
-    losses, iteration = [], 0
-    while iteration < args.iters:
-        model.train()
-        for images, labels in loader:
-            loss = F.cross_entropy(model(images), labels, ignore_index=IGNORE_INDEX)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
-            iteration += 1
-            if iteration == args.iters:
-                break
+    losses = train_iterations(
+        model, loader, lambda net, batch: F.cross_entropy(net(batch[0]), batch[1], ignore_index=IGNORE_INDEX), args,
+        lambda i: poly_decay(i, args.iters, args.warmup_iters))
     val_loader = torch.utils.data.DataLoader(ADE20KFolder(args.data, 'validation', tuple(args.size)),
                                              batch_size=args.batch_size, num_workers=args.workers)
     result = dict(losses=losses, mIoU=mean_iou(model, val_loader, args.num_classes))
-    print(f"{args.iters} iterations, loss {losses[0]:.4f} -> {losses[-1]:.4f}, validation mIoU {result['mIoU']:.4f}")
+    print(f"validation mIoU {result['mIoU']:.4f}")
     if args.output:
         torch.save(model.state_dict(), args.output)
     return result

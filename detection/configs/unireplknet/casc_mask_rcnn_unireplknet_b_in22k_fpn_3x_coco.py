@@ -1,17 +1,10 @@
 # Cascade Mask R-CNN + UniRepLKNet-B (ImageNet-22K), COCO, 3x schedule, 8 GPUs x 2 images.
-# Training starts from the ImageNet checkpoint below (the release left it at None); put the file there or pass
-# --cfg-options model.backbone.init_cfg.checkpoint=/path/to/unireplknet_b_in22k_to_in1k_384_acc87.40.pth
-_base_ = [
-    '../_base_/cascade-mask-rcnn_unireplknet_fpn_4conv1fc-giou.py', '../_base_/coco_instance_3x_detr_aug.py',
-]
-paper_result = dict(
-    source='UniRepLKNet paper (../shared/seeds/001_09b0eea5496a55a5.txt), Table 7: COCO val',
-    metric='box AP (mask AP in mask_value)', value=54.8, mask_value=47.4)
+# casc_mask_rcnn_unireplknet_s_in22k_fpn_3x_coco.py with another backbone size.
+_base_ = './casc_mask_rcnn_unireplknet_s_in22k_fpn_3x_coco.py'
+paper_result = dict(value=54.8, mask_value=47.4)
 model = dict(
     backbone=dict(
-        depths=(3, 3, 27, 3),
         dims=(128, 256, 512, 1024),
         drop_path_rate=0.6,
         init_cfg=dict(type='Pretrained', checkpoint='pretrained/unireplknet_b_in22k_to_in1k_384_acc87.40.pth')),
     neck=dict(in_channels=[128, 256, 512, 1024]))
-optim_wrapper = dict(paramwise_cfg=dict(num_layers=12, decay_rate=0.8, decay_type='layer_wise'))

@@ -1,20 +1,11 @@
 # UperNet + UniRepLKNet-B (ImageNet-22K), ADE20K, 640x640 crops, 160k iterations on 8 GPUs x 2 images.
-_base_ = [
-    '../_base_/upernet_unireplknet.py', '../_base_/ade20k_640_multiple32.py',
-    'mmseg::_base_/default_runtime.py', '../_base_/schedule_unireplknet_160k.py',
-]
-paper_result = dict(
-    source='UniRepLKNet paper (../shared/seeds/001_09b0eea5496a55a5.txt), Table 8: ADE20K val',
-    metric='mIoU (single-scale)', value=53.5)
-crop_size = (640, 640)
+# upernet_unireplknet_s_in22k_640_160k_ade20k.py with another backbone size.
+_base_ = './upernet_unireplknet_s_in22k_640_160k_ade20k.py'
+paper_result = dict(value=53.5)
 model = dict(
-    data_preprocessor=dict(size=crop_size),
     backbone=dict(
-        depths=(3, 3, 27, 3),
         dims=(128, 256, 512, 1024),
         drop_path_rate=0.3,
-        with_cp=True,
         init_cfg=dict(type='Pretrained', checkpoint='pretrained/unireplknet_b_in22k_to_in1k_384_acc87.40.pth')),
     decode_head=dict(in_channels=[128, 256, 512, 1024]),
     auxiliary_head=dict(in_channels=512))
-optim_wrapper = dict(paramwise_cfg=dict(num_layers=12, decay_rate=0.9, decay_type='layer_wise'))

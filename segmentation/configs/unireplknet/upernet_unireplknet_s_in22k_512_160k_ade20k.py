@@ -1,21 +1,8 @@
 # UperNet + UniRepLKNet-S (ImageNet-22K), ADE20K, 512x512 crops, 160k iterations on 8 GPUs x 2 images.
-# As released; the paper reports the 22K-pretrained S only with 640 crops (51.9, the 640 config), so no number.
-_base_ = [
-    '../_base_/upernet_unireplknet.py', '../_base_/ade20k_512_multiple32.py',
-    'mmseg::_base_/default_runtime.py', '../_base_/schedule_unireplknet_160k.py',
-]
-paper_result = dict(
-    source='UniRepLKNet paper (../shared/seeds/001_09b0eea5496a55a5.txt), Table 8: ADE20K val',
-    metric='mIoU (single-scale)', value=None)
-crop_size = (512, 512)
+# upernet_unireplknet_s_512_160k_ade20k.py with the ImageNet-22K checkpoint.
+# The paper reports the 22K-pretrained S only with 640 crops (51.9, the 640 config), so no number.
+_base_ = './upernet_unireplknet_s_512_160k_ade20k.py'
+paper_result = dict(value=None)
 model = dict(
-    data_preprocessor=dict(size=crop_size),
     backbone=dict(
-        depths=(3, 3, 27, 3),
-        dims=(96, 192, 384, 768),
-        drop_path_rate=0.3,
-        with_cp=True,
-        init_cfg=dict(type='Pretrained', checkpoint='pretrained/unireplknet_s_in22k_to_in1k_384_acc86.44.pth')),
-    decode_head=dict(in_channels=[96, 192, 384, 768]),
-    auxiliary_head=dict(in_channels=384))
-optim_wrapper = dict(paramwise_cfg=dict(num_layers=12, decay_rate=0.9, decay_type='layer_wise'))
+        init_cfg=dict(type='Pretrained', checkpoint='pretrained/unireplknet_s_in22k_to_in1k_384_acc86.44.pth')))
