@@ -299,13 +299,11 @@ def seeded_random_state(seed):
         torch.set_rng_state(saved[2])
 
 
-class RepeatedSamples(Dataset):
-    """Each sample `repeats` times: index i * repeats + k is copy k of sample i. Under SeededAugmentation every
-    copy has an index of its own, hence its own augmentation (repeated augmentation, --repeated_aug)."""
+class DatasetWrapper(Dataset):
+    """Base of the wrappers below: `classes` and the skipped-sample count are the wrapped data set's."""
 
-    def __init__(self, dataset, repeats):
+    def __init__(self, dataset):
         self.dataset = dataset
-        self.repeats = repeats
 
     @property
     def classes(self):
@@ -314,6 +312,15 @@ class RepeatedSamples(Dataset):
     @property
     def skipped_count(self):
         return count_skipped(self.dataset)
+
+
+class RepeatedSamples(DatasetWrapper):
+    """Each sample `repeats` times: index i * repeats + k is copy k of sample i. Under SeededAugmentation every
+    copy has an index of its own, hence its own augmentation (repeated augmentation, --repeated_aug)."""
+
+    def __init__(self, dataset, repeats):
+        super().__init__(dataset)
+        self.repeats = repeats
 
     def __len__(self):
         return len(self.dataset) * self.repeats
@@ -322,24 +329,16 @@ class RepeatedSamples(Dataset):
         return self.dataset[index // self.repeats]
 
 
-class SeededAugmentation(Dataset):
+class SeededAugmentation(DatasetWrapper):
     """Makes each sample's random augmentation a function of (seed, epoch, index) only."""
 
     def __init__(self, dataset, seed):
-        self.dataset = dataset
+        super().__init__(dataset)
         self.seed = seed
         self.epoch = 0
 
     def set_epoch(self, epoch):
         self.epoch = epoch
-
-    @property
-    def classes(self):
-        return self.dataset.classes
-
-    @property
-    def skipped_count(self):
-        return count_skipped(self.dataset)
 
     def __len__(self):
         return len(self.dataset)
