@@ -9,8 +9,8 @@ outputs, strides 4-32) under torchvision's FeaturePyramidNetwork; the detector i
 FasterRCNN with --arch faster_rcnn) with its defaults (5 FPN levels, RoIAlign 7/14, images resized to
 800/1333; --detector_kwargs changes them). Data: any COCO-format folder through torchvision's CocoDetection
 (pycocotools), no random augmentation. Training: AdamW with a linear warm-up, then constant. Evaluation
-(--val_images/--val_annotations): COCO box (and mask) AP with pycocotools' COCOeval. For the papers' Cascade Mask R-CNN numbers use the MMDetection
-configs (detection/README.md).
+(--val_images/--val_annotations): COCO box (and mask) AP with pycocotools' COCOeval. For the papers' Cascade Mask
+R-CNN numbers use the MMDetection configs (detection/README.md).
 """
 import argparse
 import ast
