@@ -15,10 +15,11 @@ each window is normalised per station (mean/std over its input hours) with a lea
 (circular Conv1d over a node's station values + Linear over the 4 time features + Linear over the node's standardised
 station coordinates) gives (INPUT_HOURS, d_model) per node, reshaped into one square single-channel map for the
 UniRepLKNet backbone (in_chans=1); its stage-4 tokens (through the backbone's final LayerNorm) feed one of two heads
-(--series_head): `correlation`, Corrformer's decoder written from the Autoformer/Corrformer papers (series
-decomposition, auto-correlation over time with the tokens, trend projection) without its cross-node (spatial)
-correlation; or `pooled`, the tokens' mean plus an embedding of each future hour's time features, GELU, Linear. The
-forecasts are de-normalised with the window's mean/std.
+(--series_head): `correlation`, Corrformer's decoder written from the Autoformer/Corrformer papers and the release's
+behaviour (series decomposition; multi-correlation = auto-correlation of each node over time + cross-node correlation
+among siblings of a node tree; with itself, then with the tokens; trend projection); or `pooled`, the tokens' mean
+plus an embedding of each future hour's time features, GELU, Linear. The forecasts are de-normalised with the
+window's mean/std.
 """
 import math
 import os
@@ -26,6 +27,8 @@ import os
 import numpy as np
 import torch
 from torch import nn
+
+import tasks
 
 INPUT_HOURS = 48
 PREDICT_HOURS = 24
@@ -53,9 +56,8 @@ def add_arguments(parser):
     group.add_argument('--series_stations_per_node', default=11, type=int,
                        help='stations embedded together (one backbone image per node and window)')
     group.add_argument('--series_head', default='correlation', choices=['correlation', 'pooled'],
-                       help="correlation: Corrformer's decoder (auto-correlation with the backbone's tokens, series "
-                            'decomposition; without its cross-node correlation); pooled: pooled feature + time of each '
-                            'future hour, Linear')
+                       help="correlation: Corrformer's multi-correlation decoder over the backbone's tokens (the "
+                            "recipes'); pooled: the tokens' mean + time features of each future hour, Linear")
     group.add_argument('--series_heads', default=16, type=int, help='correlation heads of the decoder')
     group.add_argument('--series_node_tree', default=None, type=int, nargs='+', metavar='SIZE',
                        help="the decoder's node tree for its cross-node correlation, sizes whose product is the number "
@@ -192,7 +194,6 @@ def baseline_forecasts(samples, station_means):
 
 def build_task(args):
     """The forecasting task of these data sets (tasks.ForecastingTask) with its two baselines."""
-    import tasks  # tasks imports engine; keep this module importable without it
     station_means = training_mean(args)
     return tasks.ForecastingTask(lambda samples: baseline_forecasts(samples, station_means),
                                  units_per_physical=args.series_units_per_physical)
