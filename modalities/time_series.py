@@ -285,6 +285,7 @@ def lag_correlation(q, k):
     """Circular cross-correlation over time (dim -3) by FFT, averaged over a head's channels: out[..., lag, h] =
     mean_e sum_t q[..., (t + lag) mod L, h, e] * k[..., t, h, e]."""
     length = q.shape[-3]
+    q, k = q.float(), k.float()  # FFTs of 48 hours: not in half precision (cuFFT takes only powers of 2 there)
     spectrum = torch.fft.rfft(q, dim=-3) * torch.fft.rfft(k, dim=-3).conj()
     return torch.fft.irfft(spectrum, n=length, dim=-3).mean(dim=-1)
 

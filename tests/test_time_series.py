@@ -135,6 +135,17 @@ def test_forecaster_takes_any_batch_size_and_pads_the_last_node(weather_folder, 
     torch.testing.assert_close(batch, alone, rtol=1e-5, atol=1e-4)
 
 
+def test_forecaster_trains_under_bfloat16_autocast(weather_folder):
+    """--use_amp --amp_dtype bfloat16: the decoder's FFTs run in float32 inside autocast."""
+    model = tiny_forecaster(weather_folder, series_stations_per_node=1)
+    windows, _ = time_series.build_dataset(True, series_args(weather_folder))
+    samples, targets = (torch.stack(items) for items in zip(*[windows[index] for index in range(4)]))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        loss = torch.nn.functional.mse_loss(model(samples).float(), targets)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 @pytest.mark.parametrize('head', ['correlation', 'pooled'])
 def test_reparameterised_backbone_inside_the_adapter_forecasts_the_same(weather_folder, head):
     model = tiny_forecaster(weather_folder, series_head=head)
