@@ -190,7 +190,8 @@ def feature_widths_of_meta_backbone(backbone_cfg):
 
 # One config of each kind in the fast tier (about 0.5 s each, mostly MMEngine resolving bases), the rest slow.
 FAST_CONFIGS = ('upernet_unireplknet_t_512_160k_ade20k', 'upernet_unireplknet_t_512_160k_ade20k_deploy',
-                'RepLKNet-XL_MegData73Mpretrain_upernet_160k_ade20k_640', 'casc_mask_rcnn_unireplknet_t_in1k_fpn_3x_coco',
+                'RepLKNet-XL_MegData73Mpretrain_upernet_160k_ade20k_640',
+                'casc_mask_rcnn_unireplknet_t_in1k_fpn_3x_coco',
                 'RepLKNet-31B_1Kpretrain_cascade_mask_rcnn_3x_coco_deploy')
 
 
@@ -202,7 +203,8 @@ def test_config_loads_with_framework_bases_and_matches_its_backbone(path):
     backbone_cfg = cfg.model.backbone.to_dict()
     framework = 'mmseg' if 'segmentation' in path else 'mmdet'
     assert cfg.custom_imports.imports == [f'replk_mm.register_{framework}'] and cfg.default_scope == framework
-    assert cfg.paper_result.source.startswith(('UniRepLKNet paper', 'RepLKNet paper')) and 'Table' in cfg.paper_result.source
+    source = cfg.paper_result.source
+    assert source.startswith(('UniRepLKNet paper', 'RepLKNet paper')) and 'Table' in source
     assert cfg.paper_result.value is None or 40 < cfg.paper_result.value < 90
     widths = list(backbone_cfg['dims'] if backbone_cfg['type'] == 'UniRepLKNetBackbone' else backbone_cfg['channels'])
     assert feature_widths_of_meta_backbone(backbone_cfg) == widths
@@ -296,7 +298,8 @@ def test_reparameterize_script_writes_what_the_deploy_backbone_loads_float64(tmp
                          '--cfg-options', f'model.backbone.{checkpointing}=False'])
     converted = torch.load(tmp_path / 'deploy.pth', weights_only=True)  # no MMEngine objects left
     assert converted['meta'] == {'iter': 2}
-    assert torch.equal(converted['state_dict']['decode_head.conv_seg.weight'], state_dict['decode_head.conv_seg.weight'])
+    head = 'decode_head.conv_seg.weight'
+    assert torch.equal(converted['state_dict'][head], state_dict[head])
     deploy = build_backbone(dict(cfg, **DEPLOY_FLAGS[cfg['type']])).double().eval()
     deploy.load_state_dict({k[len('backbone.'):]: v for k, v in converted['state_dict'].items()
                             if k.startswith('backbone.')})
@@ -304,6 +307,22 @@ def test_reparameterize_script_writes_what_the_deploy_backbone_loads_float64(tmp
     with torch.no_grad():
         for expected, got in zip(trained(x), deploy(x)):
             torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)
+
+
+def test_reparameterize_reads_a_shipped_config_file(tmp_path):
+    trained = randomized_batchnorms(build_backbone(TINY_UNIREPLKNET)).eval()
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in trained.state_dict().items()}}, tmp_path / 'plain.pth')
+    config = os.path.join(REPO, 'segmentation', 'configs', 'unireplknet', 'upernet_unireplknet_t_512_160k_ade20k.py')
+    tiny = [f'model.backbone.{key}={value!r}'.replace(' ', '') for key, value in TINY_UNIREPLKNET.items()
+            if key in ('depths', 'dims', 'kernel_sizes')]
+    reparameterize.main([str(tmp_path / 'plain.pth'), str(tmp_path / 'deploy.pth'), '--config', config,
+                         '--cfg-options', *tiny])
+    deploy = build_backbone(dict(TINY_UNIREPLKNET, deploy=True)).eval()
+    converted = torch.load(tmp_path / 'deploy.pth')['state_dict']
+    deploy.load_state_dict({k[len('backbone.'):]: v for k, v in converted.items()})
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(deploy(x)[-1], trained(x)[-1], rtol=1e-4, atol=1e-5)
 
 
 def test_reparameterize_needs_a_config_when_the_checkpoint_has_none(tmp_path):

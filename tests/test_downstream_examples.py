@@ -34,7 +34,8 @@ def test_backbone_plugs_into_smp_upernet_and_torchvision_fpn(tmp_path):
         fpn = torchvision_mask_rcnn.TimmBackboneWithFPN('unireplknet_n', out_channels=16, **TINY).eval()
         levels = fpn(torch.randn(1, 3, 64, 64))
     assert [(name, tuple(f.shape)) for name, f in levels.items()] == [
-        ('0', (1, 16, 16, 16)), ('1', (1, 16, 8, 8)), ('2', (1, 16, 4, 4)), ('3', (1, 16, 2, 2)), ('pool', (1, 16, 1, 1))]
+        ('0', (1, 16, 16, 16)), ('1', (1, 16, 8, 8)), ('2', (1, 16, 4, 4)), ('3', (1, 16, 2, 2)),
+        ('pool', (1, 16, 1, 1))]
     with pytest.raises(ValueError, match='--arch'):
         torchvision_mask_rcnn.build_detector('retinanet', 'unireplknet_n', 3, **TINY)
 

@@ -159,7 +159,8 @@ def narrow_heads(cfg):
 def test_cascade_mask_rcnn_trains_tests_and_deploys_through_runner(tmp_path):
     from mmdet.apis import inference_detector, init_detector
     coco = make_coco(str(tmp_path / 'coco'))
-    config = os.path.join(REPO, 'detection', 'configs', 'unireplknet', 'casc_mask_rcnn_unireplknet_t_in1k_fpn_3x_coco.py')
+    config = os.path.join(REPO, 'detection', 'configs', 'unireplknet',
+                          'casc_mask_rcnn_unireplknet_t_in1k_fpn_3x_coco.py')
     model = {'model.neck.in_channels': [8, 16, 24, 32], 'model.train_cfg.rpn_proposal.max_per_img': 200,
              'model.test_cfg.rpn.max_per_img': 100, 'model.test_cfg.rcnn.score_thr': 0.0,
              'model.test_cfg.rcnn.max_per_img': 20, 'train_cfg.max_epochs': 1,
