@@ -64,6 +64,18 @@ def test_deploy_form_export_matches_pytorch_on_random_and_real_images(name, tmp_
     assert export_onnx.max_abs_difference(session, training_form, images)[0] < 1e-4  # vs. the training form too
 
 
+def test_unireplknet_export_takes_batches_larger_than_the_cpu_paths_chunks(tmp_path):
+    # 256 channels at 16x16 in stage 0: unireplknet_cpu's GRN norm works in chunks of 8 samples; batch 9 needs two
+    model = export_onnx.build_named_model('unireplknet_a', num_classes=5, depths=[1, 0, 0, 0], dims=[256, 8, 8, 8],
+                                          kernel_sizes=[[3], [], [], []], layer_scale_init_value=1.0)
+    assert model.fast_cpu_kernels
+    deployed = export_onnx.reparameterize_model(model)
+    path = str(tmp_path / 'model.onnx')
+    export_onnx.export_deployed(deployed, path, 64)
+    difference, scale = export_onnx.max_abs_difference(export_onnx.onnx_session(path), deployed, torch.randn(9, 3, 64, 64))
+    assert difference < 1e-4 * max(1, scale)
+
+
 def test_parity_check_fails_when_outputs_differ(tmp_path):
     model = export_onnx.build_named_model('RepLKNet-31B', num_classes=5, **TINY['RepLKNet-31B'])
     deployed = export_onnx.reparameterize_model(model)

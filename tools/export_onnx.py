@@ -12,7 +12,7 @@ photos (--images; the scikit-image photos by default) and fail when the largest 
 exceeds --tolerance times max(1, largest |logit|). Finally both runtimes are timed on CPU at --batch_size.
 """
 import argparse
-import time
+import copy
 
 import numpy as np
 import onnx
@@ -20,13 +20,21 @@ import onnxruntime
 import torch
 from timm.utils import reparameterize_model
 
-from named_model import BUILTIN_IMAGES, build_named_model, load_images, parse_model_kwargs
+from named_model import BUILTIN_IMAGES, build_named_model, load_images, parse_model_kwargs  # (puts the repo on sys.path)
+from benchmarks.timing import interleaved_medians  # noqa: E402
 
 INPUT_NAME, OUTPUT_NAME = 'images', 'logits'
 
 
 def export_deployed(model, path, input_size):
-    """Write `model` (already in deploy form, eval mode) to `path` with a dynamic batch dimension."""
+    """Write `model` (already in deploy form, eval mode) to `path` with a dynamic batch dimension.
+
+    A UniRepLKNet is exported with its release computation (a copy with unireplknet_cpu.py's fast paths off): those
+    choose code paths by tensor size (GRN norms in batch chunks), which tracing would freeze at the example's batch.
+    """
+    if hasattr(model, 'set_fast_cpu_kernels'):
+        model = copy.deepcopy(model)
+        model.set_fast_cpu_kernels(False)
     example = torch.randn(2, 3, input_size, input_size)
     batch = torch.export.Dim('batch')
     with torch.no_grad():
@@ -66,17 +74,9 @@ def check_parity(session, model, batches, tolerance):
     return differences
 
 
-def images_per_second(run, batch_size, warmup, iterations):
-    for _ in range(warmup):
-        run()
-    start = time.perf_counter()
-    for _ in range(iterations):
-        run()
-    return batch_size * iterations / (time.perf_counter() - start)
-
-
 def compare_throughput(session, model, batch_size, input_size, warmup=3, iterations=10):
-    """CPU images per second of onnxruntime and of eager PyTorch (inference mode), same batch and threads."""
+    """CPU images per second of onnxruntime and of eager PyTorch (inference mode), same batch and threads, timed
+    interleaved (median of `iterations` rounds), so outside load on a shared machine slows both alike."""
     images = torch.randn(batch_size, 3, input_size, input_size)
     feed = {INPUT_NAME: images.numpy()}
 
@@ -84,9 +84,9 @@ def compare_throughput(session, model, batch_size, input_size, warmup=3, iterati
         with torch.inference_mode():
             model(images)
 
-    speeds = {'onnxruntime': images_per_second(lambda: session.run([OUTPUT_NAME], feed), batch_size, warmup,
-                                               iterations),
-              'pytorch_eager': images_per_second(run_torch, batch_size, warmup, iterations)}
+    medians = interleaved_medians({'onnxruntime': lambda: session.run([OUTPUT_NAME], feed),
+                                   'pytorch_eager': run_torch}, warmup=warmup, repeats=iterations)
+    speeds = {runtime: batch_size / seconds for runtime, seconds in medians.items()}
     print(f'CPU throughput (batch {batch_size}, {input_size}px, {torch.get_num_threads()} threads): onnxruntime '
           f'{speeds["onnxruntime"]:.1f} img/s, PyTorch eager {speeds["pytorch_eager"]:.1f} img/s '
           f'({speeds["onnxruntime"] / speeds["pytorch_eager"]:.2f}x)')
