@@ -165,6 +165,16 @@ def test_layout_errors_name_what_is_missing(tmp_path, modelnet):
         point_cloud.open_modelnet40(str(tmp_path / 'h5'), 'train')
 
 
+def test_options_the_adapter_cannot_honour_are_errors(modelnet):
+    for option, message in ((['--layer_decay', '0.8'], 'no layer-id map'), (['--throughput'], 'no point-cloud input')):
+        args = tiny_args(modelnet['hdf5'], *option)
+        args.nb_classes = len(MESHES)
+        with pytest.raises(ValueError, match=message):
+            train_main.build_model(args)
+    with pytest.raises(ValueError, match='--mixup 0 --cutmix 0'):
+        point_cloud.build_dataset(True, tiny_args(modelnet['hdf5'], '--mixup', '0.8'))
+
+
 def test_point_file_with_wrong_columns_is_named(tmp_path):
     path = tmp_path / 'chair_0001.txt'
     path.write_text('0.1,0.2,0.3\n0.4,0.5,0.6\n')
