@@ -332,3 +332,17 @@ def test_killed_and_resumed_run_is_bitwise_equal_to_an_uninterrupted_one(short_w
     assert_same_training_state(os.path.join(interrupted, 'checkpoint-1.pth'),
                                os.path.join(uninterrupted, 'checkpoint-1.pth'))
     assert [line['test_mse'] for line in read_log(interrupted)] == [line['test_mse'] for line in read_log(uninterrupted)]
+
+
+@pytest.mark.slow
+def test_early_stopping_ends_training_and_a_resumed_run_stays_stopped(short_weather_folder, tmp_path):
+    """With lr 0 every evaluation equals the first, and equal is not better: patience 1 stops after epoch 1; a second
+    launch reads the scores back from log.txt and trains no further epoch."""
+    output_dir = str(tmp_path / 'run')
+    argv = [*main_args(short_weather_folder, 'GLOBAL_WIND'), '--series_head', 'pooled', '--lr', '0',
+            '--early_stop_patience', '1', '--epochs', '5', '--output_dir', output_dir]
+    for _ in range(2):
+        completed = run_main(argv)
+        assert_succeeded(completed)
+        assert 'Early stopping: no better evaluation in the last 1 epochs' in completed.stdout
+        assert [line['epoch'] for line in read_log(output_dir)] == [0, 1]
