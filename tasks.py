@@ -7,7 +7,8 @@ main.py and engine.py run one training loop for every data set and ask the run's
 - `evaluate(...)`: the evaluation metrics, from sums all-reduced over ranks (so --dist_eval equals one process);
 - `score(stats)` (higher is better) and `initial_best`: what the best checkpoint is (highest top-1 accuracy, or
   lowest MSE);
-- `summary(what, stats)`, `best_summary(what, best)`, `tensorboard_values(stats)`: what the console and Tensorboard show.
+- `summary(what, stats)`, `best_summary(what, best)`, `tensorboard_values(stats)`: what the console and
+  Tensorboard show.
   log.txt records every key of `evaluate`'s stats with main.py's `test_` prefix.
 
 Classification is the default; a modality module (modalities.adapter_module) that defines `build_task(args)` supplies

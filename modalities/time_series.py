@@ -139,7 +139,8 @@ def pack_window(values, features):
 
 
 def unpack_window(samples):
-    """(B, WINDOW_HOURS, stations + 4) -> input values (B, INPUT_HOURS, stations), time features (B, WINDOW_HOURS, 4)."""
+    """(B, WINDOW_HOURS, stations + 4) -> input values (B, INPUT_HOURS, stations), time features
+    (B, WINDOW_HOURS, 4)."""
     return samples[:, :INPUT_HOURS, :-TIME_FEATURES], samples[:, :, -TIME_FEATURES:]
 
 
@@ -291,7 +292,8 @@ def lag_correlation(q, k):
 
 
 def roll_in_time(values, shift):
-    """values (..., L, heads, E), shift (..., heads) integer -> out[..., t, h, :] = values[..., (t + shift) mod L, h, :]."""
+    """values (..., L, heads, E), integer shift (..., heads) -> out[..., t, h, :] = values[..., (t + shift) mod L, h, :]
+    (time is dim -3)."""
     length = values.shape[-3]
     hours = torch.arange(length, device=values.device).view(length, 1)
     index = (hours + shift.unsqueeze(-2)) % length

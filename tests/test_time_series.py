@@ -100,7 +100,8 @@ def test_nan_values_are_reported_with_their_hour_and_station(weather, tmp_path):
     broken = temperature.copy()
     broken[30, 2] = np.nan
     folder = write_corrformer_layout(str(tmp_path), 'temp', broken, times, stations, SPLIT_HOURS)
-    with pytest.raises(ValueError, match=r'temp_global_hourly_train\.npy: 1 NaN value\(s\), first at hour 30 station 2'):
+    with pytest.raises(ValueError,
+                       match=r'temp_global_hourly_train\.npy: 1 NaN value\(s\), first at hour 30 station 2'):
         time_series.build_dataset(True, series_args(folder))
 
 
@@ -277,9 +278,9 @@ def main_args(folder, data_set='GLOBAL_TEMP'):
     """The recipe (Adam, MSE, lr halved every epoch, early stopping) at toy size."""
     return ['--data_set', data_set, '--data_path', folder, '--model', 'unireplknet_a',
             '--model_overrides', TINY_UNIREPLKNET, '--series_d_model', str(TINY_D_MODEL),
-            '--series_stations_per_node', '3', '--series_heads', '4', '--opt', 'adam', '--lr', '1e-3', '--weight_decay', '0',
-            '--lr_schedule', 'step', '--early_stop_patience', '3', '--batch_size', '32', '--device', 'cpu',
-            '--num_workers', '0', '--seed', '0']
+            '--series_stations_per_node', '3', '--series_heads', '4', '--opt', 'adam', '--lr', '1e-3',
+            '--weight_decay', '0', '--lr_schedule', 'step', '--early_stop_patience', '3', '--batch_size', '32',
+            '--device', 'cpu', '--num_workers', '0', '--seed', '0']
 
 
 @pytest.mark.slow
@@ -331,7 +332,8 @@ def test_killed_and_resumed_run_is_bitwise_equal_to_an_uninterrupted_one(short_w
     assert_succeeded(run_main([*argv, '--output_dir', interrupted]))
     assert_same_training_state(os.path.join(interrupted, 'checkpoint-1.pth'),
                                os.path.join(uninterrupted, 'checkpoint-1.pth'))
-    assert [line['test_mse'] for line in read_log(interrupted)] == [line['test_mse'] for line in read_log(uninterrupted)]
+    assert [line['test_mse'] for line in read_log(interrupted)] == \
+        [line['test_mse'] for line in read_log(uninterrupted)]
 
 
 @pytest.mark.slow
