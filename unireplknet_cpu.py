@@ -25,6 +25,9 @@ The fast paths (measured gains in BENCHMARKS.md, "Ideas kept and dropped"):
   * GRN's norm in cache-sized chunks with a one-pass backward (`FastGRN`), and GRN's scale folded into the
     following Linear where a sample has more pixels than that Linear has outputs (`grn_then_linear`);
   * without autograd, GELU and the residual add written over fresh tensors (`FastUniRepLKNetBlock`).
+
+For tracing or export (ONNX, TorchScript) build the model with fast_cpu_kernels=False: the chunked GRN norm splits
+the batch into Python-counted chunks, which a trace would freeze at the example's batch size.
 """
 import torch
 import torch.nn as nn
