@@ -28,7 +28,8 @@ import replk_mm.register_mmdet  # noqa: E402,F401  (what the detection configs' 
 import replk_mm.register_mmseg  # noqa: E402,F401
 from replk_mm import backbones, checkpoints, layer_decay, reparameterize  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures('single_thread')  # see tests/conftest.py
+pytestmark = [pytest.mark.usefixtures('single_thread'),  # see tests/conftest.py
+              pytest.mark.filterwarnings('ignore:pkg_resources is deprecated')]  # mmengine 0.10.7's import
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_UNIREPLKNET = dict(type='UniRepLKNetBackbone', depths=(1, 1, 2, 1), dims=(8, 16, 24, 32),

@@ -22,7 +22,8 @@ from mmengine.runner import Runner  # noqa: E402
 
 from replk_mm import reparameterize  # noqa: E402
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures('single_thread')]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures('single_thread'),
+              pytest.mark.filterwarnings('ignore:pkg_resources is deprecated')]  # mmengine 0.10.7's import
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_BACKBONE = dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32), kernel_sizes=((3,), (13,), (13, 3), (13,)),
