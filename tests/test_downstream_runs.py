@@ -8,6 +8,8 @@ works through the allow-list that the configs' custom_imports install (replk_mm/
 """
 import json
 import os
+import subprocess
+import sys
 
 import mmcv_ext_standin
 import numpy as np
@@ -179,3 +181,23 @@ def test_cascade_mask_rcnn_trains_tests_and_deploys_through_runner(tmp_path):
     torch.testing.assert_close(deployed.bboxes, trained.bboxes, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(deployed.scores, trained.scores, rtol=1e-4, atol=1e-5)
     assert torch.equal(deployed.labels, trained.labels)
+
+
+def test_reparameterize_runs_without_mmseg_mmdet_and_mmcv(ade20k, tmp_path):
+    """`python -m replk_mm.reparameterize` on a Runner checkpoint in a process where mmseg, mmdet and mmcv cannot be
+    imported: torch + mmengine are enough (the config comes from the checkpoint)."""
+    config = os.path.join(REPO, 'segmentation', 'configs', 'unireplknet', 'upernet_unireplknet_t_512_160k_ade20k.py')
+    cfg = tiny_run_config(config, ade20k, tmp_path / 'train', **{
+        'model.decode_head.in_channels': [8, 16, 24, 32], 'model.decode_head.channels': 16,
+        'model.auxiliary_head.in_channels': 24, 'model.auxiliary_head.channels': 8,
+        'model.data_preprocessor.size': (48, 48), 'train_cfg.max_iters': 1, 'train_cfg.val_interval': 1,
+        'default_hooks.checkpoint.interval': 1})
+    Runner.from_cfg(cfg).train()
+    blocked = "import sys; sys.modules.update(mmseg=None, mmdet=None, mmcv=None); import runpy; "
+    command = [sys.executable, '-c', blocked + "runpy.run_module('replk_mm.reparameterize', run_name='__main__')",
+               os.path.join(cfg.work_dir, 'iter_1.pth'), str(tmp_path / 'deploy.pth')]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    converted = torch.load(tmp_path / 'deploy.pth')['state_dict']
+    assert 'backbone.stages.1.0.dwconv.lk_origin.bias' in converted  # the dilated branches were merged
+    assert not any('dil_conv' in key or 'origin_bn' in key for key in converted)
