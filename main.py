@@ -458,6 +458,16 @@ def check_options(args, device):
         raise ValueError(f'--mesa {args.mesa} needs --model_ema true: the EMA model is the MESA teacher')
 
 
+def build_mesa(args, task, total_updates):
+    """--mesa: the EMA-teacher term of mesa.py, or None."""
+    if not args.mesa:
+        return None
+    if not task.tracks_train_accuracy:  # the classification tasks
+        raise ValueError(f'--mesa distils class probabilities, but --data_set {args.data_set} is not a '
+                         'classification task; drop --mesa')
+    return Mesa(args.mesa, args.mesa_start_ratio, total_updates)
+
+
 def seed_everything(seed):
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -653,7 +663,7 @@ def main(args):
     print(f'Max WD = {max(wd_schedule):.7f}, Min WD = {min(wd_schedule):.7f}')
     criterion = task.criterion(args, mixup_fn)
     print(f'criterion = {criterion}')
-    mesa = Mesa(args.mesa, args.mesa_start_ratio, args.epochs * steps_per_epoch) if args.mesa else None
+    mesa = build_mesa(args, task, args.epochs * steps_per_epoch)
 
     log_writer = wandb_logger = None
     if utils.is_main_process():

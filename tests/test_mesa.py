@@ -12,6 +12,7 @@ from timm.utils import ModelEmaV3
 import engine
 import main
 from mesa import Mesa, mesa_distillation_loss
+from tasks import ForecastingTask
 from train_helpers import (TINY_UNIREPLKNET, assert_bitwise_equal, assert_succeeded, load_checkpoint,
                            make_tiny_dataset, read_log, run_main, tiny_data_args)
 
@@ -102,6 +103,9 @@ def test_mesa_needs_the_ema_and_a_sensible_start():
     args = main.parse_args(['--mesa', '0.5', '--device', 'cpu'])
     with pytest.raises(ValueError, match='--model_ema true'):
         main.check_options(args, torch.device('cpu'))
+    forecasting = main.parse_args(['--mesa', '0.5', '--model_ema', 'true', '--data_set', 'GLOBAL_TEMP'])
+    with pytest.raises(ValueError, match='not a classification task'):
+        main.build_mesa(forecasting, ForecastingTask(baselines=lambda samples: {}), total_updates=10)
     with pytest.raises(ValueError, match='mesa_start_ratio'):
         Mesa(weight=0.5, start_ratio=1.5, total_updates=10)
     with pytest.raises(ValueError, match='--mesa must be >= 0'):
