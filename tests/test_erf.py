@@ -53,6 +53,22 @@ def test_matrix_follows_the_formula_on_a_toy_conv_net():
     assert scores[0, 0] == 0 and scores[7, 9] > 0
 
 
+class ChannelsLastToyConvNet(ToyConvNet):
+    output_fmt = 'NHWC'  # as timm's Swin declares
+
+    def forward_features(self, x):
+        return super().forward_features(x).permute(0, 2, 3, 1)
+
+
+def test_channels_last_feature_maps_are_read_as_such():
+    model = ToyConvNet().double().eval()
+    channels_last = ChannelsLastToyConvNet().double().eval()
+    channels_last.load_state_dict(model.state_dict())
+    images = [torch.randn(3, 12, 12, dtype=torch.float64)]
+    np.testing.assert_array_equal(erf.aggregated_contribution_scores(channels_last, images, progress=False),
+                                  erf.aggregated_contribution_scores(model, images, progress=False))
+
+
 def test_area_ratio_of_known_matrices():
     point = np.zeros((11, 11))
     point[5, 5] = 1

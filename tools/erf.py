@@ -33,8 +33,11 @@ AREA_THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
 
 
 def last_feature_map(model, images):
-    """The model's final feature map (n, c, h', w'): timm's forward_features, which this project's models share."""
+    """The model's final feature map (n, c, h', w'): timm's forward_features, which this project's models share
+    (timm models that return channels-last maps, e.g. Swin, declare output_fmt 'NHWC')."""
     features = model.forward_features(images)
+    if getattr(model, 'output_fmt', 'NCHW') == 'NHWC' and torch.is_tensor(features) and features.dim() == 4:
+        features = features.permute(0, 3, 1, 2)
     if not (torch.is_tensor(features) and features.dim() == 4):
         shape = tuple(features.shape) if torch.is_tensor(features) else type(features).__name__
         raise ValueError(f'{type(model).__name__}.forward_features returned {shape}, not an (n, c, h, w) feature map; '
