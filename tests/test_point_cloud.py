@@ -30,11 +30,11 @@ MESH_DIR = os.environ.get('CGAL_MESH_DIR', os.path.join(REPO_ROOT, 'data', 'libc
 # Four shapes that differ in outline: each is one class; samples are different surface samplings of it.
 MESHES = make_modelnet_from_meshes.DEFAULT_MESHES
 RAW_POINTS = 400
-TRAIN_PER_CLASS, TEST_PER_CLASS = 10, 5
-# Tiny sizes: 128 points, a 32x32 grid, 8-d point features, the tiny backbone of the training tests.
+TRAIN_PER_CLASS, TEST_PER_CLASS = 20, 5
+# Tiny sizes: 128 points, a 32x32 grid, 16-d point features, the tiny backbone of the training tests.
 TINY_ARGS = ['--model', 'unireplknet_a', '--model_overrides', TINY_UNIREPLKNET, '--data_set', 'MODELNET40',
-             '--input_size', '32', '--pc_points', '128', '--pc_fps_points', '160', '--pc_knn', '8',
-             '--pc_encoder_dim', '8', '--pc_fusion_dim', '16', '--mixup', '0', '--cutmix', '0', '--smoothing', '0.2',
+             '--input_size', '32', '--pc_points', '128', '--pc_fps_points', '160', '--pc_knn', '16',
+             '--pc_encoder_dim', '16', '--pc_fusion_dim', '16', '--mixup', '0', '--cutmix', '0', '--smoothing', '0.2',
              '--opt', 'adamw', '--weight_decay', '0.05', '--warmup_epochs', '0', '--device', 'cpu',
              '--num_workers', '0', '--seed', '0']
 
@@ -232,9 +232,9 @@ def test_point_encoder_sees_only_unaugmented_points(modelnet):
 
 @pytest.fixture(scope='module')
 def trained_run(modelnet, tmp_path_factory):
-    """12 epochs of the tiny model on the text layout (10 updates of 4 samples per epoch)."""
+    """8 epochs of the tiny model on the text layout (10 updates of 8 samples per epoch)."""
     output = str(tmp_path_factory.mktemp('trained') / 'run')
-    assert_succeeded(run_main([*TINY_ARGS, '--data_path', modelnet['text'], '--epochs', '12', '--batch_size', '4',
+    assert_succeeded(run_main([*TINY_ARGS, '--data_path', modelnet['text'], '--epochs', '8', '--batch_size', '8',
                                '--lr', '2e-3', '--output_dir', output]))
     return output
 
@@ -265,17 +265,17 @@ def test_distributed_evaluation_equals_single_process(trained_run, modelnet):
 
 @pytest.mark.slow
 def test_killed_and_resumed_run_is_bitwise_equal(modelnet, tmp_path):
-    """SIGKILL mid-epoch after 2 and after 7 updates (of 5 per epoch): the resumed run's weights and optimizer
+    """SIGKILL mid-epoch after 3 and after 14 updates (of 10 per epoch): the resumed run's weights and optimizer
     equal an uninterrupted run's bit for bit (point sampling, rotations, scaling and drop path all seeded)."""
     argv = [*TINY_ARGS, '--data_path', modelnet['text'], '--epochs', '2', '--batch_size', '8', '--lr', '2e-3',
             '--drop_path', '0.1', '--save_ckpt_every_steps', '1']
     uninterrupted = str(tmp_path / 'uninterrupted')
     assert_succeeded(run_main([*argv, '--output_dir', uninterrupted]))
     interrupted = str(tmp_path / 'interrupted')
-    for kill_after in (2, 7):
+    for kill_after in (3, 14):
         process = start_main([*argv, '--output_dir', interrupted], str(tmp_path / f'kill_{kill_after}.log'))
         deadline = time.time() + 300
-        while newest_update(interrupted, updates_per_epoch=5) < kill_after and process.poll() is None:
+        while newest_update(interrupted, updates_per_epoch=10) < kill_after and process.poll() is None:
             assert time.time() < deadline, 'the run made no progress'
             time.sleep(0.05)
         process.kill()   # SIGKILL
