@@ -72,7 +72,8 @@ def test_unireplknet_export_takes_batches_larger_than_the_cpu_paths_chunks(tmp_p
     deployed = export_onnx.reparameterize_model(model)
     path = str(tmp_path / 'model.onnx')
     export_onnx.export_deployed(deployed, path, 64)
-    difference, scale = export_onnx.max_abs_difference(export_onnx.onnx_session(path), deployed, torch.randn(9, 3, 64, 64))
+    session = export_onnx.onnx_session(path)
+    difference, scale = export_onnx.max_abs_difference(session, deployed, torch.randn(9, 3, 64, 64))
     assert difference < 1e-4 * max(1, scale)
 
 

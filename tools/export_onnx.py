@@ -20,7 +20,8 @@ import onnxruntime
 import torch
 from timm.utils import reparameterize_model
 
-from named_model import BUILTIN_IMAGES, build_named_model, load_images, parse_model_kwargs  # (puts the repo on sys.path)
+# named_model puts the repository root on sys.path, for benchmarks.timing
+from named_model import BUILTIN_IMAGES, build_named_model, load_images, parse_model_kwargs
 from benchmarks.timing import interleaved_medians  # noqa: E402
 
 INPUT_NAME, OUTPUT_NAME = 'images', 'logits'
@@ -96,7 +97,8 @@ def compare_throughput(session, model, batch_size, input_size, warmup=3, iterati
 def get_args_parser():
     parser = argparse.ArgumentParser(description='Export the re-parameterised model to ONNX and check it')
     parser.add_argument('--model', required=True, help='model name (this project or timm)')
-    parser.add_argument('--resume', default='', metavar='FILE', help='weights (training form), e.g. checkpoint-best.pth')
+    parser.add_argument('--resume', default='', metavar='FILE',
+                        help='weights (training form), e.g. checkpoint-best.pth')
     parser.add_argument('--num_classes', default=1000, type=int, help='classes of the head (must fit --resume)')
     parser.add_argument('--model_overrides', default=None, metavar='YAML', help='extra constructor kwargs (dict)')
     parser.add_argument('--out', required=True, metavar='FILE.onnx')

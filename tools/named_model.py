@@ -13,7 +13,6 @@ if REPO_ROOT not in sys.path:  # run as `python tools/<tool>.py`: make the repos
 
 import numpy as np  # noqa: E402
 import timm  # noqa: E402
-import torch  # noqa: E402
 import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
