@@ -108,6 +108,25 @@ class AlwaysClassZero(torch.nn.Module):
         return torch.tensor([[1.0, 0.0, 0.0]]).expand(len(samples), -1)
 
 
+def test_rotations_are_the_releases():
+    """View i: Euler (x, y, z) = (i pi/2, 0, pi/2), R = Rx Ry Rz; augmentation: -azimuth about z after -elevation
+    about (sin a, -cos a, 0) (the release's euler2mat and rotate_theta_phi, written out)."""
+    def about_x(a):
+        return np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+
+    def about_z(a):
+        return np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+
+    for i, view in enumerate(point_cloud.view_rotations(4)):
+        np.testing.assert_allclose(view.numpy(), about_x(i * np.pi / 2) @ about_z(np.pi / 2), atol=1e-6)
+    np.testing.assert_allclose(point_cloud.view_rotation(0.7, 0.0).numpy(), about_z(-0.7), atol=1e-6)
+    # The tilt axis (sin a, -cos a, 0) stays put under the tilt, then turns by -a about z onto (0, -1, 0); the z axis
+    # tilts by the elevation angle.
+    rotation = point_cloud.view_rotation(0.7, -0.35 * np.pi).numpy()
+    np.testing.assert_allclose(rotation @ np.array([np.sin(0.7), -np.cos(0.7), 0.0]), [0.0, -1.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose((rotation @ np.array([0.0, 0.0, 1.0]))[2], np.cos(0.35 * np.pi), atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------
 # Data reading and bad input
 # ----------------------------------------------------------------------------------------------
