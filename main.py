@@ -622,6 +622,7 @@ def main(args):
             model, device_ids=[args.gpu] if device.type == 'cuda' else None, find_unused_parameters=False)
         model_without_ddp = model.module
     if args.compile:  # training only; model_without_ddp (checkpointed, evaluated, EMA source) stays un-compiled
+        print(f'Training with torch.compile (backend {args.compile}, static shapes)')
         model = compiled(model, args.compile)
 
     assigner = layer_decay_assigner(canonical_model_name(args.model), args.layer_decay)

@@ -94,7 +94,26 @@ def test_eager_checkpoint_resumes_into_a_compiled_run(tmp_path):
     completed = run_main([*argv, '--output_dir', mixed, '--compile', 'aot_eager'])
     assert_succeeded(completed)
     assert 'Continuing after epoch 0' in completed.stdout
+    assert 'Training with torch.compile (backend aot_eager' in completed.stdout
     expected, actual = (load_checkpoint(os.path.join(folder, 'checkpoint-1.pth')) for folder in (eager, mixed))
     assert list(actual['model']) == list(expected['model'])
     assert max_abs_difference(actual['model'], expected['model']) < 1e-5
     assert max_abs_difference(actual['model_ema'], expected['model_ema']) < 1e-5
+
+
+@pytest.mark.slow
+def test_compiled_ddp_run_with_accumulation_equals_eager(tmp_path):
+    """Two gloo processes, --update_freq 2 (DDP's no_sync through the compile wrapper), backend eager (Dynamo's graph
+    capture; inductor would compile for minutes per process): the same weights and EMA as the eager DDP run."""
+    data = make_tiny_dataset(str(tmp_path / 'data'))
+    argv = ['--model', 'unireplknet_a', '--model_overrides', BATCH_INDEPENDENT_UNIREPLKNET, *tiny_data_args(*data),
+            '--batch_size', '4', '--update_freq', '2', '--epochs', '1', '--warmup_steps', '1', '--mixup', '0',
+            '--cutmix', '0', '--model_ema', 'true']
+    eager, compiled = str(tmp_path / 'eager'), str(tmp_path / 'compiled')
+    assert_succeeded(run_main([*argv, '--output_dir', eager], nproc=2))
+    completed = run_main([*argv, '--output_dir', compiled, '--compile', 'eager'], nproc=2)
+    assert_succeeded(completed)
+    assert 'Training with torch.compile (backend eager' in completed.stdout
+    expected, actual = (load_checkpoint(os.path.join(folder, 'checkpoint-0.pth')) for folder in (eager, compiled))
+    assert max_abs_difference(actual['model'], expected['model']) < 1e-6
+    assert max_abs_difference(actual['model_ema'], expected['model_ema']) < 1e-6
