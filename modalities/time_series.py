@@ -40,7 +40,7 @@ STATION_COLUMNS = ('latitude', 'longitude', 'elevation')
 NORMALISATION_EPS = 1e-5
 LABEL_HOURS = 24  # known hours the decoder starts from (Corrformer's label_len)
 MOVING_AVERAGE_HOURS = 25  # series decomposition window (Corrformer's moving_avg)
-DECODER_DROPOUT = 0.05  # Corrformer's default dropout
+DECODER_DROPOUT = 0.05  # Corrformer's default dropout (embeddings and decoder)
 
 
 def add_arguments(parser):
@@ -242,20 +242,23 @@ def decompose(x, kernel_size=MOVING_AVERAGE_HOURS):
 
 class NodeEmbedding(nn.Module):
     """Corrformer's DataEmbedding: circular Conv1d over a node's station values + Linear over the hours' time features
-    + Linear over the node's standardised station coordinates, (B * nodes, L, node_size) -> (B * nodes, L, d_model)."""
+    + Linear over the node's standardised station coordinates, then dropout; (B * nodes, L, node_size) ->
+    (B * nodes, L, d_model)."""
 
-    def __init__(self, node_size, coordinates_per_node, d_model):
+    def __init__(self, node_size, coordinates_per_node, d_model, dropout=DECODER_DROPOUT):
         super().__init__()
         self.values = nn.Conv1d(node_size, d_model, kernel_size=3, padding=1, padding_mode='circular', bias=False)
+        nn.init.kaiming_normal_(self.values.weight, mode='fan_in', nonlinearity='leaky_relu')  # as Corrformer's
         self.time = nn.Linear(TIME_FEATURES, d_model, bias=False)
         self.position = nn.Linear(coordinates_per_node, d_model)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, node_values, features, node_coordinates):
         batch, hours = features.shape[:2]
         embedded = self.values(node_values.transpose(1, 2)).transpose(1, 2).reshape(batch, -1, hours,
                                                                                       self.time.out_features)
         embedded = embedded + self.time(features)[:, None] + self.position(node_coordinates)[None, :, None]
-        return embedded.flatten(0, 1)
+        return self.dropout(embedded.flatten(0, 1))
 
 
 class HeadProjections(nn.Module):

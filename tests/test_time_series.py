@@ -13,7 +13,7 @@ from timm.utils import reparameterize_model
 import unireplknet
 from modalities import time_series
 from modalities.time_series import INPUT_HOURS, PREDICT_HOURS, WINDOW_HOURS
-from train_helpers import (REPO_ROOT, TINY_UNIREPLKNET, assert_same_training_state, assert_succeeded,
+from train_helpers import (BATCH_INDEPENDENT_UNIREPLKNET, REPO_ROOT, TINY_UNIREPLKNET, assert_same_training_state, assert_succeeded,
                            kill_when_checkpoint_exists, load_checkpoint, read_log, run_main)
 from weather_data import QUICKSTART_SPLIT_HOURS, read_stations, write_corrformer_layout, write_quickstart_folder
 
@@ -338,10 +338,12 @@ def test_killed_and_resumed_run_is_bitwise_equal_to_an_uninterrupted_one(short_w
 
 @pytest.mark.slow
 def test_early_stopping_ends_training_and_a_resumed_run_stays_stopped(short_weather_folder, tmp_path):
-    """With lr 0 every evaluation equals the first, and equal is not better: patience 1 stops after epoch 1; a second
-    launch reads the scores back from log.txt and trains no further epoch."""
+    """With lr 0 and no BatchNorm (whose running statistics would still move) every evaluation equals the first, and
+    equal is not better: patience 1 stops after epoch 1; a second launch reads the scores back from log.txt and trains
+    no further epoch."""
     output_dir = str(tmp_path / 'run')
-    argv = [*main_args(short_weather_folder, 'GLOBAL_WIND'), '--series_head', 'pooled', '--lr', '0',
+    argv = [*main_args(short_weather_folder, 'GLOBAL_WIND'), '--model_overrides', BATCH_INDEPENDENT_UNIREPLKNET,
+            '--series_head', 'pooled', '--lr', '0',
             '--early_stop_patience', '1', '--epochs', '5', '--output_dir', output_dir]
     for _ in range(2):
         completed = run_main(argv)
