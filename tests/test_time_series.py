@@ -13,8 +13,8 @@ from timm.utils import reparameterize_model
 import unireplknet
 from modalities import time_series
 from modalities.time_series import INPUT_HOURS, PREDICT_HOURS, WINDOW_HOURS
-from train_helpers import (BATCH_INDEPENDENT_UNIREPLKNET, REPO_ROOT, TINY_UNIREPLKNET, assert_same_training_state, assert_succeeded,
-                           kill_when_checkpoint_exists, load_checkpoint, read_log, run_main)
+from train_helpers import (BATCH_INDEPENDENT_UNIREPLKNET, REPO_ROOT, TINY_UNIREPLKNET, assert_same_training_state,
+                           assert_succeeded, kill_when_checkpoint_exists, load_checkpoint, read_log, run_main)
 from weather_data import QUICKSTART_SPLIT_HOURS, read_stations, write_corrformer_layout, write_quickstart_folder
 
 pytestmark = pytest.mark.usefixtures('single_thread')
