@@ -180,4 +180,7 @@ def main(args):
 
 
 if __name__ == '__main__':
-    main(get_args_parser().parse_args())
+    try:
+        main(get_args_parser().parse_args())
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f'error: {error}')

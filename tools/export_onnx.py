@@ -71,7 +71,7 @@ def check_parity(session, model, batches, tolerance):
               f'limit {limit:.3e}, batch {len(images)})')
         if not difference <= limit:
             raise AssertionError(f'ONNX output differs from PyTorch by {difference:.3e} on {name} images, more than '
-                                 f'{limit:.3e}; the export is not faithful (try another opset or report the model)')
+                                 f'{limit:.3e}: the exported graph does not compute what the model does; do not deploy this file')
     return differences
 
 
@@ -130,4 +130,7 @@ def main(args):
 
 
 if __name__ == '__main__':
-    main(get_args_parser().parse_args())
+    try:
+        main(get_args_parser().parse_args())
+    except (AssertionError, FileNotFoundError, ValueError) as error:
+        raise SystemExit(f'error: {error}')
