@@ -27,7 +27,8 @@ from tqdm import tqdm
 matplotlib.use('Agg')  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
-from named_model import BUILTIN_IMAGES, build_named_model, load_images, parse_model_kwargs  # noqa: E402
+from named_model import (BUILTIN_IMAGES, build_named_model, load_images, parse_model_kwargs,  # noqa: E402
+                         resolve_model_name)
 
 AREA_THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
 
@@ -159,6 +160,8 @@ def main(args):
     resumes = ['' if resume.lower() == 'none' else resume for resume in resumes]
     if args.num_images < 1:
         raise SystemExit(f'error: --num_images must be at least 1, got {args.num_images}')
+    for name in args.model:  # before the images are read
+        resolve_model_name(name)
     os.makedirs(args.out, exist_ok=True)
     images = load_images(args.images, args.num_images, args.input_size)
     kwargs = parse_model_kwargs(args.model_overrides)

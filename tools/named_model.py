@@ -38,13 +38,18 @@ def parse_model_kwargs(text):
     return kwargs
 
 
-def build_named_model(name, resume='', **kwargs):
-    """An eval-mode model: this project's (aliases included) or any timm architecture, with --resume weights."""
+def resolve_model_name(name):
+    """The timm name of --model (RepLKNet-31B -> replknet_31b); an error for names neither project nor timm has."""
     name = replknet.REPLKNET_ALIASES.get(name, name)
     if not timm.is_model(name):
         raise ValueError(f'unknown --model {name!r}: neither a model of this project (unireplknet_a..xl, '
                          'replknet_31b/31l/xl, RepLKNet-31B/31L/XL) nor a timm architecture (timm.list_models())')
-    model = timm.create_model(name, pretrained=False, **kwargs)
+    return name
+
+
+def build_named_model(name, resume='', **kwargs):
+    """An eval-mode model: this project's (aliases included) or any timm architecture, with --resume weights."""
+    model = timm.create_model(resolve_model_name(name), pretrained=False, **kwargs)
     if resume:
         if not os.path.isfile(resume):
             raise FileNotFoundError(f'--resume {resume}: no such file')
