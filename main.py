@@ -2,7 +2,8 @@
 
 Options keep the names, meanings and defaults of the original release's main.py, plus
 --use_checkpoint, --config, --amp_dtype, --channels_last, --sync_bn, --reparam, --throughput,
---save_ckpt_every_steps, --skip_corrupt_images, --model_overrides and --unsafe_load_checkpoint.
+--save_ckpt_every_steps, --skip_corrupt_images, --model_overrides and --unsafe_load_checkpoint,
+--compile (torch.compile) and --mesa / --mesa_start_ratio (the EMA model as a teacher, mesa.py).
 
     python main.py --model unireplknet_a --data_set DIGITS --input_size 32 --device cpu ...
     torchrun --nproc_per_node=8 main.py --model unireplknet_s --data_path /path/to/imagenet-1k ...
