@@ -284,7 +284,10 @@ def apply_config_file(parser, path):
         choices = actions[key].choices
         if choices is not None and value not in choices:
             parser.error(f'--config {path}: {key}: {value!r} is not one of {list(choices)}')
-    # String values still go through each option's type when argparse applies the defaults.
+    # String values still go through each option's type when argparse applies the defaults; YAML's booleans
+    # become the strings the command line would give, so typed options (e.g. `compile: true`) parse them too.
+    config = {key: str(value).lower() if isinstance(value, bool) and actions[key].type is not None else value
+              for key, value in config.items()}
     parser.set_defaults(**config)
 
 

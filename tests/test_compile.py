@@ -52,12 +52,15 @@ def test_compiled_training_keeps_state_dict_keys_and_updates_the_ema():
     assert max_abs_difference(compiled_ema.module.state_dict(), blockless_model().state_dict()) > 0  # it moved
 
 
-def test_compile_option_values_and_throughput():
+def test_compile_option_values_and_throughput(tmp_path):
     parse = main.parse_args
     assert parse([]).compile == ''
     assert parse(['--compile']).compile == parse(['--compile', 'true']).compile == 'inductor'
     assert parse(['--compile', 'false']).compile == ''
     assert parse(['--compile', 'aot_eager']).compile == 'aot_eager'
+    config = tmp_path / 'compile.yaml'
+    config.write_text('compile: true\n')
+    assert parse(['--config', str(config)]).compile == 'inductor'  # YAML's boolean, as the flag
     with pytest.raises(ValueError, match='not a torch.compile backend'):
         main.check_options(parse(['--compile', 'inductorr', '--device', 'cpu']), torch.device('cpu'))
     args = parse(['--model', 'unireplknet_a', '--model_overrides', BATCH_INDEPENDENT_UNIREPLKNET, '--nb_classes',
