@@ -506,10 +506,23 @@ def build_criterion(args, mixup_fn):
 
 
 @torch.no_grad()
+def throughput_batch(args, device):
+    """--throughput's input: random images at --input_size for image data sets. The other modalities' models take
+    what only their data reader makes (spectrograms, frame grids, point clouds, series windows), so there the batch
+    repeats the first evaluation sample (its first view), read from --data_path; that also sets --nb_classes."""
+    if modalities.adapter_module(args.data_set) is None:
+        return torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
+    dataset, args.nb_classes = build_dataset(is_train=False, args=args)
+    sample = dataset[0][0]
+    if getattr(dataset, 'eval_views', 1) > 1:
+        sample = sample[0]
+    return sample.unsqueeze(0).expand(args.batch_size, *sample.shape).contiguous().to(device)
+
+
 def measure_throughput(args, device):
-    """--throughput: images per second of inference at --batch_size and --input_size, then exit."""
+    """--throughput: samples per second of inference at --batch_size (and --input_size for images), then exit."""
+    images = throughput_batch(args, device)
     model = inference_model(build_model(args).to(device).eval(), args.reparam, args.compile)
-    images = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
@@ -530,7 +543,7 @@ def measure_throughput(args, device):
     elapsed = time.perf_counter() - start
     throughput = args.batch_size * THROUGHPUT_TIMED_ITERS / elapsed
     print(f'{args.model}{" (reparameterized)" if args.reparam else ""}: throughput {throughput:.1f} img/s '
-          f'(batch {args.batch_size}, input {args.input_size}, {device}, '
+          f'(batch {args.batch_size}, input {tuple(images.shape[1:])}, {device}, '
           f'{"amp " + args.amp_dtype if args.use_amp else "float32"})')
     return throughput
 

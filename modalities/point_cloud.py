@@ -409,9 +409,6 @@ def backbone_kwargs(args):
 
 
 def build_model(args, backbone):
-    if args.throughput:
-        raise ValueError('--throughput times the backbone on random images; it has no point-cloud input. Time '
-                         f'--model {args.model} without --data_set MODELNET40 (at --input_size, 4 images per cloud)')
     if args.layer_decay != 1.0:
         raise ValueError('--layer_decay: no layer-id map is defined for the point-cloud adapter (the release '
                          'trains it without layer decay); pass --layer_decay 1.0')

@@ -184,12 +184,18 @@ def test_layout_errors_name_what_is_missing(tmp_path, modelnet):
         point_cloud.open_modelnet40(str(tmp_path / 'h5'), 'train')
 
 
+def test_throughput_times_the_adapter_on_a_real_cloud(modelnet, capsys):
+    """--throughput feeds the adapter one view of the first test cloud, repeated (its input is points, not images)."""
+    assert train_main.main(tiny_args(modelnet['hdf5'], '--throughput', '--batch_size', '2')) > 0
+    points = TINY_ARGS[TINY_ARGS.index('--pc_points') + 1]
+    assert f'input (2, {points}, 3)' in capsys.readouterr().out  # [placed points, un-augmented points] of one view
+
+
 def test_options_the_adapter_cannot_honour_are_errors(modelnet):
-    for option, message in ((['--layer_decay', '0.8'], 'no layer-id map'), (['--throughput'], 'no point-cloud input')):
-        args = tiny_args(modelnet['hdf5'], *option)
-        args.nb_classes = len(MESHES)
-        with pytest.raises(ValueError, match=message):
-            train_main.build_model(args)
+    args = tiny_args(modelnet['hdf5'], '--layer_decay', '0.8')
+    args.nb_classes = len(MESHES)
+    with pytest.raises(ValueError, match='no layer-id map'):
+        train_main.build_model(args)
     with pytest.raises(ValueError, match='--mixup 0 --cutmix 0'):
         point_cloud.build_dataset(True, tiny_args(modelnet['hdf5'], '--mixup', '0.8'))
 

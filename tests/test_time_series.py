@@ -10,6 +10,7 @@ import pytest
 import torch
 from timm.utils import reparameterize_model
 
+import main as train_main
 import unireplknet
 from modalities import time_series
 from modalities.time_series import INPUT_HOURS, PREDICT_HOURS, WINDOW_HOURS
@@ -281,6 +282,14 @@ def main_args(folder, data_set='GLOBAL_TEMP'):
             '--series_stations_per_node', '3', '--series_heads', '4', '--opt', 'adam', '--lr', '1e-3',
             '--weight_decay', '0', '--lr_schedule', 'step', '--early_stop_patience', '3', '--batch_size', '32',
             '--device', 'cpu', '--num_workers', '0', '--seed', '0']
+
+
+def test_throughput_times_the_forecaster_on_real_windows(weather_folder, capsys):
+    """--throughput on a data set with its own input: the batch repeats a real window (random images would not fit)."""
+    args = train_main.parse_args([*main_args(weather_folder), '--throughput', '--batch_size', '2'])
+    assert train_main.main(args) > 0
+    windows, _ = time_series.build_dataset(False, series_args(weather_folder))
+    assert f'input {tuple(windows[0][0].shape)}' in capsys.readouterr().out
 
 
 @pytest.mark.slow
