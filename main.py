@@ -351,6 +351,10 @@ def load_finetune_weights(args, model):
     print(f'Load pre-trained checkpoint from: {args.finetune}')
     checkpoint = load_checkpoint_file(args.finetune, unsafe=args.unsafe_load_checkpoint)
     state_dict = dict(select_model_state(checkpoint, args.model_key, args.model_prefix))
+    if not set(state_dict) & set(model.state_dict()) and isinstance(getattr(model, 'backbone', None), torch.nn.Module):
+        # A modality adapter (point clouds, time series) around the backbone: an image checkpoint fits its backbone.
+        print(f'Loading {args.finetune} into {type(model).__name__}.backbone')
+        model = model.backbone
     own = model.state_dict()
     for key in ('head.weight', 'head.bias'):
         if key in state_dict and key in own and state_dict[key].shape != own[key].shape:

@@ -284,6 +284,21 @@ def main_args(folder, data_set='GLOBAL_TEMP'):
             '--device', 'cpu', '--num_workers', '0', '--seed', '0']
 
 
+def test_finetune_loads_an_image_checkpoint_into_the_backbone(weather_folder, tmp_path):
+    """--finetune with a plain UniRepLKNet checkpoint (keys without the adapter's `backbone.` prefix)."""
+    args = train_main.parse_args([*main_args(weather_folder), '--nb_classes', '0'])
+    pretrained = train_main.build_model(args).backbone
+    with torch.no_grad():
+        for parameter in pretrained.parameters():
+            parameter.uniform_()
+    torch.save({'model': pretrained.state_dict()}, tmp_path / 'image.pth')
+    args.finetune = str(tmp_path / 'image.pth')
+    model = train_main.build_model(args)
+    train_main.load_finetune_weights(args, model)
+    for name, value in pretrained.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[name], value), name
+
+
 def test_throughput_times_the_forecaster_on_real_windows(weather_folder, capsys):
     """--throughput on a data set with its own input: the batch repeats a real window (random images would not fit)."""
     args = train_main.parse_args([*main_args(weather_folder), '--throughput', '--batch_size', '2'])
