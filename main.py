@@ -222,6 +222,10 @@ def get_args_parser():
     parser.add_argument('--amp_dtype', default='float16', choices=['float16', 'bfloat16'],
                         help='autocast dtype with --use_amp true: float16 (CUDA, with a GradScaler) or bfloat16')
     parser.add_argument('--channels_last', **OPTIONAL_BOOL, help='channels-last memory format')
+    parser.add_argument('--deterministic', **OPTIONAL_BOOL,
+                        help='deterministic kernels only (no cuDNN autotuning; an op without a deterministic '
+                             'version is an error), so two runs, or a killed and a resumed one, give bitwise-equal '
+                             'weights on GPU too; slower')
 
     # Audio and video (modalities/audio.py, modalities/video.py; README "Audio" and "Video")
     parser.add_argument('--label_map', default=None, type=str, metavar='FILE',
@@ -564,7 +568,11 @@ def main(args):
     check_options(args, device)
     print(json.dumps(to_plain_data(args), indent=1))
     seed_everything(args.seed + utils.get_rank())
-    cudnn.benchmark = True
+    cudnn.benchmark = not args.deterministic
+    if args.deterministic:
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')   # reproducible cuBLAS (before its first use)
+        cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True)
 
     if args.throughput:
         return measure_throughput(args, device)

@@ -19,7 +19,6 @@ waiting for data, and the speed of the loader alone (no model) for comparison.
 """
 import argparse
 import os
-import re
 import shlex
 import sys
 import tempfile
@@ -35,7 +34,7 @@ import main  # noqa: E402
 from datasets import build_dataset, collate_skipping_corrupt  # noqa: E402
 from engine import Precision, train_one_epoch  # noqa: E402
 from optim_factory import cosine_scheduler, create_optimizer  # noqa: E402
-from timing import machine_summary, markdown_table, utc_now  # noqa: E402  (this folder is sys.path[0])
+from timing import machine_summary, markdown_table, replace_section, utc_now  # noqa: E402  (this folder is sys.path[0])
 
 SECTION_HEADING = '### Training throughput (`bench_train.py`)'
 
@@ -140,22 +139,6 @@ def measure(args, cli):
     return images / seconds, waiting / seconds, loader_alone_images_per_second(loader)
 
 
-def replace_section(path, body):
-    """Put `body` under SECTION_HEADING in the markdown file, replacing that section only
-    (up to the next '## ' or '### ' heading); other sections are left exactly as they are."""
-    text = open(path).read() if os.path.exists(path) else ''
-    section = f'{SECTION_HEADING}\n\n{body.strip()}\n'
-    if SECTION_HEADING in text:
-        before, after = text.split(SECTION_HEADING, 1)
-        match = re.search(r'\n#{2,3} ', after)
-        rest = after[match.start() + 1:] if match else ''
-        text = before + section + ('\n' + rest if rest else '')
-    else:
-        text = text.rstrip('\n') + ('\n\n' if text else '') + section
-    with open(path, 'w') as f:
-        f.write(text)
-
-
 def main_cli():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model', default='unireplknet_a')
@@ -207,7 +190,7 @@ def main_cli():
               "next(loader); loader alone: the same DataLoader iterated without a model.\n")
     print(report)
     if cli.write_markdown:
-        replace_section(cli.write_markdown, report)
+        replace_section(cli.write_markdown, SECTION_HEADING, report)
 
 
 if __name__ == '__main__':

@@ -7,6 +7,7 @@ and variants that are compared with each other are timed interleaved.
 import datetime
 import os
 import platform
+import re
 import statistics
 import time
 
@@ -46,9 +47,10 @@ def cpu_model_name():
 
 
 def machine_summary():
-    """One line naming the CPU, core count, torch version and intra-op thread count in use."""
-    return (f"{cpu_model_name()}, nproc={os.cpu_count()}, torch {torch.__version__}, "
-            f"threads={torch.get_num_threads()}")
+    """One line naming the CPU, its instruction set as torch uses it, core count, torch version and intra-op thread
+    count in use (the fast paths' speed depends on the instruction set: AVX2 and AVX-512 machines differ)."""
+    return (f"{cpu_model_name()} ({torch.backends.cpu.get_cpu_capability()}), nproc={os.cpu_count()}, "
+            f"torch {torch.__version__}, threads={torch.get_num_threads()}")
 
 
 def utc_now():
@@ -60,3 +62,19 @@ def markdown_table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def replace_section(path, heading, body):
+    """Put `body` under `heading` in the markdown file, replacing that section only
+    (up to the next '## ' or '### ' heading); other sections are left exactly as they are."""
+    text = open(path).read() if os.path.exists(path) else ''
+    section = f'{heading}\n\n{body.strip()}\n'
+    if heading in text:
+        before, after = text.split(heading, 1)
+        match = re.search(r'\n#{2,3} ', after)
+        rest = after[match.start() + 1:] if match else ''
+        text = before + section + ('\n' + rest if rest else '')
+    else:
+        text = text.rstrip('\n') + ('\n\n' if text else '') + section
+    with open(path, 'w') as f:
+        f.write(text)

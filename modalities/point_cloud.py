@@ -9,16 +9,27 @@
   (N, points, 3) and `label` (N, 1).
 
 Each sample is normalised into the unit sphere and its axes reordered to `[z, x, y] * [-1, -1, 1]`, as the release
-loads ModelNet. Training: farthest-point sampling of `--pc_fps_points` points (from a random start point, as the
-release's shuffled point order gives), then a random `--pc_points` of them, a random rotation (azimuth 0.04-1.94 pi,
-elevation -0.4 to -0.2 pi), a per-axis scale in [2/3, 3/2] and a translation in [-0.2, 0.2]. Evaluation:
-`--pc_points` farthest points from point 0, each under `--pc_test_rotations` fixed rotations (azimuth from
-linspace(0.1, 2, 9) pi, elevation -0.35 pi); engine.evaluate averages the rotations' class probabilities (the
-release instead scored each rotation on its own and averaged the accuracies). A sample is a float
-tensor (2, N, 3) in training and (rotations, 2, N, 3) in evaluation: [placed points, un-augmented points].
+loads ModelNet. A sample is a float tensor (..., N, 7) of points: columns 0-2 the placed (augmented, rotated) points,
+3-5 the un-augmented points, 6 each point's rank in a random order (a permutation of 0..N-1).
+
+Training: the loader draws a random start point and puts it first (as the release's shuffled point order does), a
+random rank per point, a random rotation (azimuth 0.04-1.94 pi, elevation -0.4 to -0.2 pi), a per-axis scale in
+[2/3, 3/2] and a translation in [-0.2, 0.2], applied to all N points of the shape (shape (N, 7)). The model then takes
+the `--pc_fps_points` farthest points from point 0, batched on the training device (the release's pointnet2_ops
+kernel does this in its training step), and keeps the `--pc_points` of them with the lowest ranks: a random subset of
+the farthest-point sample. Rotation, scale and translation act point by point, so applying them before the sampling
+gives the same points as after. Evaluation: the loader takes the `--pc_points` farthest points from point 0 (a fixed
+choice, so once per shape rather than once per rotation on the device), each under `--pc_test_rotations` fixed
+rotations (azimuth from linspace(0.1, 2, 9) pi, elevation -0.35 pi), shape (rotations, pc_points, 7); engine.evaluate
+averages the rotations' class probabilities (the release instead scored each rotation on its own and averaged the
+accuracies). The model samples only clouds larger than `--pc_points` (in eval mode: the `--pc_points` farthest from
+point 0).
+
+Farthest-point sampling compares squared distances in float64, so the compiled `fpsample` package (used on CPU when
+installed) and the torch loop (any device) pick the same points.
 
 Randomness comes from python/numpy/torch's global generators only, which `datasets.SeededAugmentation` seeds per
-(seed, epoch, index), so a killed run resumes to bitwise-equal weights.
+(seed, epoch, index), so a killed run resumes to bitwise-equal weights; the sampling in the model is deterministic.
 
 Model (`build_model`): a P2P projection adapter (point encoder with kNN edge features on the un-augmented points,
 features summed onto a 3x3 patch of an `--input_size` grid at each placed point's position in each of `--pc_views`
@@ -38,6 +49,11 @@ from timm.layers import Attention, Mlp
 from timm.models.resnet import BasicBlock
 from torch.utils.data import Dataset
 
+try:
+    import fpsample   # optional (the `points` extra): exact compiled FPS on CPU
+except ImportError:
+    fpsample = None
+
 TEXT_FILES = ('modelnet40_shape_names.txt', 'modelnet40_train.txt', 'modelnet40_test.txt')
 HDF5_SHAPE_NAMES = 'shape_names.txt'
 POINT_FILE_COLUMNS = 6   # x, y, z, nx, ny, nz
@@ -48,6 +64,10 @@ TEST_AZIMUTHS = np.linspace(0.1, 2, 9)[:8]
 TEST_ELEVATION = -0.35
 SCALE_RANGE = (2 / 3, 3 / 2)
 TRANSLATION_RANGE = 0.2
+# Columns of a sample's points: placed (augmented, rotated) xyz, un-augmented xyz, the point's rank in a random order.
+PLACED, ORIGINAL, RANK = slice(0, 3), slice(3, 6), 6
+POINT_FEATURES = 7
+MAX_EXACT_RANK = 2 ** 24   # float32 holds every integer rank below this
 FUSION_PATCH = 7          # MultiViewFusionV2: 7x7 stride-7 conv to tokens
 FUSION_HEADS = 8
 
@@ -158,18 +178,37 @@ def open_modelnet40(root, split):
 def farthest_point_sample(points, count, start=0):
     """Indices (..., count) of `count` farthest points of `points` (..., N, D), greedily from index `start`.
 
-    Pure torch on any device (the release's pointnet2_ops kernel is CUDA-only); batched over leading dims.
+    On CPU the compiled `fpsample` package when installed, else the torch loop (any device); both compare squared
+    distances in float64, so they pick the same points.
     """
+    if fpsample is not None and points.device.type == 'cpu':
+        return compiled_farthest_point_sample(points, count, start)
+    return torch_farthest_point_sample(points, count, start)
+
+
+def compiled_farthest_point_sample(points, count, start=0):
+    """farthest_point_sample with fpsample's exact FPS (compiled, about 13x the float64 torch loop on one core; it
+    holds the GIL, so the clouds of a batch go one after another)."""
+    flat = points.detach().reshape(-1, *points.shape[-2:]).double().numpy()
+    chosen = np.stack([fpsample.fps_sampling(cloud, count, start_idx=start) for cloud in flat]).astype(np.int64)
+    return torch.from_numpy(chosen).reshape(*points.shape[:-2], count)
+
+
+@torch.no_grad()
+def torch_farthest_point_sample(points, count, start=0):
+    """farthest_point_sample as a torch loop, batched over the leading dims (the release's pointnet2_ops kernel
+    is CUDA-only): each step adds the point farthest from all chosen so far (the first such point on ties)."""
     batch_shape, num_points = points.shape[:-2], points.shape[-2]
-    flat = points.reshape(-1, num_points, points.shape[-1])
-    rows = torch.arange(flat.shape[0], device=points.device)
+    flat = points.reshape(-1, num_points, points.shape[-1]).double()
+    offsets = torch.arange(0, flat.shape[0] * num_points, num_points, device=points.device)
+    rows = flat.reshape(-1, flat.shape[-1])
     nearest = torch.full(flat.shape[:2], float('inf'), dtype=flat.dtype, device=points.device)
     chosen = torch.empty(flat.shape[0], count, dtype=torch.long, device=points.device)
     farthest = torch.full((flat.shape[0],), start, dtype=torch.long, device=points.device)
     for i in range(count):
         chosen[:, i] = farthest
-        distance = (flat - flat[rows, farthest, None]).square().sum(-1)
-        nearest = torch.minimum(nearest, distance)
+        centres = rows.index_select(0, farthest + offsets)                  # no host sync: stays on the device
+        torch.minimum(nearest, (flat - centres[:, None]).square_().sum(-1), out=nearest)
         farthest = nearest.argmax(-1)
     return chosen.reshape(*batch_shape, count)
 
@@ -195,15 +234,11 @@ def view_rotation(azimuth, elevation):
 class ModelNet40(Dataset):
     """Samples of a ModelNet-40 reader as (points, label); see the module docstring for shapes and transforms."""
 
-    def __init__(self, reader, is_train, num_points, fps_points, test_rotations):
-        if is_train and fps_points < num_points:
-            raise ValueError(f'--pc_fps_points {fps_points} < --pc_points {num_points}: the random subset is '
-                             'taken from the farthest-point sample, so it needs at least as many points')
+    def __init__(self, reader, is_train, num_points, test_rotations):
         self.reader = reader
         self.classes = reader.classes
         self.is_train = is_train
         self.num_points = num_points
-        self.fps_points = fps_points
         self.test_rotations = torch.stack([view_rotation(a * np.pi, TEST_ELEVATION * np.pi)
                                            for a in TEST_AZIMUTHS[:test_rotations]])
         self.eval_views = 1 if is_train else test_rotations   # engine.evaluate averages the views' probabilities
@@ -216,21 +251,24 @@ class ModelNet40(Dataset):
         if len(raw) < self.num_points:
             raise ValueError(f'sample {index} has {len(raw)} points, fewer than --pc_points {self.num_points}; '
                              f'lower --pc_points')
+        if len(raw) > MAX_EXACT_RANK:
+            raise ValueError(f'sample {index} has {len(raw)} points; the random ranks that pick the training subset '
+                             f'are exact in float32 only up to {MAX_EXACT_RANK} points: subsample the file')
         points = torch.from_numpy(normalize_like_release(raw))
         if not self.is_train:
             points = points[farthest_point_sample(points, self.num_points)]
             placed = torch.einsum('nc,rdc->rnd', points, self.test_rotations)
-            return torch.stack([placed, points.expand_as(placed)], dim=1), label
-        start = int(torch.randint(len(points), ()))
-        points = points[farthest_point_sample(points, min(self.fps_points, len(points)), start)]
-        points = points[torch.from_numpy(np.random.choice(len(points), self.num_points, replace=False))]
+            ranks = torch.arange(self.num_points, dtype=points.dtype)[:, None].expand(len(placed), -1, -1)
+            return torch.cat([placed, points.expand_as(placed), ranks], dim=-1), label
+        points = points.roll(-int(torch.randint(len(points), ())), dims=0)   # the random start point comes first
+        ranks = torch.randperm(len(points)).to(points.dtype)[:, None]
         azimuth = np.random.uniform(*TRAIN_AZIMUTH_RANGE) * np.pi
         elevation = np.random.uniform(*TRAIN_ELEVATION_RANGE) * np.pi
         placed = points @ view_rotation(azimuth, elevation).T
         scale = np.random.uniform(*SCALE_RANGE, size=3).astype(np.float32)
         shift = np.random.uniform(-TRANSLATION_RANGE, TRANSLATION_RANGE, size=3).astype(np.float32)
         placed = placed * torch.from_numpy(scale) + torch.from_numpy(shift)
-        return torch.stack([placed, points]), label
+        return torch.cat([placed, points, ranks], dim=-1), label
 
 
 def add_arguments(parser):
@@ -238,7 +276,8 @@ def add_arguments(parser):
     group = parser.add_argument_group('point clouds (--data_set MODELNET40; --input_size is the projection grid)')
     group.add_argument('--pc_points', default=4096, type=int, help='points per sample the model sees')
     group.add_argument('--pc_fps_points', default=4800, type=int,
-                       help='training: farthest-point sample size that --pc_points are drawn from at random')
+                       help='training: farthest-point sample size (taken in the model, on the training device) that '
+                            '--pc_points are drawn from at random')
     group.add_argument('--pc_test_rotations', default=8, type=int, choices=range(1, len(TEST_AZIMUTHS) + 1),
                        metavar='1..8', help='fixed rotations whose scores are averaged in evaluation')
     group.add_argument('--pc_views', default=4, type=int, help='projected views (rotated by i*pi/2)')
@@ -254,7 +293,7 @@ def build_dataset(is_train, args):
         raise ValueError('--data_set MODELNET40 trains on point clouds, which mixup/cutmix cannot mix: pass '
                          '--mixup 0 --cutmix 0 (configs/point_cloud/ does)')
     reader = open_modelnet40(args.data_path, 'train' if is_train else 'test')
-    dataset = ModelNet40(reader, is_train, args.pc_points, args.pc_fps_points, args.pc_test_rotations)
+    dataset = ModelNet40(reader, is_train, args.pc_points, args.pc_test_rotations)
     return dataset, len(dataset.classes)
 
 
@@ -357,17 +396,29 @@ class MultiViewFusion(nn.Module):
         return self.merge(torch.cat([fused, images], dim=1))
 
 
+def gather_points(clouds, indices):
+    """clouds (B, N, C) at indices (B, K) -> (B, K, C)."""
+    return clouds.gather(1, indices[..., None].expand(-1, -1, clouds.shape[-1]))
+
+
 class PointCloudClassifier(nn.Module):
     """P2P-style learnable projection around a UniRepLKNet backbone (release: Point/models/p2p_adaptor_lk.py).
 
-    Input (B, 2, N, 3): [placed, un-augmented] points.
+    Input (B, N, 7) points (columns: PLACED, ORIGINAL, RANK); clouds of more than `num_points` points are first
+    sampled on the input's device (`sample`).
     """
 
-    def __init__(self, backbone, num_classes, grid, num_views=4, neighbours=32, dim=64, fusion_dim=128):
+    def __init__(self, backbone, num_classes, grid, num_points, fps_points, num_views=4, neighbours=32, dim=64,
+                 fusion_dim=128):
         super().__init__()
         if grid % 2 or grid < FUSION_PATCH:
             raise ValueError(f'--input_size {grid}: the point-cloud grid must be even and at least {FUSION_PATCH}')
+        if fps_points < num_points:
+            raise ValueError(f'--pc_fps_points {fps_points} < --pc_points {num_points}: the random subset is '
+                             'taken from the farthest-point sample, so it needs at least as many points')
         self.grid = grid
+        self.num_points = num_points
+        self.fps_points = fps_points
         self.num_views = num_views
         self.register_buffer('views', view_rotations(num_views), persistent=False)
         self.register_buffer('mean', torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -389,9 +440,27 @@ class PointCloudClassifier(nn.Module):
         images = self.fusion(self.img_block(images))
         return (torch.sigmoid(self.img_layer(images)) - self.mean) / self.std
 
-    def forward(self, points):
-        maps = self.backbone.forward_features(self.project(points[:, 0], points[:, 1]))  # (B V) C h w
-        pooled = maps.mean(dim=(-2, -1)).reshape(len(points), -1)                        # B (V C), view-major
+    @torch.no_grad()
+    def sample(self, clouds):
+        """(B, N, 7) -> (B, num_points, 7). Training: the `fps_points` farthest points from point 0 (where the loader
+        put the random start), of which the `num_points` with the lowest ranks (a random subset). Eval mode: the
+        `num_points` farthest points from point 0. Clouds of exactly `num_points` points pass as they are."""
+        count = clouds.shape[1]
+        if count == self.num_points:
+            return clouds
+        if count < self.num_points:
+            raise ValueError(f'point clouds of {count} points, fewer than --pc_points {self.num_points}')
+        farthest = farthest_point_sample(clouds[..., ORIGINAL], min(self.fps_points, count) if self.training
+                                         else self.num_points)
+        clouds = gather_points(clouds, farthest)
+        if self.training:
+            clouds = gather_points(clouds, clouds[..., RANK].topk(self.num_points, dim=1, largest=False).indices)
+        return clouds
+
+    def forward(self, clouds):
+        clouds = self.sample(clouds)
+        maps = self.backbone.forward_features(self.project(clouds[..., PLACED], clouds[..., ORIGINAL]))  # (B V) C h w
+        pooled = maps.mean(dim=(-2, -1)).reshape(len(clouds), -1)                        # B (V C), view-major
         return self.head(self.norm(pooled))
 
     @torch.jit.ignore
@@ -414,5 +483,6 @@ def build_model(args, backbone):
                          'trains it without layer decay); pass --layer_decay 1.0')
     # The adapter's LayerNorm over all views' pooled features (release: PoolingClsHead) replaces the backbone's own.
     backbone.norm = nn.Identity()
-    return PointCloudClassifier(backbone, args.nb_classes, args.input_size, num_views=args.pc_views,
-                                neighbours=args.pc_knn, dim=args.pc_encoder_dim, fusion_dim=args.pc_fusion_dim)
+    return PointCloudClassifier(backbone, args.nb_classes, args.input_size, args.pc_points, args.pc_fps_points,
+                                num_views=args.pc_views, neighbours=args.pc_knn, dim=args.pc_encoder_dim,
+                                fusion_dim=args.pc_fusion_dim)

@@ -10,8 +10,8 @@ pytestmark = pytest.mark.slow  # each test runs a benchmark script in a subproce
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_script(*args):
-    result = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+def run_script(*args, timeout=300):
+    result = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
                             env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
@@ -50,3 +50,22 @@ def test_gpu_check_runs_its_checks_on_cpu_and_catches_a_wrong_path(capsys, monke
     monkeypatch.setattr(unireplknet_cpu, 'grn_then_linear', lambda grn, linear, x: linear(x))
     with pytest.raises(SystemExit, match='differ from the plain computation'):
         gpu_check.main(tiny_run)
+
+
+def test_gpu_check_runs_train_every_configuration_on_cpu_with_gloo():
+    """benchmarks/gpu_check_runs.py (the end-to-end half of gpu_check.sh) on a tiny model, CPU and gloo: every run
+    passes, the kill-and-resume line included (bitwise-equal weights)."""
+    out = run_script('benchmarks/gpu_check_runs.py', '--device', 'cpu', '--tiny', '--workers', '0', '--timeout', '280',
+                     timeout=2400)
+    lines = [line for line in out.splitlines() if line.startswith('| ') and 'samples/s' not in line]
+    assert len(lines) == 7 and all('| pass |' in line for line in lines), out
+    assert 'kill and resume (SIGKILL in epoch 2, --deterministic) | pass' in out and 'point clouds' in out
+
+
+def test_gpu_check_runs_fail_loudly_on_a_wrong_result():
+    """A run whose loss is not finite (--lr 1e9) is a FAIL line and the script exits non-zero naming it."""
+    result = subprocess.run([sys.executable, 'benchmarks/gpu_check_runs.py', '--device', 'cpu', '--tiny', '--workers',
+                             '0', '--only', 'bfloat16', '--main_args', '--lr', '1e9'], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert result.returncode != 0 and '1 of 1 runs failed: images, AMP bfloat16' in result.stderr, result.stderr[-3000:]
+    assert '| FAIL: exit code' in result.stdout

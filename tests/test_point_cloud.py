@@ -61,21 +61,31 @@ def tiny_args(data_path, *extra):
 # ----------------------------------------------------------------------------------------------
 
 def brute_force_farthest_points(points, count, start):
-    """The definition: each next point maximises its distance to the nearest point chosen so far."""
+    """The definition: each next point maximises its squared distance to the nearest point chosen so far."""
     chosen = [start]
     for _ in range(count - 1):
-        distances = [min(float(((points[i] - points[j]) ** 2).sum()) for j in chosen) for i in range(len(points))]
+        distances = ((points[:, None] - points[chosen][None]) ** 2).sum(-1).min(axis=1)
         chosen.append(int(np.argmax(distances)))
     return chosen
 
 
-def test_farthest_point_sample_matches_brute_force():
+@pytest.mark.parametrize('implementation', [point_cloud.torch_farthest_point_sample,
+                                            point_cloud.compiled_farthest_point_sample])
+def test_farthest_point_sample_matches_brute_force(implementation):
     points = torch.rand(3, 60, 3, dtype=torch.float64)
-    indices = point_cloud.farthest_point_sample(points, 20, start=7)
+    indices = implementation(points, 20, start=7)
     for cloud, chosen in zip(points, indices):
         assert chosen.tolist() == brute_force_farthest_points(cloud.numpy(), 20, start=7)
-    unbatched = point_cloud.farthest_point_sample(points[0], 20, start=7)
+    unbatched = implementation(points[0], 20, start=7)
     assert torch.equal(unbatched, indices[0])
+
+
+def test_compiled_and_torch_farthest_point_sample_agree_on_float32_clouds():
+    """Both compare float64 squared distances, so float32 clouds give the same indices (a float32 comparison
+    diverges on near-ties within a few thousand steps)."""
+    points = torch.randn(2, 3000, 3)
+    assert torch.equal(point_cloud.torch_farthest_point_sample(points, 1500, start=11),
+                       point_cloud.compiled_farthest_point_sample(points, 1500, start=11))
 
 
 def test_splat_matches_dense_reference():
@@ -143,7 +153,8 @@ def test_both_layouts_give_the_same_samples(modelnet):
         hdf5_points, hdf5_label = hdf5_set[5]
         assert text_label == hdf5_label == 5 % len(MESHES)
         assert torch.equal(text_points, hdf5_points)
-        assert text_points.shape == ((2, 128, 3) if is_train else (8, 2, 128, 3))
+        # Training: every point of the shape (the model samples them); evaluation: 128 farthest points, 8 rotations.
+        assert text_points.shape == ((RAW_POINTS, 7) if is_train else (8, 128, 7))
 
 
 def test_training_augmentation_is_seeded_and_test_is_fixed(modelnet):
@@ -154,15 +165,18 @@ def test_training_augmentation_is_seeded_and_test_is_fixed(modelnet):
     again, _ = train_set[0]
     other, _ = train_set[0]
     assert torch.equal(first, again) and not torch.equal(first, other)
-    placed, original = first
+    original, ranks = first[:, point_cloud.ORIGINAL], first[:, point_cloud.RANK]
     assert original.norm(dim=1).max() <= 1 + 1e-5      # un-augmented: inside the unit sphere
+    assert torch.equal(ranks.sort().values, torch.arange(RAW_POINTS, dtype=ranks.dtype))   # a random order
+    assert not torch.equal(original[0], other[0, point_cloud.ORIGINAL])   # a random start point comes first
     test_set, _ = point_cloud.build_dataset(False, tiny_args(modelnet['hdf5']))
     views = test_set[0][0]
     assert torch.equal(views, test_set[0][0])
     # Each test view is the same points under a rotation: pairwise distances are preserved.
     def pairwise_distances(points):
         return (points[:, None] - points[None]).norm(dim=-1)
-    torch.testing.assert_close(pairwise_distances(views[3, 0]), pairwise_distances(views[3, 1]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(pairwise_distances(views[3][:, point_cloud.PLACED]),
+                               pairwise_distances(views[3][:, point_cloud.ORIGINAL]), atol=1e-5, rtol=0)
 
 
 def test_layout_errors_name_what_is_missing(tmp_path, modelnet):
@@ -188,7 +202,7 @@ def test_throughput_times_the_adapter_on_a_real_cloud(modelnet, capsys):
     """--throughput feeds the adapter one view of the first test cloud, repeated (its input is points, not images)."""
     assert train_main.main(tiny_args(modelnet['hdf5'], '--throughput', '--batch_size', '2')) > 0
     points = TINY_ARGS[TINY_ARGS.index('--pc_points') + 1]
-    assert f'input (2, {points}, 3)' in capsys.readouterr().out  # [placed points, un-augmented points] of one view
+    assert f'input ({points}, 7)' in capsys.readouterr().out  # [placed, un-augmented, rank] of one view's points
 
 
 def test_options_the_adapter_cannot_honour_are_errors(modelnet):
@@ -251,16 +265,50 @@ def test_point_encoder_sees_only_unaugmented_points(modelnet):
         assert not torch.allclose(model.project(points[:, 0], points[:, 1]), model.project(moved[:, 0], moved[:, 1]))
 
 
+def test_model_samples_training_clouds_as_the_loader_did(modelnet):
+    """Training: of the 160 (--pc_fps_points) farthest points from point 0 (the loader's random start), the 128
+    (--pc_points) with the lowest ranks; eval mode: the 128 farthest points from point 0. Batched = per cloud."""
+    model = tiny_model(modelnet).train()
+    train_set, _ = point_cloud.build_dataset(True, tiny_args(modelnet['hdf5']))
+    torch.manual_seed(0), np.random.seed(0)
+    clouds = torch.stack([train_set[i][0] for i in range(3)])                  # 3 x 400 x 7
+    sampled = model.sample(clouds)
+    assert sampled.shape == (3, 128, 7)
+    for cloud, points in zip(clouds, sampled):
+        farthest = cloud[brute_force_farthest_points(cloud[:, point_cloud.ORIGINAL].double().numpy(), 160, start=0)]
+        expected = farthest[farthest[:, point_cloud.RANK].argsort()[:128]]
+        assert torch.equal(points, expected)
+    model.eval()
+    for cloud, points in zip(clouds, model.sample(clouds)):
+        assert torch.equal(points, cloud[brute_force_farthest_points(cloud[:, point_cloud.ORIGINAL].double().numpy(),
+                                                                     128, start=0)])
+    assert model.sample(sampled) is sampled         # clouds of --pc_points points (the evaluation loader's) pass
+
+
+def test_fusion_attention_runs_a_fused_kernel(modelnet):
+    """The fusion layer's attention goes through F.scaled_dot_product_attention with no mask, contiguous heads and
+    head width 128 (<= 256), so PyTorch picks a fused kernel: flash attention on CPU here, flash or memory-efficient
+    attention on CUDA."""
+    attention = tiny_model(modelnet).fusion.transformer.attn
+    assert attention.fused_attn and attention.head_dim <= 256
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        attention(torch.randn(2, 64, attention.qkv.in_features))
+    names = {event.key for event in profile.key_averages()}
+    assert 'aten::_scaled_dot_product_flash_attention_for_cpu' in names, sorted(names)
+
+
 # ----------------------------------------------------------------------------------------------
 # Training through main.py
 # ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope='module')
 def trained_run(modelnet, tmp_path_factory):
-    """8 epochs of the tiny model on the text layout (10 updates of 8 samples per epoch)."""
+    """8 epochs of the tiny model on the text layout (10 updates of 8 samples per epoch). At --lr 2e-3 the tiny model
+    stalls at chance for some seeds (seeds 1 and 2 with the loader-side sampling as well); 1e-3 learned for seeds
+    0-2 (100%, 86%, 100%)."""
     output = str(tmp_path_factory.mktemp('trained') / 'run')
     assert_succeeded(run_main([*TINY_ARGS, '--data_path', modelnet['text'], '--epochs', '8', '--batch_size', '8',
-                               '--lr', '2e-3', '--output_dir', output]))
+                               '--lr', '1e-3', '--output_dir', output]))
     return output
 
 
