@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+import datasets
 import engine
 import main as train_main
 from checkpoint import list_periodic_checkpoints
@@ -172,16 +173,17 @@ def test_layout_errors_name_what_is_missing(tmp_path, modelnet):
     broken.mkdir()
     for name in point_cloud.TEXT_FILES:
         (broken / name).write_text(open(os.path.join(modelnet['text'], name)).read())
-    with pytest.raises(FileNotFoundError, match=r'point file\(s\) listed in .*modelnet40_train.txt are missing'):
-        point_cloud.open_modelnet40(str(broken), 'train')
+    with pytest.raises(datasets.UnreadableSampleError,
+                       match=r'point file\(s\) listed in .*modelnet40_train.txt are missing'):
+        point_cloud.build_dataset(True, tiny_args(str(broken)))
     (tmp_path / 'h5').mkdir()
     with h5py.File(tmp_path / 'h5' / 'ply_data_train0.h5', 'w') as f:
         f['data'] = np.zeros((1, 4, 3), np.float32)
     with pytest.raises(FileNotFoundError, match='no shape_names.txt'):
         point_cloud.open_modelnet40(str(tmp_path / 'h5'), 'train')
     (tmp_path / 'h5' / 'shape_names.txt').write_text('a\n')
-    with pytest.raises(ValueError, match="has no 'label' dataset"):
-        point_cloud.open_modelnet40(str(tmp_path / 'h5'), 'train')
+    with pytest.raises(datasets.UnreadableSampleError, match="ply_data_train0.h5: has no 'label' dataset"):
+        point_cloud.build_dataset(True, tiny_args(str(tmp_path / 'h5')))
 
 
 def test_throughput_times_the_adapter_on_a_real_cloud(modelnet, capsys):
@@ -203,7 +205,7 @@ def test_options_the_adapter_cannot_honour_are_errors(modelnet):
 def test_point_file_with_wrong_columns_is_named(tmp_path):
     path = tmp_path / 'chair_0001.txt'
     path.write_text('0.1,0.2,0.3\n0.4,0.5,0.6\n')
-    with pytest.raises(ValueError, match=r'chair_0001.txt: 3 comma-separated columns .* have 6 \(x,y,z,nx,ny,nz\)'):
+    with pytest.raises(datasets.UnreadableSampleError, match=r'chair_0001.txt: 3 comma-separated columns .* have 6 \(x,y,z,nx,ny,nz\)'):
         point_cloud.read_point_file(str(path))
 
 
