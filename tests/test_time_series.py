@@ -101,8 +101,8 @@ def test_nan_values_are_reported_with_their_hour_and_station(weather, tmp_path):
     broken = temperature.copy()
     broken[30, 2] = np.nan
     folder = write_corrformer_layout(str(tmp_path), 'temp', broken, times, stations, SPLIT_HOURS)
-    with pytest.raises(ValueError,
-                       match=r'temp_global_hourly_train\.npy: 1 NaN value\(s\), first at hour 30 station 2'):
+    with pytest.raises(ValueError, match=r'temp_global_hourly_train\.npy: 1 non-finite value\(s\) \(NaN or inf\), '
+                                         r'first at hour 30 station 2'):
         time_series.build_dataset(True, series_args(folder))
 
 
