@@ -189,6 +189,18 @@ class SkipsUnreadable(Dataset):
             self._skipped.value += number
         print(message, file=sys.stderr, flush=True)
 
+    def keep_existing(self, samples, what):
+        """The (path, label) samples whose file exists. Missing files are an error naming them, or with skip_corrupt
+        skipped and counted; `what` names the files in the messages (e.g. 'clip')."""
+        missing = [path for path, _ in samples if not os.path.isfile(path)]
+        if missing and not self.skip_corrupt:
+            raise FileNotFoundError(f"{len(missing)} listed {what}(s) do not exist, e.g. '{missing[0]}'. Fix the "
+                                    "list/--data_path, or pass --skip_corrupt true to skip them.")
+        if missing:
+            self.count_skips(len(missing), f"Skipping {len(missing)} missing {what}(s), e.g. '{missing[0]}'")
+        absent = set(missing)
+        return [(path, label) for path, label in samples if path not in absent]
+
     def __getitem__(self, index):
         try:
             return self.read(index)

@@ -138,7 +138,7 @@ def folder_with_bad_images(tmp_path):
 def test_unreadable_image_stops_with_its_path_by_default(folder_with_bad_images):
     args = make_args(data_set='image_folder', data_path=str(folder_with_bad_images), nb_classes=2, input_size=32)
     dataset, _ = build_dataset(True, args)
-    with pytest.raises(RuntimeError, match=r"a/1\.jpg.*--skip_corrupt_images"):
+    with pytest.raises(RuntimeError, match=r"a/1\.jpg.*--skip_corrupt true"):
         dataset[1]
     with pytest.raises(RuntimeError, match=r"b/2\.jpg"):
         dataset[5]
