@@ -209,6 +209,51 @@ def test_point_file_with_wrong_columns_is_named(tmp_path):
         point_cloud.read_point_file(str(path))
 
 
+def write_point_file(path, rows):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+        f.write(''.join(','.join(str(value) for value in row) + '\n' for row in rows))
+
+
+def test_malformed_point_files_are_named_with_their_line_or_skipped_and_counted(tmp_path):
+    """A row of 4 columns, an empty file and a NaN point (text layout); data of the wrong shape (HDF5 layout)."""
+    rows = np.random.default_rng(0).uniform(-1, 1, (8, 6)).round(3)
+    text = tmp_path / 'text'
+    write_point_file(text / 'cup' / 'cup_0001.txt', rows)
+    write_point_file(text / 'cup' / 'cup_0002.txt', [*rows[:2], rows[2, :4], *rows[3:]])
+    write_point_file(text / 'cup' / 'cup_0003.txt', [])
+    write_point_file(text / 'cup' / 'cup_0004.txt', [*rows[:5], [0.1, float('nan'), 0.2, 0, 0, 1], *rows[5:]])
+    (text / 'modelnet40_shape_names.txt').write_text('cup\n')
+    (text / 'modelnet40_train.txt').write_text(''.join(f'cup_000{n}\n' for n in range(1, 5)))
+    (text / 'modelnet40_test.txt').write_text('cup_0001\n')
+    small = ('--pc_points', '4', '--pc_fps_points', '4')
+    strict, _ = point_cloud.build_dataset(True, tiny_args(str(text), *small))
+    assert strict[0][0].shape == (2, 4, 3)
+    with pytest.raises(datasets.UnreadableSampleError,
+                       match=r"cup_0002\.txt, line 3: '[-0-9.,]+' is not 6 comma-separated numbers .*--skip_corrupt"):
+        strict[1]
+    with pytest.raises(datasets.UnreadableSampleError, match=r'cup_0003\.txt holds no points'):
+        strict[2]
+    with pytest.raises(datasets.UnreadableSampleError, match=r'cup_0004\.txt: point 5 \(0-based\) is .*not finite'):
+        strict[3]
+    skipping, _ = point_cloud.build_dataset(True, tiny_args(str(text), *small, '--skip_corrupt'))
+    assert [skipping[index] is None for index in range(4)] == [False, True, True, True]
+    assert datasets.count_skipped(skipping) == 3
+
+    hdf5 = tmp_path / 'hdf5'
+    hdf5.mkdir()
+    (hdf5 / 'shape_names.txt').write_text('cup\n')
+    for name, data in (('ply_data_train0.h5', np.zeros((3, 8, 3))), ('ply_data_train1.h5', np.zeros((2, 8, 2)))):
+        with h5py.File(hdf5 / name, 'w') as f:
+            f['data'] = data.astype(np.float32)
+            f['label'] = np.zeros((len(data), 1), np.int64)
+    with pytest.raises(datasets.UnreadableSampleError, match=r'ply_data_train1\.h5: data has shape \(2, 8, 2\); the '
+                                                             r'HDF5 layout of ModelNet-40 has data \(N, points, 3\)'):
+        point_cloud.build_dataset(True, tiny_args(str(hdf5), *small))
+    skipping, _ = point_cloud.build_dataset(True, tiny_args(str(hdf5), *small, '--skip_corrupt_images', 'true'))
+    assert len(skipping) == 3 and datasets.count_skipped(skipping) == 2   # the bad file's 2 samples
+
+
 # ----------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------

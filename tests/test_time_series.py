@@ -6,16 +6,19 @@ import os
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from timm.utils import reparameterize_model
 
+import datasets
 import main as train_main
 import unireplknet
 from modalities import time_series
 from modalities.time_series import INPUT_HOURS, PREDICT_HOURS, WINDOW_HOURS
-from train_helpers import (BATCH_INDEPENDENT_UNIREPLKNET, REPO_ROOT, TINY_UNIREPLKNET, assert_same_training_state,
-                           assert_succeeded, kill_when_checkpoint_exists, load_checkpoint, read_log, run_main)
+from train_helpers import (BATCH_INDEPENDENT_UNIREPLKNET, REPO_ROOT, TINY_UNIREPLKNET, CreatesFileWhenUnpickled,
+                           assert_same_training_state, assert_succeeded, kill_when_checkpoint_exists, load_checkpoint,
+                           read_log, run_main)
 from weather_data import QUICKSTART_SPLIT_HOURS, read_stations, write_corrformer_layout, write_quickstart_folder
 
 pytestmark = pytest.mark.usefixtures('single_thread')
@@ -104,6 +107,52 @@ def test_nan_values_are_reported_with_their_hour_and_station(weather, tmp_path):
     with pytest.raises(ValueError, match=r'temp_global_hourly_train\.npy: 1 non-finite value\(s\) \(NaN or inf\), '
                                          r'first at hour 30 station 2'):
         time_series.build_dataset(True, series_args(folder))
+
+
+def test_windows_with_non_finite_values_are_skipped_and_counted_with_skip_corrupt(weather, tmp_path):
+    temperature, _, times, stations = weather
+    broken = temperature.copy()
+    broken[100, 1] = np.inf
+    folder = write_corrformer_layout(str(tmp_path), 'temp', broken, times, stations, SPLIT_HOURS)
+    with pytest.raises(ValueError, match=r'temp_global_hourly_train\.npy: 1 non-finite value\(s\) .* hour 100 '
+                                         r'station 1.*--skip_corrupt true'):
+        time_series.build_dataset(True, series_args(folder))
+    windows, _ = time_series.build_dataset(True, series_args(folder, skip_corrupt_images=True))
+    readable = [index for index in range(len(windows)) if windows[index] is not None]
+    # Exactly the windows that contain hour 100: those starting at hours 100 - 71 .. 100.
+    assert readable == [*range(100 - WINDOW_HOURS + 1), *range(101, len(windows))]
+    assert windows.skipped_count == WINDOW_HOURS
+    with pytest.raises(datasets.UnreadableSampleError, match=r'temp_global_hourly_train\.npy: window 50 \(hours '
+                                                             r'50\.\.121\) holds 1 non-finite value\(s\), first at '
+                                                             r'hour 100 station 1'):
+        windows.read(50)
+    station_means = time_series.training_mean(series_args(folder, skip_corrupt_images=True))
+    expected = np.delete(broken[:2160, 1], 100).mean()
+    assert torch.isfinite(station_means).all() and station_means[1].item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_timestamp_files_are_read_without_running_their_code(weather, tmp_path):
+    """data_time_*.npy hold a pickled object array; one whose pickle calls a function is refused, naming the file."""
+    temperature, _, times, stations = weather
+    marker = tmp_path / 'code_ran'
+    hostile = np.array([CreatesFileWhenUnpickled(str(marker))] * len(times), dtype=object)
+    np.save(tmp_path / 'probe.npy', hostile, allow_pickle=True)
+    np.load(tmp_path / 'probe.npy', allow_pickle=True)   # an unrestricted reader runs it: the file is really hostile
+    assert marker.exists()
+    marker.unlink()
+
+    folder = write_corrformer_layout(str(tmp_path / 'data'), 'temp', temperature, hostile, stations, SPLIT_HOURS)
+    with pytest.raises(datasets.UnsafeDataFileError, match=r'data_time_train\.npy refers to the Python object '
+                                                           r'(io|builtins)\.open.*refused'):
+        time_series.build_dataset(True, series_args(folder))
+    assert not marker.exists()
+    # What the files may hold is still read: datetime objects (the fixture), pandas Timestamps and strings.
+    features = []
+    for stamps in (times, np.array([pd.Timestamp(t) for t in times], dtype=object), times.astype(str)):
+        folder = write_corrformer_layout(str(tmp_path / 'ok'), 'temp', temperature, stamps.astype(object), stations,
+                                         SPLIT_HOURS)
+        features.append(time_series.time_features(os.path.join(folder, 'data_time_train.npy'), 2160))
+    assert np.array_equal(features[0], features[1]) and np.array_equal(features[0], features[2])
 
 
 def test_a_split_shorter_than_one_window_is_an_error(weather, tmp_path):
