@@ -375,6 +375,24 @@ def test_trained_model_beats_persistence_and_the_training_mean(weather_folder, t
 
 
 @pytest.mark.slow
+def test_skip_corrupt_run_completes_and_logs_the_skipped_windows(weather, tmp_path):
+    """An inf in the training series: with --skip_corrupt the windows holding it are skipped, the run completes and
+    logs their number (128 training windows, all read in the one epoch: 4 batches of 32)."""
+    temperature, _, times, stations = weather
+    broken = temperature.copy()
+    broken[100, 0] = np.inf
+    folder = write_corrformer_layout(str(tmp_path / 'data'), 'temp', broken, times, stations,
+                                     {'train': (0, 128 + WINDOW_HOURS - 1), 'val': (199, 367), 'test': (367, 535)})
+    output_dir = str(tmp_path / 'run')
+    completed = run_main([*main_args(folder), '--epochs', '1', '--skip_corrupt', '--output_dir', output_dir])
+    assert_succeeded(completed)
+    skipped = re.findall(r'Skipping: .*temp_global_hourly_train\.npy: window (\d+) ', completed.stdout)
+    assert sorted(map(int, skipped)) == list(range(100 - WINDOW_HOURS + 1, 101))   # every window holding hour 100
+    assert read_log(output_dir)[0]['train_skipped_images'] == WINDOW_HOURS
+    assert np.isfinite(read_log(output_dir)[0]['test_mse'])
+
+
+@pytest.mark.slow
 def test_distributed_evaluation_equals_one_process(short_weather_folder):
     """The validation windows split over 2 gloo ranks (unpadded): summed errors give the 1-process MSE/MAE. (The
     untrained model of seed 0: DDP hands rank 0's weights to rank 1.)"""
