@@ -99,36 +99,26 @@ def test_missing_files_are_all_named(weather_folder, tmp_path):
         time_series.build_dataset(True, series_args(str(folder)))
 
 
-def test_nan_values_are_reported_with_their_hour_and_station(weather, tmp_path):
+def test_non_finite_values_are_named_or_their_windows_skipped_and_counted(weather, tmp_path):
     temperature, _, times, stations = weather
     broken = temperature.copy()
     broken[30, 2] = np.nan
-    folder = write_corrformer_layout(str(tmp_path), 'temp', broken, times, stations, SPLIT_HOURS)
-    with pytest.raises(ValueError, match=r'temp_global_hourly_train\.npy: 1 non-finite value\(s\) \(NaN or inf\), '
-                                         r'first at hour 30 station 2'):
-        time_series.build_dataset(True, series_args(folder))
-
-
-def test_windows_with_non_finite_values_are_skipped_and_counted_with_skip_corrupt(weather, tmp_path):
-    temperature, _, times, stations = weather
-    broken = temperature.copy()
     broken[100, 1] = np.inf
     folder = write_corrformer_layout(str(tmp_path), 'temp', broken, times, stations, SPLIT_HOURS)
-    with pytest.raises(ValueError, match=r'temp_global_hourly_train\.npy: 1 non-finite value\(s\) .* hour 100 '
-                                         r'station 1.*--skip_corrupt true'):
+    with pytest.raises(ValueError, match=r'temp_global_hourly_train\.npy: 2 non-finite value\(s\) \(NaN or inf\), '
+                                         r'first at hour 30 station 2, hour 100 station 1.*--skip_corrupt true'):
         time_series.build_dataset(True, series_args(folder))
     windows, _ = time_series.build_dataset(True, series_args(folder, skip_corrupt_images=True))
     readable = [index for index in range(len(windows)) if windows[index] is not None]
-    # Exactly the windows that contain hour 100: those starting at hours 100 - 71 .. 100.
-    assert readable == [*range(100 - WINDOW_HOURS + 1), *range(101, len(windows))]
-    assert windows.skipped_count == WINDOW_HOURS
+    assert readable == list(range(101, len(windows)))   # windows 0..100 hold hour 30 or hour 100
+    assert windows.skipped_count == 101
     with pytest.raises(datasets.UnreadableSampleError, match=r'temp_global_hourly_train\.npy: window 50 \(hours '
                                                              r'50\.\.121\) holds 1 non-finite value\(s\), first at '
                                                              r'hour 100 station 1'):
         windows.read(50)
     station_means = time_series.training_mean(series_args(folder, skip_corrupt_images=True))
-    expected = np.delete(broken[:2160, 1], 100).mean()
-    assert torch.isfinite(station_means).all() and station_means[1].item() == pytest.approx(expected, rel=1e-6)
+    expected = [np.delete(broken[:2160, station], hour).mean() for station, hour in ((1, 100), (2, 30))]
+    assert station_means[1:].tolist() == pytest.approx(expected, rel=1e-6)
 
 
 def test_timestamp_files_are_read_without_running_their_code(weather, tmp_path):
