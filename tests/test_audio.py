@@ -21,7 +21,7 @@ from datasets import SeededAugmentation
 from optim_factory import step_scheduler
 from modalities import audio
 from train_helpers import (TINY_UNIREPLKNET, assert_same_training_state, assert_succeeded,
-                           kill_when_checkpoint_exists, read_log, run_main)
+                           read_log, run_killed_after_each, run_main)
 
 WORDS = ('yes', 'no', 'up', 'seven')
 ESPEAK_VOICES = [f'{accent}+{variant}' for accent in ('en-us', 'en-gb', 'en-gb-scotland', 'en-029', 'en-gb-x-rp')
@@ -297,8 +297,7 @@ def test_killed_and_resumed_speech_run_is_bitwise_equal(spoken_commands, tmp_pat
             '--model_ema', 'true']
     uninterrupted, interrupted = str(tmp_path / 'uninterrupted'), str(tmp_path / 'interrupted')
     assert_succeeded(run_main([*argv, '--output_dir', uninterrupted]))
-    kill_when_checkpoint_exists(argv, interrupted, 'checkpoint-0-step2.pth', str(tmp_path / 'killed.log'))
-    assert_succeeded(run_main([*argv, '--output_dir', interrupted]))
+    run_killed_after_each(argv, interrupted, ['checkpoint-0-step2.pth'])
     assert_same_training_state(os.path.join(interrupted, 'checkpoint-0.pth'),
                                os.path.join(uninterrupted, 'checkpoint-0.pth'))
 
