@@ -8,6 +8,10 @@
 * `modelnet40_ply_hdf5_2048/`: `shape_names.txt` and `ply_data_train*.h5` / `ply_data_test*.h5`, each with `data`
   (N, points, 3) and `label` (N, 1).
 
+A malformed point file (a row that is not 6 numbers, no points, a non-finite point) or an HDF5 file whose arrays
+have the wrong shape is an error naming the file and line or sample; with --skip_corrupt it is skipped and counted
+(datasets.SkipsUnreadable), as are missing point files.
+
 Each sample is normalised into the unit sphere and its axes reordered to `[z, x, y] * [-1, -1, 1]`, as the release
 loads ModelNet. Training: farthest-point sampling of `--pc_fps_points` points (from a random start point, as the
 release's shuffled point order gives), then a random `--pc_points` of them, a random rotation (azimuth 0.04-1.94 pi,

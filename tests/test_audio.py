@@ -175,7 +175,8 @@ def test_layout_errors_say_what_is_missing(tmp_path):
     root = tone_folder(tmp_path / 'sc2')
     with open(os.path.join(root, 'validation_list.txt'), 'a') as f:
         f.write('go/ghost_nohash_0.wav\n')
-    with pytest.raises(FileNotFoundError, match=r"1 listed audio file\(s\) do not exist, e.g. '.*go/ghost_nohash_0.wav'"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"1 listed audio file\(s\) do not exist, e.g. '.*go/ghost_nohash_0.wav'"):
         audio.build_dataset(False, speech_args(root))
     with pytest.raises(ValueError, match='Pass --nb_classes 3'):
         audio.build_dataset(True, speech_args(root, nb_classes=35))

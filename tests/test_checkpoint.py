@@ -69,8 +69,8 @@ def test_checkpoint_urls_download_and_failed_downloads_say_so(file_server, tmp_p
     assert torch.equal(load_checkpoint_file(f'{base}/good.pth')['model']['weight'], torch.arange(3.0))
     assert os.path.isfile(os.path.join(torch.hub.get_dir(), 'checkpoints', 'good.pth'))   # cached like torch hub
 
-    with pytest.raises(CheckpointDownloadError, match=rf'could not download {base}/missing\.pth \(HTTPError: HTTP Error '
-                                                      r'404.*\)\. Download it .* and pass the local path'):
+    with pytest.raises(CheckpointDownloadError, match=rf'could not download {base}/missing\.pth \(HTTPError: HTTP '
+                                                      r'Error 404.*\)\. Download it .* and pass the local path'):
         load_checkpoint_file(f'{base}/missing.pth')
     unreachable = f'http://127.0.0.1:{free_port()}/model.pth'   # nothing listens: refused, like a host offline
     with pytest.raises(CheckpointDownloadError, match=rf'could not download {unreachable} \(URLError: .*refused'):

@@ -203,7 +203,8 @@ def test_options_the_adapter_cannot_honour_are_errors(modelnet):
 def test_point_file_with_wrong_columns_is_named(tmp_path):
     path = tmp_path / 'chair_0001.txt'
     path.write_text('0.1,0.2,0.3\n0.4,0.5,0.6\n')
-    with pytest.raises(datasets.UnreadableSampleError, match=r'chair_0001.txt: 3 comma-separated columns .* have 6 \(x,y,z,nx,ny,nz\)'):
+    with pytest.raises(datasets.UnreadableSampleError,
+                       match=r'chair_0001.txt: 3 comma-separated columns .* have 6 \(x,y,z,nx,ny,nz\)'):
         point_cloud.read_point_file(str(path))
 
 
