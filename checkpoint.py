@@ -36,6 +36,7 @@ import os
 import pickle
 import random
 import re
+import signal
 
 import numpy as np
 import torch
@@ -173,6 +174,10 @@ def save_on_master(obj, path):
             f'could not write checkpoint {path}: {error}. Nothing was replaced: the previous checkpoints in '
             f'{directory or "."} are intact. Free disk space (or fix the file system) and rerun with the same '
             '--output_dir; auto-resume continues from the newest intact checkpoint.') from error
+    # Test hook, set only by the kill-and-resume tests (tests/train_helpers.py): SIGKILL this process right after
+    # the checkpoint file of this name is written, so the kill lands at the same point on a fast and a slow machine.
+    if os.environ.get('UNIREPLKNET_TEST_SIGKILL_AFTER_CHECKPOINT') == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def to_plain_data(value):

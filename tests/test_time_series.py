@@ -15,7 +15,7 @@ import unireplknet
 from modalities import time_series
 from modalities.time_series import INPUT_HOURS, PREDICT_HOURS, WINDOW_HOURS
 from train_helpers import (BATCH_INDEPENDENT_UNIREPLKNET, REPO_ROOT, TINY_UNIREPLKNET, assert_same_training_state,
-                           assert_succeeded, kill_when_checkpoint_exists, load_checkpoint, read_log, run_main)
+                           assert_succeeded, load_checkpoint, read_log, run_killed_after_each, run_main)
 from weather_data import QUICKSTART_SPLIT_HOURS, read_stations, write_corrformer_layout, write_quickstart_folder
 
 pytestmark = pytest.mark.usefixtures('single_thread')
@@ -383,9 +383,8 @@ def test_killed_and_resumed_run_is_bitwise_equal_to_an_uninterrupted_one(short_w
     uninterrupted = str(tmp_path / 'uninterrupted')
     assert_succeeded(run_main([*argv, '--output_dir', uninterrupted]))
     interrupted = str(tmp_path / 'interrupted')
-    for checkpoint in ('checkpoint-0.pth', 'checkpoint-1-step9.pth'):  # 21 steps an epoch, one every 5
-        kill_when_checkpoint_exists(argv, interrupted, checkpoint, str(tmp_path / f'{checkpoint}.log'))
-    assert_succeeded(run_main([*argv, '--output_dir', interrupted]))
+    # 21 steps an epoch, one every 5
+    run_killed_after_each(argv, interrupted, ['checkpoint-0.pth', 'checkpoint-1-step9.pth'])
     assert_same_training_state(os.path.join(interrupted, 'checkpoint-1.pth'),
                                os.path.join(uninterrupted, 'checkpoint-1.pth'))
     assert [line['test_mse'] for line in read_log(interrupted)] == \

@@ -24,7 +24,7 @@ import utils
 from datasets import RepeatedSamples, SeededAugmentation
 from modalities import video
 from train_helpers import (TINY_UNIREPLKNET, assert_same_training_state, assert_succeeded,
-                           kill_when_checkpoint_exists, read_log, run_main)
+                           read_log, run_killed_after_each, run_main)
 
 RECIPE = os.path.join(os.path.dirname(__file__), '..', 'configs', 'video', 'unireplknet_b_kinetics400.yaml')
 # Video/run_class_finetuning.py's default_kernel_sizes (the release's video architecture), copied by hand.
@@ -427,8 +427,7 @@ def test_video_training_resumes_bitwise_after_sigkill(clip_folder, video_run, tm
     """RandomResizedCrop/RandAugment/erasing per clip, repeated augmentation, mixup/cutmix, drop path: killed
     mid-epoch."""
     argv, interrupted = [*video_train_argv(clip_folder), *TRAINING], str(tmp_path / 'interrupted')
-    kill_when_checkpoint_exists(argv, interrupted, 'checkpoint-0-step2.pth', str(tmp_path / 'killed.log'))
-    assert_succeeded(run_main([*argv, '--output_dir', interrupted]))
+    run_killed_after_each(argv, interrupted, ['checkpoint-0-step2.pth'])
     assert_same_training_state(os.path.join(interrupted, 'checkpoint-0.pth'),
                                os.path.join(video_run, 'checkpoint-0.pth'))
     assert [(line['test_acc1'], line['test_loss']) for line in read_log(interrupted)] == \
