@@ -351,8 +351,9 @@ def test_recipe_lr_is_the_releases_epochs_0_and_1_at_the_base_lr_then_halved(sho
     """The recipe's schedule through main.py (toy model and data): the release's adjust_learning_rate(epoch + 1)
     after each epoch keeps 1e-4 for epochs 0 and 1 and halves from epoch 2."""
     output_dir = str(tmp_path / 'run')
-    completed = run_main(['--config', RECIPE, *main_args(short_weather_folder), '--lr', '1e-4', '--epochs', '3',
-                          '--use_checkpoint', 'false', '--series_node_tree', '1', '--output_dir', output_dir])
+    completed = run_main(['--config', RECIPE, *main_args(short_weather_folder, 'GLOBAL_WIND'), '--lr', '1e-4',
+                          '--epochs', '3', '--use_checkpoint', 'false', '--series_node_tree', '1',
+                          '--output_dir', output_dir])
     assert_succeeded(completed)
     assert [line['train_lr'] for line in read_log(output_dir)] == pytest.approx([1e-4, 1e-4, 5e-5], rel=1e-12)
 

@@ -207,7 +207,8 @@ def test_recipe_steps_hold_128_clips_per_8_gpus_and_every_video_each_epoch(world
     args = argparse_namespace(recipe_args(), num_workers=0)
     videos = 64 * 5 + 7
     dataset = RepeatedSamples(list(range(videos)), args.repeated_aug)
-    loaders = [main.build_train_loader(dataset, args, world_size, rank, torch.Generator()) for rank in range(world_size)]
+    loaders = [main.build_train_loader(dataset, args, world_size, rank, torch.Generator())
+               for rank in range(world_size)]
     steps = loaders[0][1]
     videos_per_step = args.batch_size * args.update_freq * world_size
     assert steps == videos // videos_per_step
