@@ -21,7 +21,8 @@ import main as train_main
 from modalities import point_cloud
 from tools import make_modelnet_from_meshes
 from train_helpers import (REPO_ROOT, TINY_UNIREPLKNET, assert_bitwise_equal, assert_optimizer_states_equal,
-                           assert_succeeded, load_checkpoint, read_log, run_killed_after_each, run_main)
+                           assert_succeeded, load_checkpoint, randomise_batch_norms, read_log, run_killed_after_each,
+                           run_main)
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 
@@ -290,14 +291,16 @@ def test_malformed_point_files_are_named_with_their_line_or_skipped_and_counted(
 # Model
 # ----------------------------------------------------------------------------------------------
 
-def tiny_model(modelnet):
-    args = tiny_args(modelnet['hdf5'])
+def tiny_model(modelnet, *extra):
+    args = tiny_args(modelnet['hdf5'], *extra)
     args.nb_classes = len(MESHES)
     return train_main.build_model(args)
 
 
 def test_model_reparameterizes_and_trains_every_parameter(modelnet):
-    model = tiny_model(modelnet)
+    model = tiny_model(modelnet, '--layer_scale_init_value', '1.0')  # the default 1e-6 would hide a wrong block kernel
+    model.backbone.set_fast_cpu_kernels(False)  # the reference adds up the branches (the fast path uses reparam's kernel)
+    randomise_batch_norms(model)
     test_set, _ = point_cloud.build_dataset(False, tiny_args(modelnet['hdf5']))
     assert test_set.eval_views == 8
     batch = torch.stack([test_set[i][0] for i in range(3)]).flatten(0, 1)      # 3 samples x 8 rotations
