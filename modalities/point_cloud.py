@@ -17,8 +17,9 @@ loads ModelNet. Training: farthest-point sampling of `--pc_fps_points` points (f
 release's shuffled point order gives), then a random `--pc_points` of them, a random rotation (azimuth 0.04-1.94 pi,
 elevation -0.4 to -0.2 pi), a per-axis scale in [2/3, 3/2] and a translation in [-0.2, 0.2]. Evaluation:
 `--pc_points` farthest points from point 0, each under `--pc_test_rotations` fixed rotations (azimuth from
-linspace(0.1, 2, 9) pi, elevation -0.35 pi); engine.evaluate averages the rotations' class probabilities (the
-release instead scored each rotation on its own and averaged the accuracies). A sample is a float
+linspace(0.1, 2, 9) pi, elevation -0.35 pi); the reported accuracy (`--pc_test_score per_rotation`, the
+release's) scores each rotation on its own and averages the accuracies; `acc1_ensemble` beside it scores the mean of
+the rotations' class probabilities (`--pc_test_score ensemble` reports that instead). A sample is a float
 tensor (2, N, 3) in training and (rotations, 2, N, 3) in evaluation: [placed points, un-augmented points].
 
 Randomness comes from python/numpy/torch's global generators only, which `datasets.SeededAugmentation` seeds per
@@ -287,7 +288,7 @@ class ModelNet40(datasets.SkipsUnreadable):
         self.fps_points = fps_points
         self.test_rotations = torch.stack([view_rotation(a * np.pi, TEST_ELEVATION * np.pi)
                                            for a in TEST_AZIMUTHS[:test_rotations]])
-        self.eval_views = 1 if is_train else test_rotations   # engine.evaluate averages the views' probabilities
+        self.eval_views = 1 if is_train else test_rotations   # engine.evaluate scores the views
 
     def __len__(self):
         return len(self.reader)
@@ -326,7 +327,11 @@ def add_arguments(parser):
     group.add_argument('--pc_fps_points', default=4800, type=int,
                        help='training: farthest-point sample size that --pc_points are drawn from at random')
     group.add_argument('--pc_test_rotations', default=8, type=int, choices=range(1, len(TEST_AZIMUTHS) + 1),
-                       metavar='1..8', help='fixed rotations whose scores are averaged in evaluation')
+                       metavar='1..8', help='fixed rotations of each test shape in evaluation')
+    group.add_argument('--pc_test_score', default='per_rotation', choices=['per_rotation', 'ensemble'],
+                       help="reported test accuracy (and best checkpoint): per_rotation, each rotation scored alone "
+                            "and the accuracies averaged (the release's); ensemble, the rotations' mean class "
+                            'probabilities (higher); both are logged')
     group.add_argument('--pc_views', default=4, type=int, help='projected views (rotated by i*pi/2)')
     group.add_argument('--pc_knn', default=32, type=int, help='neighbours of the point encoder\'s edge features')
     group.add_argument('--pc_encoder_dim', default=64, type=int,
@@ -342,6 +347,7 @@ def build_dataset(is_train, args):
     reader = open_modelnet40(args.data_path, 'train' if is_train else 'test')
     dataset = ModelNet40(reader, is_train, args.pc_points, args.pc_fps_points, args.pc_test_rotations,
                          skip_corrupt=getattr(args, 'skip_corrupt_images', False))
+    dataset.eval_views_scored = 'each' if args.pc_test_score == 'per_rotation' else 'together'  # engine.evaluate
     return dataset, len(dataset.classes)
 
 

@@ -13,7 +13,9 @@ the next PREDICT_HOURS hours of every station. The DataLoader sees one tensor pe
 extended by the time features (see `pack_window`), so the shared engine moves it like an image batch.
 
 Model (`build_model`): stations are grouped into nodes of --series_stations_per_node (the last one zero-padded);
-each window is normalised per station (mean/std over its input hours) with a learnable affine; Corrformer's embedding
+each window is normalised per station (mean/std over its input hours) with a learnable affine (--series_affine: shared
+by the nodes, one weight and bias per position in a node, as the release's `Corrformer.py`; or one per station);
+Corrformer's embedding
 (circular Conv1d over a node's station values + Linear over the 4 time features + Linear over the node's standardised
 station coordinates) gives (INPUT_HOURS, d_model) per node, reshaped into one square single-channel map for the
 UniRepLKNet backbone (in_chans=1); its stage-4 tokens (through the backbone's final LayerNorm) feed one of two heads
@@ -21,7 +23,8 @@ UniRepLKNet backbone (in_chans=1); its stage-4 tokens (through the backbone's fi
 behaviour (series decomposition; multi-correlation = auto-correlation of each node over time + cross-node correlation
 among siblings of a node tree; with itself, then with the tokens; trend projection); or `pooled`, the tokens' mean
 plus an embedding of each future hour's time features, GELU, Linear. The forecasts are de-normalised with the
-window's mean/std.
+window's mean/std. The correlation head's `memory_projection` (Linear from the backbone's stage-4 width to d_model) is
+this project's: the release fed its backbone's output to the decoder with a reshape that fails (1000 logits per node).
 """
 import math
 import os
@@ -41,6 +44,7 @@ SERIES_PREFIXES = {'GLOBAL_TEMP': 'temp', 'GLOBAL_WIND': 'wind'}
 SPLITS = ('train', 'val', 'test')
 STATION_COLUMNS = ('latitude', 'longitude', 'elevation')
 NORMALISATION_EPS = 1e-5
+AFFINE_EPS = 1e-10  # added to the affine weight when the forecasts are de-normalised (the release's)
 LABEL_HOURS = 24  # known hours the decoder starts from (Corrformer's label_len)
 MOVING_AVERAGE_HOURS = 25  # series decomposition window (Corrformer's moving_avg)
 DECODER_DROPOUT = 0.05  # Corrformer's default dropout (embeddings and decoder)
@@ -65,6 +69,10 @@ def add_arguments(parser):
     group.add_argument('--series_node_tree', default=None, type=int, nargs='+', metavar='SIZE',
                        help="the decoder's node tree for its cross-node correlation, sizes whose product is the number "
                             'of nodes (the release: 7 50 for 350 nodes); default: one level of all nodes')
+    group.add_argument('--series_affine', default='shared', choices=['shared', 'station'],
+                       help="learnable affine after the per-window normalisation: shared, one weight and bias per "
+                            "position in a node, the same for every node (the release's, 11 + 11 parameters); "
+                            'station, one per station (3,850 + 3,850)')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -254,7 +262,7 @@ def build_model(args, backbone):
     check_layout(args.data_path, args.data_set)
     return SeriesForecaster(backbone, torch.from_numpy(read_stations(args.data_path)), d_model=args.series_d_model,
                             stations_per_node=args.series_stations_per_node, head=args.series_head,
-                            heads=args.series_heads, node_tree=args.series_node_tree)
+                            heads=args.series_heads, node_tree=args.series_node_tree, affine=args.series_affine)
 
 
 def map_side(d_model):
@@ -510,7 +518,8 @@ class PooledHead(nn.Module):
 class SeriesForecaster(nn.Module):
     """(B, WINDOW_HOURS, stations + 4) packed windows -> (B, PREDICT_HOURS, stations) forecasts, any batch size."""
 
-    def __init__(self, backbone, stations, d_model, stations_per_node, head='correlation', heads=16, node_tree=None):
+    def __init__(self, backbone, stations, d_model, stations_per_node, head='correlation', heads=16, node_tree=None,
+                 affine='shared'):
         super().__init__()
         if getattr(backbone, 'in_chans', 1) != 1:
             raise ValueError(f'the time-series backbone needs in_chans=1, got {backbone.in_chans}')
@@ -521,9 +530,14 @@ class SeriesForecaster(nn.Module):
         padding = self.num_nodes * self.node_size - self.num_stations
         coordinates = nn.functional.pad(standardise(stations.float()), (0, 0, 0, padding))
         self.register_buffer('node_coordinates', coordinates.reshape(self.num_nodes, -1))
-        # Per-window normalisation with a learnable affine per station (Corrformer's RevIN-style layer).
-        self.affine_weight = nn.Parameter(torch.ones(self.num_stations))
-        self.affine_bias = nn.Parameter(torch.zeros(self.num_stations))
+        # Per-window normalisation with a learnable affine (Corrformer's RevIN-style layer): per position in a node
+        # and shared by all nodes (the release), or per station.
+        if affine not in ('shared', 'station'):
+            raise ValueError(f"--series_affine must be 'shared' or 'station', got {affine!r}")
+        self.shared_affine = affine == 'shared'
+        affine_size = self.node_size if self.shared_affine else self.num_stations
+        self.affine_weight = nn.Parameter(torch.ones(affine_size))
+        self.affine_bias = nn.Parameter(torch.zeros(affine_size))
         self.embedding = NodeEmbedding(self.node_size, self.node_coordinates.shape[1], d_model)
         self.backbone = backbone
         if head == 'correlation':
@@ -541,7 +555,8 @@ class SeriesForecaster(nn.Module):
         batch = values.shape[0]
         mean = values.mean(dim=1, keepdim=True).detach()
         std = torch.sqrt(values.var(dim=1, keepdim=True, unbiased=False) + NORMALISATION_EPS).detach()
-        normalised = (values - mean) / std * self.affine_weight + self.affine_bias
+        weight, bias = self.station_affine()
+        normalised = (values - mean) / std * weight + bias
 
         padding = self.num_nodes * self.node_size - self.num_stations
         nodes = nn.functional.pad(normalised, (0, padding)).reshape(batch, INPUT_HOURS, self.num_nodes, self.node_size)
@@ -554,4 +569,12 @@ class SeriesForecaster(nn.Module):
         forecast = self.head(tokens, nodes, features, self.node_coordinates)  # (B * nodes, PREDICT_HOURS, node_size)
         forecast = forecast.reshape(batch, self.num_nodes, PREDICT_HOURS, self.node_size).transpose(1, 2)
         forecast = forecast.reshape(batch, PREDICT_HOURS, -1)[:, :, :self.num_stations]
-        return (forecast - self.affine_bias) / (self.affine_weight + NORMALISATION_EPS) * std + mean
+        return (forecast - bias) / (weight + AFFINE_EPS) * std + mean
+
+    def station_affine(self):
+        """(weight, bias) of every station: the shared affine repeated over the nodes (station s takes position
+        s mod node size), or the per-station parameters."""
+        if not self.shared_affine:
+            return self.affine_weight, self.affine_bias
+        return tuple(parameter.repeat(self.num_nodes)[:self.num_stations]
+                     for parameter in (self.affine_weight, self.affine_bias))

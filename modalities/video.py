@@ -42,6 +42,10 @@ import random
 import av
 import numpy as np
 import torch
+from timm.data.auto_augment import rand_augment_transform
+from timm.data.random_erasing import RandomErasing
+from timm.data.transforms import str_to_pil_interp
+from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
@@ -64,6 +68,19 @@ def grid_side(frames):
         raise ValueError(f'--video_frames {frames} must be a square number (4, 9, 16, ...): the frames are laid '
                          'out on a square canvas')
     return side
+
+
+def image_to_frames(image, frames, layout):
+    """The inverse of frames_to_image: (..., C, sqrt(T) H, sqrt(T) W) -> (..., T, C, H, W)."""
+    *lead, channels, height, width = image.shape
+    side = grid_side(frames)
+    frame_height, frame_width = height // side, width // side
+    if layout == 'grid':
+        tiles = image.reshape(*lead, channels, side, frame_height, side, frame_width)
+        return tiles.movedim((-4, -2), (-5, -4)).reshape(*lead, frames, channels, frame_height, frame_width)
+    if layout == 'reshape':
+        return image.reshape(*lead, channels, frames, frame_height, frame_width).transpose(-4, -3)
+    raise ValueError(f"--video_layout must be one of {LAYOUTS}, got '{layout}'")
 
 
 def frames_to_image(clip, layout):
@@ -98,23 +115,28 @@ def decode_frames(path):
     return frames
 
 
-def window(start, num_frames, frames, stride):
-    """Indices start, start + stride, ... (frames of them), clamped to the clip's last frame."""
-    return [min(start + i * stride, num_frames - 1) for i in range(frames)]
-
-
 def training_window(num_frames, frames, stride):
-    """A window of frames * stride at a random start (python's global RNG), as VideoMAE's training sampler."""
+    """The release's training indices (Video/dataset/datasets.py `load_video`, one segment): a window of
+    frames * stride at a random end (python's global RNG), `frames` indices spread over it with linspace (a stride of
+    64 / 15 = 4.27 for 16 frames every 4th), the last clamped inside the window; a clip no longer than the window
+    gives num_frames // stride indices over the whole clip, then its last frame repeated."""
     span = frames * stride
-    start = random.randint(0, num_frames - span) if num_frames > span else 0
-    return window(start, num_frames, frames, stride)
+    if num_frames > span:
+        end = random.randint(span, num_frames - 1)
+        indices = np.linspace(end - span, end, num=frames)
+        return np.clip(indices, end - span, end - 1).astype(np.int64).tolist()
+    spread = np.linspace(0, num_frames, num=num_frames // stride)
+    indices = np.concatenate([spread, np.full(frames - len(spread), num_frames)])
+    return np.clip(indices, 0, num_frames - 1).astype(np.int64).tolist()
 
 
 def test_windows(num_frames, frames, stride, segments):
-    """`segments` windows with starts evenly spread over the clip, as VideoMAE's test sampler."""
-    slack = max(num_frames - frames * stride, 0)
-    step = slack / (segments - 1) if segments > 1 else 0
-    return [window(int(step * k), num_frames, frames, stride) for k in range(segments)]
+    """`segments` windows of every stride-th frame (the release's test sampler): the clip's frames 0, stride, 2 stride,
+    ... (the last repeated up to `frames`), windows starting at evenly spread positions of that list."""
+    strided = list(range(0, num_frames, stride))
+    strided += strided[-1:] * (frames - len(strided))
+    step = (len(strided) - frames) / (segments - 1) if segments > 1 else 0
+    return [strided[int(step * k):int(step * k) + frames] for k in range(segments)]
 
 
 def crop_offsets(length, size, crops):
@@ -295,6 +317,52 @@ class VideoClips(datasets.SkipsUnreadable):
         return torch.stack(views)
 
 
+def release_frame_transform(args):
+    """The release's training augmentation of one frame (Video/dataset/datasets.py `_aug_frame`): RandAugment `--aa`
+    on the full-resolution frame (timm's RandAugment with the release's hparams: translate 0.45 x --input_size
+    pixels, --train_interpolation, timm's grey fill), ToTensor, mean/std, RandomResizedCrop to --input_size (scale
+    0.08-1, ratio 3/4-4/3, bilinear without antialiasing, as its torch.nn.functional.interpolate), horizontal flip,
+    random erasing (--reprob, --remode, --recount). VideoClips applies it with the same random draws to every frame.
+    """
+    mean, std = datasets.normalization(args)
+    steps = []
+    if str(args.aa).lower() not in ('', 'none'):
+        hparams = {'translate_const': int(args.input_size * 0.45),
+                   'interpolation': str_to_pil_interp(args.train_interpolation)}
+        steps.append(rand_augment_transform(args.aa, hparams))
+    steps += [transforms.ToTensor(), transforms.Normalize(mean, std),
+              transforms.RandomResizedCrop(args.input_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                                           interpolation=InterpolationMode.BILINEAR, antialias=False),
+              transforms.RandomHorizontalFlip()]
+    if args.reprob > 0:
+        steps.append(RandomErasing(args.reprob, mode=args.remode, max_count=args.recount, device='cpu'))
+    return transforms.Compose(steps)
+
+
+class FrameMixing:
+    """Mixup/CutMix of frame images as the release mixes clips (engine_for_finetuning.py: timm's Mixup on the
+    (B, C * T, H, W) view of the batch, before its reshape): a CutMix box is the same region of every frame, in
+    either --video_layout. Wraps a timm Mixup; `--video_mix canvas` uses that Mixup on the whole image instead."""
+
+    def __init__(self, mixup, frames, layout):
+        self.mixup = mixup
+        self.frames = frames
+        self.layout = layout
+
+    def __call__(self, images, targets):
+        clips = image_to_frames(images, self.frames, self.layout)  # (B, T, C, H, W)
+        batch, frames, channels, height, width = clips.shape
+        stacked = clips.transpose(1, 2).reshape(batch, channels * frames, height, width)
+        mixed, targets = self.mixup(stacked, targets)
+        clips = mixed.reshape(batch, channels, frames, height, width).transpose(1, 2)
+        return torch.stack([frames_to_image(clip, self.layout) for clip in clips]), targets
+
+
+def batch_mixing(mixup, args):
+    """main.build_mixup's hook: the Mixup/CutMix of --video_mix."""
+    return FrameMixing(mixup, args.video_frames, args.video_layout) if args.video_mix == 'frame' else mixup
+
+
 class NormaliseFrames:
     """uint8 (T, C, H, W) -> float, normalised with the image mean/std."""
 
@@ -314,7 +382,9 @@ def build_dataset(is_train, args):
     split = 'train' if is_train else 'val'
     samples, found = clip_samples(args.data_path, split, args.label_map)
     check_classes(samples, args.nb_classes, found, is_train, f"'{args.data_path}' ({split})")
-    if is_train:
+    if is_train and args.video_train_transform == 'release':
+        frame_transform = release_frame_transform(args)
+    elif is_train:
         frame_transform = datasets.build_transform(True, args)
     else:
         frame_transform = NormaliseFrames(*datasets.normalization(args))

@@ -21,7 +21,8 @@ import main as train_main
 from modalities import point_cloud
 from tools import make_modelnet_from_meshes
 from train_helpers import (REPO_ROOT, TINY_UNIREPLKNET, assert_bitwise_equal, assert_optimizer_states_equal,
-                           assert_succeeded, load_checkpoint, read_log, run_killed_after_each, run_main)
+                           assert_succeeded, load_checkpoint, randomise_batch_norms, read_log, run_killed_after_each,
+                           run_main)
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 
@@ -100,6 +101,40 @@ def test_mean_class_accuracy_weights_every_class_equally():
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(4, 1), targets), batch_size=3)
     stats = engine.evaluate(loader, AlwaysClassZero(), torch.device('cpu'), engine.Precision('cpu', False))
     assert stats['acc1'] == 75.0 and stats['mean_class_acc'] == 50.0
+
+
+class PointProbe(torch.nn.Module):
+    """A stand-in classifier of (B, 2, N, 3) samples whose answer depends on the rotation of the placed points."""
+
+    def __init__(self, classes):
+        super().__init__()
+        self.linear = torch.nn.Linear(8 * 3, classes)
+
+    def forward(self, samples):
+        return self.linear(samples[:, 0, :8].flatten(1))  # the first 8 placed points
+
+
+@pytest.mark.parametrize('score', ['per_rotation', 'ensemble'])
+def test_reported_accuracy_is_the_releases_per_rotation_mean(modelnet, score):
+    """Point/tool/train_adaptor_lkv.py validate_cls: each of the 8 rotations predicted alone, accuracy over all
+    (shape, rotation) pairs = the mean of the 8 per-rotation accuracies; the ensemble (mean probability) logged beside
+    it. Computed directly from the data set's samples and compared with engine.evaluate (2 shapes per batch)."""
+    dataset, classes = point_cloud.build_dataset(False, tiny_args(modelnet['hdf5'], '--pc_test_score', score))
+    torch.manual_seed(0)
+    model = PointProbe(classes).eval()
+    samples, targets = zip(*[dataset[index] for index in range(len(dataset))])
+    targets = torch.tensor(targets)
+    with torch.no_grad():
+        logits = torch.stack([model(sample) for sample in samples])  # (shapes, rotations, classes)
+    per_rotation = [(logits[:, r].argmax(1) == targets).double().mean().item() * 100 for r in range(8)]
+    ensemble = (logits.softmax(-1).mean(1).argmax(1) == targets).double().mean().item() * 100
+    assert len(set(per_rotation)) > 1 and np.mean(per_rotation) != ensemble  # the two protocols differ here
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2)
+    stats = engine.evaluate(loader, model, torch.device('cpu'), engine.Precision('cpu', False))
+    assert stats['acc1_per_view'] == pytest.approx(np.mean(per_rotation), abs=1e-9)
+    assert stats['acc1_ensemble'] == pytest.approx(ensemble, abs=1e-9)
+    assert stats['acc1'] == stats['acc1_per_view' if score == 'per_rotation' else 'acc1_ensemble']
+    assert stats['num_images'] == len(dataset)
 
 
 class AlwaysClassZero(torch.nn.Module):
@@ -257,14 +292,16 @@ def test_malformed_point_files_are_named_with_their_line_or_skipped_and_counted(
 # Model
 # ----------------------------------------------------------------------------------------------
 
-def tiny_model(modelnet):
-    args = tiny_args(modelnet['hdf5'])
+def tiny_model(modelnet, *extra):
+    args = tiny_args(modelnet['hdf5'], *extra)
     args.nb_classes = len(MESHES)
     return train_main.build_model(args)
 
 
 def test_model_reparameterizes_and_trains_every_parameter(modelnet):
-    model = tiny_model(modelnet)
+    model = tiny_model(modelnet, '--layer_scale_init_value', '1.0')  # the default 1e-6 would hide a wrong block kernel
+    model.backbone.set_fast_cpu_kernels(False)  # the reference adds up the branches (the fast path uses reparam's kernel)
+    randomise_batch_norms(model)
     test_set, _ = point_cloud.build_dataset(False, tiny_args(modelnet['hdf5']))
     assert test_set.eval_views == 8
     batch = torch.stack([test_set[i][0] for i in range(3)]).flatten(0, 1)      # 3 samples x 8 rotations

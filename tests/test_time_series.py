@@ -17,8 +17,8 @@ import unireplknet
 from modalities import time_series
 from modalities.time_series import INPUT_HOURS, PREDICT_HOURS, WINDOW_HOURS
 from train_helpers import (BATCH_INDEPENDENT_UNIREPLKNET, REPO_ROOT, TINY_UNIREPLKNET, CreatesFileWhenUnpickled,
-                           assert_same_training_state, assert_succeeded, load_checkpoint, read_log,
-                           run_killed_after_each, run_main)
+                           assert_same_training_state, assert_succeeded, load_checkpoint, randomise_batch_norms,
+                           read_log, run_killed_after_each, run_main)
 from weather_data import QUICKSTART_SPLIT_HOURS, read_stations, write_corrformer_layout, write_quickstart_folder
 
 pytestmark = pytest.mark.usefixtures('single_thread')
@@ -27,6 +27,7 @@ SPLIT_HOURS = QUICKSTART_SPLIT_HOURS
 SHORT_SPLIT_HOURS = {'train': (0, 744), 'val': (744, 912), 'test': (912, 1080)}
 TINY_D_MODEL = 12  # 48 hours x 12 = a 24 x 24 map
 QUICKSTART = os.path.join(REPO_ROOT, 'configs', 'time_series', 'quickstart_global_temp.yaml')
+RECIPE = os.path.join(REPO_ROOT, 'configs', 'time_series', 'unireplknet_s_global_temp.yaml')
 
 
 @pytest.fixture(scope='module')
@@ -53,15 +54,15 @@ def series_args(folder, **overrides):
     args = argparse.Namespace(data_path=folder, data_set='GLOBAL_TEMP', series_eval_split='val',
                               series_units_per_physical=10.0, series_d_model=TINY_D_MODEL,
                               series_stations_per_node=2, series_head='correlation', series_heads=2,
-                              series_node_tree=None)
+                              series_node_tree=None, series_affine='shared')
     vars(args).update(overrides)
     return args
 
 
-def tiny_forecaster(folder, **overrides):
+def tiny_forecaster(folder, backbone_overrides=None, **overrides):
     args = series_args(folder, **overrides)
     backbone = unireplknet.UniRepLKNet(**time_series.backbone_kwargs(args), depths=(1, 1, 1, 1), dims=(8, 16, 24, 32),
-                                       kernel_sizes=((3,), (7,), (7,), (3,)))
+                                       kernel_sizes=((3,), (7,), (7,), (3,)), **(backbone_overrides or {}))
     return time_series.build_model(args, backbone)
 
 
@@ -176,6 +177,26 @@ def test_forecaster_takes_any_batch_size_and_pads_the_last_node(weather_folder, 
     torch.testing.assert_close(batch, alone, rtol=1e-5, atol=1e-4)
 
 
+def test_shared_affine_is_the_releases_per_position_affine_repeated_over_nodes(weather_folder):
+    """Corrformer.py: affine_weight/bias of shape (1, 1, stations per node), `.repeat(1, 1, node_num)`; here 3
+    stations in nodes of 2 (the last node padded). The same numbers as per-station parameters forecast the same."""
+    torch.manual_seed(0)
+    shared = tiny_forecaster(weather_folder)
+    torch.manual_seed(0)
+    per_station = tiny_forecaster(weather_folder, series_affine='station')
+    assert shared.affine_weight.shape == (2,) and per_station.affine_weight.shape == (3,)
+    with torch.no_grad():
+        shared.affine_weight.copy_(torch.tensor([0.5, 2.0]))
+        shared.affine_bias.copy_(torch.tensor([0.1, -0.3]))
+        per_station.affine_weight.copy_(torch.tensor([0.5, 2.0, 0.5]))  # station s takes position s mod 2
+        per_station.affine_bias.copy_(torch.tensor([0.1, -0.3, 0.1]))
+    windows, _ = time_series.build_dataset(False, series_args(weather_folder))
+    samples = torch.stack([windows[index][0] for index in range(3)])
+    shared.eval(), per_station.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(shared(samples), per_station(samples), rtol=0, atol=0)
+
+
 def test_forecaster_trains_under_bfloat16_autocast(weather_folder):
     """--use_amp --amp_dtype bfloat16: the decoder's FFTs run in float32 inside autocast."""
     model = tiny_forecaster(weather_folder, series_stations_per_node=1)
@@ -189,16 +210,13 @@ def test_forecaster_trains_under_bfloat16_autocast(weather_folder):
 
 @pytest.mark.parametrize('head', ['correlation', 'pooled'])
 def test_reparameterised_backbone_inside_the_adapter_forecasts_the_same(weather_folder, head):
-    model = tiny_forecaster(weather_folder, series_head=head)
-    with torch.no_grad():  # BatchNorm statistics that are not the identity
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-    model.eval()
+    # Layer scale 1 (1e-6 would hide a wrong block kernel); the reference adds up the branches (the fast path's eval
+    # form runs get_kernel_bias(), as reparameterisation does).
+    model = tiny_forecaster(weather_folder, dict(layer_scale_init_value=1.0, fast_cpu_kernels=False), series_head=head)
+    randomise_batch_norms(model).eval()
     windows, _ = time_series.build_dataset(False, series_args(weather_folder))
     samples = torch.stack([windows[index][0] for index in range(4)]).double()
-    deployed = reparameterize_model(copy.deepcopy(model)).double()
+    deployed = reparameterize_model(copy.deepcopy(model).double())  # folded in float64, as the reference runs
     with torch.no_grad():
         torch.testing.assert_close(deployed(samples), model.double()(samples), rtol=1e-9, atol=1e-8)
     assert any(getattr(block, 'deploy', False) for block in deployed.backbone.blocks())
@@ -380,6 +398,18 @@ def test_skip_corrupt_run_completes_and_logs_the_skipped_windows(weather, tmp_pa
     assert sorted(map(int, skipped)) == list(range(100 - WINDOW_HOURS + 1, 101))   # every window holding hour 100
     assert read_log(output_dir)[0]['train_skipped_images'] == WINDOW_HOURS
     assert np.isfinite(read_log(output_dir)[0]['test_mse'])
+
+
+@pytest.mark.slow
+def test_recipe_lr_is_the_releases_epochs_0_and_1_at_the_base_lr_then_halved(short_weather_folder, tmp_path):
+    """The recipe's schedule through main.py (toy model and data): the release's adjust_learning_rate(epoch + 1)
+    after each epoch keeps 1e-4 for epochs 0 and 1 and halves from epoch 2."""
+    output_dir = str(tmp_path / 'run')
+    completed = run_main(['--config', RECIPE, *main_args(short_weather_folder, 'GLOBAL_WIND'), '--lr', '1e-4',
+                          '--epochs', '3', '--use_checkpoint', 'false', '--series_node_tree', '1',
+                          '--output_dir', output_dir])
+    assert_succeeded(completed)
+    assert [line['train_lr'] for line in read_log(output_dir)] == pytest.approx([1e-4, 1e-4, 5e-5], rel=1e-12)
 
 
 @pytest.mark.slow

@@ -26,6 +26,19 @@ NUM_CLASSES = 3
 
 
 
+@torch.no_grad()
+def randomise_batch_norms(model):
+    """BatchNorms with statistics and affine parameters that are not the identity, so that re-parameterisation has
+    something to fold (a fresh BN's zero mean and bias would hide a bias left out of a fused kernel)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.uniform_(0.5, 1.5)
+            module.bias.uniform_(-0.2, 0.2)
+    return model
+
+
 def write_image_folder(root, images_per_class, seed):
     """root/class_k/*.png, 16x16 RGB: each class a different dominant colour plus noise (learnable)."""
     rng = np.random.default_rng(seed)
