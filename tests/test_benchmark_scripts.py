@@ -69,3 +69,12 @@ def test_gpu_check_runs_fail_loudly_on_a_wrong_result():
                             capture_output=True, text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert result.returncode != 0 and '1 of 1 runs failed: images, AMP bfloat16' in result.stderr, result.stderr[-3000:]
     assert '| FAIL: exit code' in result.stdout
+
+
+def test_profile_step_splits_a_training_step_into_op_families():
+    out = run_script('benchmarks/profile_step.py', '--batch', '1', '--img_size', '32', '--threads', '1', '--warmup',
+                     '0')
+    rows = {line.split('|')[1].strip(): line.split('|')[2:4] for line in out.splitlines() if line.startswith('| ')}
+    ours, atto = (float(cell.split(' ms')[0]) for cell in rows['depthwise conv'])
+    assert ours > 0 and atto > 0                      # both models' depthwise convs found
+    assert float(rows['GRN'][0].split(' ms')[0]) > 0 and rows['GRN'][1].strip().startswith('0 ms')   # GRN: ours only
