@@ -2,7 +2,7 @@
 
 Options keep the names, meanings and defaults of the original release's main.py, plus
 --use_checkpoint, --config, --amp_dtype, --channels_last, --sync_bn, --reparam, --throughput,
---save_ckpt_every_steps, --skip_corrupt_images, --model_overrides and --unsafe_load_checkpoint,
+--save_ckpt_every_steps, --skip_corrupt (--skip_corrupt_images), --model_overrides and --unsafe_load_checkpoint,
 --compile (torch.compile) and --mesa / --mesa_start_ratio (the EMA model as a teacher, mesa.py).
 
     python main.py --model unireplknet_a --data_set DIGITS --input_size 32 --device cpu ...
@@ -181,8 +181,9 @@ def get_args_parser():
     parser.add_argument('--data_format', default='folder', choices=['folder', 'shards'],
                         help='IMNET / image_folder data as class folders, or as tar shards written from them by '
                              'tools/make_shards.py (--data_path/--eval_data_path then name the shard folders)')
-    parser.add_argument('--skip_corrupt_images', **OPTIONAL_BOOL,
-                        help='skip (and count) unreadable images instead of stopping with an error')
+    parser.add_argument('--skip_corrupt', '--skip_corrupt_images', dest='skip_corrupt_images', **OPTIONAL_BOOL,
+                        help='skip (and count) unreadable samples of any modality (images, audio, clips, point '
+                             'files, time-series windows) instead of stopping with an error')
     parser.add_argument('--output_dir', default='', help='path where to save, empty for no saving')
     parser.add_argument('--log_dir', default=None, help='path where to tensorboard log')
     parser.add_argument('--device', default='cuda', help='device to use for training / testing (cuda or cpu)')

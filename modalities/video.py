@@ -32,7 +32,7 @@ Data layouts under `--data_path` (checked in this order):
 3. Class-folder trees `train/<class>/<clip>` and `val/<class>/<clip>`; class order: sorted folder names of
    `train/` (or --label_map).
 Clips are decoded with PyAV (FFmpeg bundled in its wheel). A listed clip that is missing, or that cannot be
-decoded, is an error naming its path; with `--skip_corrupt_images true` it is skipped and counted instead.
+decoded, is an error naming its path; with `--skip_corrupt true` it is skipped and counted instead.
 """
 import csv
 import math
@@ -105,11 +105,13 @@ def decode_frames(path):
         with av.open(path) as container:
             frames = list(container.decode(video=0))
     except (av.FFmpegError, IndexError, ValueError) as err:
-        raise RuntimeError(f"Cannot decode video '{path}' ({type(err).__name__}: {err}). Replace or delete the "
-                           "clip, or pass --skip_corrupt_images true to skip undecodable clips.") from err
+        raise datasets.UnreadableSampleError(
+            f"Cannot decode video '{path}' ({type(err).__name__}: {err}). Replace or delete the clip, or pass "
+            "--skip_corrupt true to skip unreadable samples.") from err
     if not frames:
-        raise RuntimeError(f"Cannot decode video '{path}': it has no video frames. Replace or delete the clip, or "
-                           "pass --skip_corrupt_images true to skip undecodable clips.")
+        raise datasets.UnreadableSampleError(
+            f"Cannot decode video '{path}': it has no video frames. Replace or delete the clip, or pass "
+            "--skip_corrupt true to skip unreadable samples.")
     return frames
 
 
@@ -173,14 +175,25 @@ def read_list_file(root, list_path):
             if len(parts) != 2 or not parts[1].lstrip('-').isdigit():
                 raise ValueError(f"{list_path}, line {number}: expected '<path> <integer label>' (VideoMAE list "
                                  f"file) or the Kinetics CSV header {','.join(KINETICS_CSV_HEADER)}; got "
-                                 f"{line.strip()!r}")
+                                 f"{line.strip()!r}. Add the label or delete the line.")
             samples.append((resolve(root, parts[0]), int(parts[1])))
     return samples
 
 
 def kinetics_csv_rows(list_path):
+    """The rows of a Kinetics CSV; a row without a label, a youtube_id or integer times is an error naming its
+    line."""
+    rows = []
     with open(list_path, newline='') as f:
-        return list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        for row in reader:
+            fields = [row.get(name) for name in KINETICS_CSV_HEADER[:4]]
+            if not all(fields) or not all(str(value).isdigit() for value in fields[2:]):
+                raise ValueError(f"{list_path}, line {reader.line_num}: expected "
+                                 f"{','.join(KINETICS_CSV_HEADER)} with a label, a youtube_id and integer times; "
+                                 f"got {','.join(value or '' for value in fields)}. Fix or delete the line.")
+            rows.append(row)
+    return rows
 
 
 def kinetics_clip_path(root, split, row):
@@ -262,14 +275,7 @@ class VideoClips(datasets.SkipsUnreadable):
 
     def __init__(self, samples, classes_count, train, frame_transform, args):
         super().__init__(args.skip_corrupt_images)
-        missing = [path for path, _ in samples if not os.path.isfile(path)]
-        if missing and not self.skip_corrupt:
-            raise FileNotFoundError(f"{len(missing)} listed clip(s) do not exist, e.g. '{missing[0]}'. Fix the "
-                                    "list/--data_path, or pass --skip_corrupt_images true to skip them.")
-        if missing:
-            self.count_skips(len(missing), f'Skipping {len(missing)} missing clip(s), e.g. {missing[0]}')
-        absent = set(missing)
-        self.samples = [(path, label) for path, label in samples if path not in absent]
+        self.samples = self.keep_existing(samples, 'clip')
         self.classes = list(range(classes_count))
         self.train = train
         self.frame_transform = frame_transform

@@ -341,6 +341,19 @@ def test_missing_and_undecodable_clips_are_named_or_skipped_and_counted(clip_fol
         video.clip_samples(str(root), 'train')
 
 
+def test_list_lines_without_a_label_are_named(tmp_path):
+    """VideoMAE list line without its integer label; Kinetics CSV row without a label."""
+    (tmp_path / 'train.csv').write_text('clips/a.mp4 0\nclips/b.mp4\n')
+    with pytest.raises(ValueError, match=r"train\.csv, line 2: expected '<path> <integer label>' .*got "
+                                         r"'clips/b\.mp4'\. Add the label or delete the line"):
+        video.clip_samples(str(tmp_path), 'train')
+    (tmp_path / 'train.csv').write_text('label,youtube_id,time_start,time_end,split\n'
+                                        'bikes,abc,0,10,train\n,def,0,10,train\n')
+    with pytest.raises(ValueError, match=r"train\.csv, line 3: expected label,youtube_id,time_start,time_end,split "
+                                         r"with a label, a youtube_id and integer times; got ,def,0,10"):
+        video.clip_samples(str(tmp_path), 'train')
+
+
 # ---------------------------------------------------------------- samples
 
 def test_training_clip_gets_one_augmentation_for_all_its_frames(clip_folder, tmp_path):

@@ -1,4 +1,5 @@
-"""Shared pieces of the training tests: tiny models, a tiny image folder, and main.py subprocess runs."""
+"""Shared pieces of the training tests: tiny models, a tiny image folder, main.py subprocess runs, and a hostile
+pickle."""
 import json
 import os
 import re
@@ -23,6 +24,19 @@ BATCH_INDEPENDENT_UNIREPLKNET = '{"depths": [0, 0, 0, 0], "dims": [8, 16, 24, 32
 IMAGE_SIZE = 16
 NUM_CLASSES = 3
 
+
+
+@torch.no_grad()
+def randomise_batch_norms(model):
+    """BatchNorms with statistics and affine parameters that are not the identity, so that re-parameterisation has
+    something to fold (a fresh BN's zero mean and bias would hide a bias left out of a fused kernel)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.uniform_(0.5, 1.5)
+            module.bias.uniform_(-0.2, 0.2)
+    return model
 
 
 def write_image_folder(root, images_per_class, seed):
@@ -54,6 +68,17 @@ def tiny_data_args(train_dir, val_dir):
     return ['--data_set', 'image_folder', '--data_path', train_dir, '--eval_data_path', val_dir,
             '--nb_classes', str(NUM_CLASSES), '--input_size', str(IMAGE_SIZE), '--device', 'cpu',
             '--num_workers', '0', '--seed', '0']
+
+
+class CreatesFileWhenUnpickled:
+    """Pickles as a call of open(path, 'w'): an unrestricted unpickler creates the file (a stand-in for any code a
+    crafted data file could run)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, 'w')
 
 
 def free_port():
