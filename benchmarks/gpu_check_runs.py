@@ -182,7 +182,8 @@ def runs(opts, base):
         ('audio (SPEECHCOMMANDS)', [*device, *model, '--data_set', 'SPEECHCOMMANDS', '--data_path', speech,
                                     '--nb_classes', str(words), '--batch_size', str(batch), *no_mix], batch, ()),
         ('video (KINETICS400)', [*device, *model, '--data_set', 'KINETICS400', '--data_path', clips,
-                                 '--nb_classes', str(classes), '--input_size', size, '--batch_size', '2'], 2, ()),
+                                 '--nb_classes', str(classes), '--input_size', '64' if opts.tiny else size,
+                                 '--batch_size', '2'], 2, ()),   # video frames need more than 32 px
     ]
 
 

@@ -63,9 +63,9 @@ def test_gpu_check_runs_train_every_configuration_on_cpu_with_gloo():
 
 
 def test_gpu_check_runs_fail_loudly_on_a_wrong_result():
-    """A run whose loss is not finite (--lr 1e9) is a FAIL line and the script exits non-zero naming it."""
+    """A run whose loss is not finite (--lr nan) is a FAIL line and the script exits non-zero naming it."""
     result = subprocess.run([sys.executable, 'benchmarks/gpu_check_runs.py', '--device', 'cpu', '--tiny', '--workers',
-                             '0', '--only', 'bfloat16', '--main_args', '--lr', '1e9'], cwd=REPO_ROOT,
+                             '0', '--only', 'bfloat16', '--main_args', '--lr', 'nan'], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert result.returncode != 0 and '1 of 1 runs failed: images, AMP bfloat16' in result.stderr, result.stderr[-3000:]
     assert '| FAIL: exit code' in result.stdout
