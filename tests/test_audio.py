@@ -17,6 +17,7 @@ import soundfile
 import torch
 
 import main
+from conftest import skip_unless_ci
 from datasets import SeededAugmentation
 from optim_factory import step_scheduler
 from modalities import audio
@@ -27,9 +28,14 @@ WORDS = ('yes', 'no', 'up', 'seven')
 ESPEAK_VOICES = [f'{accent}+{variant}' for accent in ('en-us', 'en-gb', 'en-gb-scotland', 'en-029', 'en-gb-x-rp')
                  for variant in ('m1', 'm3', 'f2', 'm7', 'f4', 'klatt')]
 FLITE_VOICES = ('kal', 'awb', 'rms', 'slt', 'kal16')
-MISSING_TOOLS = [tool for tool in ('espeak-ng', 'flite', 'sox') if shutil.which(tool) is None]
-needs_speech_tools = pytest.mark.skipif(
-    bool(MISSING_TOOLS), reason=f"needs Debian packages {', '.join(MISSING_TOOLS)} (.ci/run installs them)")
+
+
+@pytest.fixture(scope='module')
+def speech_tools():
+    """The Debian tools that synthesise the spoken commands (tests that need them take `spoken_commands`)."""
+    missing = [tool for tool in ('espeak-ng', 'flite', 'sox') if shutil.which(tool) is None]
+    if missing:
+        skip_unless_ci(f"needs Debian packages {', '.join(missing)} (.ci/run installs them)")
 
 
 # ---------------------------------------------------------------- reference filterbank
@@ -264,7 +270,7 @@ def build_spoken_commands(root):
 
 
 @pytest.fixture(scope='module')
-def spoken_commands(tmp_path_factory):
+def spoken_commands(speech_tools, tmp_path_factory):
     return build_spoken_commands(str(tmp_path_factory.mktemp('speech_commands')))
 
 
@@ -274,7 +280,6 @@ def speech_train_argv(data_path):
 
 
 @pytest.mark.slow
-@needs_speech_tools
 def test_tiny_model_recognises_words_of_unheard_voices(spoken_commands, tmp_path):
     output_dir = str(tmp_path / 'run')
     assert_succeeded(run_main([*speech_train_argv(spoken_commands), '--output_dir', output_dir], timeout=600))
@@ -289,7 +294,6 @@ def test_tiny_model_recognises_words_of_unheard_voices(spoken_commands, tmp_path
 
 
 @pytest.mark.slow
-@needs_speech_tools
 def test_killed_and_resumed_speech_run_is_bitwise_equal(spoken_commands, tmp_path):
     """Waveform mixup (python/numpy RNG), SpecAugment and noise (torch RNG), drop path: killed mid-epoch."""
     argv = [*speech_train_argv(spoken_commands), '--model_overrides', TINY_UNIREPLKNET, '--epochs', '1',

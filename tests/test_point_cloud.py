@@ -17,6 +17,7 @@ import torch
 
 import engine
 import main as train_main
+from conftest import skip_unless_ci
 from modalities import point_cloud
 from tools import make_modelnet_from_meshes
 from train_helpers import (REPO_ROOT, TINY_UNIREPLKNET, assert_bitwise_equal, assert_optimizer_states_equal,
@@ -42,7 +43,7 @@ TINY_ARGS = ['--model', 'unireplknet_a', '--model_overrides', TINY_UNIREPLKNET, 
 def modelnet(tmp_path_factory):
     """Both ModelNet-40 layouts of the same real-mesh samples: {'text': dir, 'hdf5': dir}."""
     if not all(os.path.isfile(os.path.join(MESH_DIR, f'{name}.off')) for name in MESHES):
-        pytest.skip(f'libcgal-demo meshes missing in {MESH_DIR}; .ci/run unpacks them (see this module docstring)')
+        skip_unless_ci(f'libcgal-demo meshes missing in {MESH_DIR}; .ci/run unpacks them (see this module docstring)')
     samples = make_modelnet_from_meshes.make_samples(
         make_modelnet_from_meshes.load_meshes(MESH_DIR, MESHES), {'train': TRAIN_PER_CLASS, 'test': TEST_PER_CLASS},
         RAW_POINTS, extra_test=1)   # 21 test samples: uneven over 2 ranks and over the classes
