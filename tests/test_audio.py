@@ -16,6 +16,7 @@ import pytest
 import soundfile
 import torch
 
+import datasets
 import main
 from conftest import skip_unless_ci
 from datasets import SeededAugmentation
@@ -180,8 +181,9 @@ def test_layout_errors_say_what_is_missing(tmp_path):
     root = tone_folder(tmp_path / 'sc2')
     with open(os.path.join(root, 'validation_list.txt'), 'a') as f:
         f.write('go/ghost_nohash_0.wav\n')
-    with pytest.raises(FileNotFoundError, match="names 'go/ghost_nohash_0.wav'"):
-        audio.speech_commands_files(root, 'validation')
+    with pytest.raises(FileNotFoundError,
+                       match=r"1 listed audio file\(s\) do not exist, e.g. '.*go/ghost_nohash_0.wav'"):
+        audio.build_dataset(False, speech_args(root))
     with pytest.raises(ValueError, match='Pass --nb_classes 3'):
         audio.build_dataset(True, speech_args(root, nb_classes=35))
     with pytest.raises(ValueError, match='--mixup 0 --cutmix 0'):
@@ -208,6 +210,31 @@ def test_unreadable_wav_is_named_or_skipped_and_counted(tmp_path):
         dataset[index]
     skipping, _ = audio.build_dataset(True, speech_args(root, skip_corrupt_images=True))
     assert skipping[index] is None and skipping.skipped_count == 1
+
+
+def test_empty_wav_and_list_line_without_word_folder_are_named(tmp_path):
+    root = tone_folder(tmp_path / 'sc')
+    empty = os.path.join(root, 'stop', 'spk0_nohash_0.wav')
+    write_wav(empty, np.zeros(0))
+    assert soundfile.info(empty).frames == 0            # a valid header with no samples
+    nan_wav = os.path.join(root, 'down', 'spk0_nohash_0.wav')
+    soundfile.write(nan_wav, np.full(1600, np.nan, np.float32), 16000, subtype='FLOAT')
+    dataset, _ = audio.build_dataset(True, speech_args(root))
+    paths = [path for path, _ in dataset.samples]
+    with pytest.raises(datasets.UnreadableSampleError, match=r"stop/spk0_nohash_0\.wav' holds no samples \(zero "
+                                                             r"length\).*--skip_corrupt true"):
+        dataset[paths.index(empty)]
+    with pytest.raises(datasets.UnreadableSampleError, match=r"down/spk0_nohash_0\.wav' holds non-finite samples"):
+        dataset[paths.index(nan_wav)]
+    skipping, _ = audio.build_dataset(True, speech_args(root, skip_corrupt_images=True))
+    assert skipping[paths.index(empty)] is None and skipping[paths.index(nan_wav)] is None
+    assert skipping.skipped_count == 2
+
+    with open(os.path.join(root, 'testing_list.txt'), 'a') as f:
+        f.write('\nspk9_nohash_0.wav\n')
+    with pytest.raises(ValueError, match=r"testing_list\.txt, line 5: expected '<word>/<speaker>_nohash_<n>\.wav' "
+                                         r"\(the word folder is the label\); got 'spk9_nohash_0\.wav'"):
+        audio.build_dataset(False, speech_args(root, audio_eval_list='testing'))
 
 
 def test_training_samples_are_seeded_per_index_and_mixed_with_soft_targets(tmp_path):

@@ -1,4 +1,5 @@
-"""Shared pieces of the training tests: tiny models, a tiny image folder, and main.py subprocess runs."""
+"""Shared pieces of the training tests: tiny models, a tiny image folder, main.py subprocess runs, and a hostile
+pickle."""
 import json
 import os
 import re
@@ -67,6 +68,17 @@ def tiny_data_args(train_dir, val_dir):
     return ['--data_set', 'image_folder', '--data_path', train_dir, '--eval_data_path', val_dir,
             '--nb_classes', str(NUM_CLASSES), '--input_size', str(IMAGE_SIZE), '--device', 'cpu',
             '--num_workers', '0', '--seed', '0']
+
+
+class CreatesFileWhenUnpickled:
+    """Pickles as a call of open(path, 'w'): an unrestricted unpickler creates the file (a stand-in for any code a
+    crafted data file could run)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, 'w')
 
 
 def free_port():
