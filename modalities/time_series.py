@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+import specs
 import tasks
 
 INPUT_HOURS = 48
@@ -514,3 +515,19 @@ class SeriesForecaster(nn.Module):
         forecast = forecast.reshape(batch, self.num_nodes, PREDICT_HOURS, self.node_size).transpose(1, 2)
         forecast = forecast.reshape(batch, PREDICT_HOURS, -1)[:, :, :self.num_stations]
         return (forecast - self.affine_bias) / (self.affine_weight + NORMALISATION_EPS) * std + mean
+
+
+# The release's Global Temp / Global Wind recipe (Time-Series/scripts, configs/time_series/): Adam, lr 1e-4 halved
+# every epoch, no weight decay, 10 epochs with early stopping (patience 3), one window per batch. Forecasting takes
+# MSE: no class count, label smoothing, loss choice, mixup or image augmentation, and the model sets its own input.
+SPECS = {name: specs.DataSetSpec(
+    name, build_dataset, extra='timeseries',
+    defaults={'batch_size': 1, 'epochs': 10, 'opt': 'adam', 'lr': 1e-4, 'weight_decay': 0.0, 'warmup_epochs': 0,
+              'lr_schedule': 'step', 'lr_step_gamma': 0.5, 'early_stop_patience': 3},
+    unused={**specs.IMAGE_AUGMENTATION_OFF, **specs.IMAGE_EVALUATION_OFF, **specs.IMAGE_INPUT_OFF,
+            **specs.CLASSIFICATION_OFF},
+    options=('series_eval_split', 'series_units_per_physical', 'series_d_model', 'series_stations_per_node',
+             'series_head', 'series_heads', 'series_node_tree'),
+    add_arguments=add_arguments,
+    backbone_kwargs=backbone_kwargs, build_model=build_model, build_task=build_task, mixup=False,
+    backbone_prefix='backbone.', image_input=False) for name in SERIES_PREFIXES}

@@ -39,13 +39,13 @@ import math
 import os
 import random
 
-import av
 import numpy as np
 import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
 import datasets
+import specs
 from modalities.audio import read_label_map
 
 LIST_FILES = {'train': 'train.csv', 'val': 'val.csv'}
@@ -84,6 +84,7 @@ def frames_to_image(clip, layout):
 
 def decode_frames(path):
     """All frames of the first video stream of `path` as PyAV frames (converted to pixels only when used)."""
+    import av  # the 'video' extra (specs.require checks it before any data is read)
     try:
         with av.open(path) as container:
             frames = list(container.decode(video=0))
@@ -300,6 +301,17 @@ class NormaliseFrames:
         return (clip.float() / 255.0 - self.mean) / self.std
 
 
+def add_arguments(parser):
+    """main.py options of --data_set KINETICS400 (their own block; --label_map is declared with the audio options)."""
+    group = parser.add_argument_group('video (--data_set KINETICS400; --input_size is the size of one frame)')
+    group.add_argument('--video_frames', type=int, default=16, help='frames per clip (a square)')
+    group.add_argument('--video_frame_stride', type=int, default=4, help='take every n-th frame')
+    group.add_argument('--video_layout', default='grid', choices=LAYOUTS,
+                       help="frames -> image: 'grid' tiles (the paper) or 'reshape' (the release)")
+    group.add_argument('--video_test_segments', type=int, default=5, help='test windows per clip')
+    group.add_argument('--video_test_crops', type=int, default=3, help='test crops per window')
+
+
 def build_dataset(is_train, args):
     if args.input_size <= 32:
         raise ValueError(f'--input_size {args.input_size} is the size of one frame; 32 or less takes the image '
@@ -313,3 +325,17 @@ def build_dataset(is_train, args):
     else:
         frame_transform = NormaliseFrames(*datasets.normalization(args))
     return VideoClips(samples, args.nb_classes, is_train, frame_transform, args), args.nb_classes
+
+
+# The release's Kinetics-400 fine-tuning recipe (Video/scripts, configs/video/): 90 epochs, lr 1e-3 with 5 warm-up
+# epochs, layer decay 0.75, RandAugment rand-m7-n4-mstd0.5-inc1, repeated augmentation x2, batch 8 per GPU; the
+# image recipe's mixup/cutmix, smoothing and random erasing. The test views set their own sizes (no --crop_pct).
+SPECS = {'KINETICS400': specs.DataSetSpec(
+    'KINETICS400', build_dataset, extra='video',
+    defaults={'nb_classes': 400, 'batch_size': 8, 'epochs': 90, 'lr': 1e-3, 'warmup_epochs': 5, 'layer_decay': 0.75,
+              'aa': 'rand-m7-n4-mstd0.5-inc1', 'repeated_aug': 2},
+    unused={**specs.IMAGE_EVALUATION_OFF, 'data_format': 'folder'},
+    options=('label_map', 'video_frames', 'video_frame_stride', 'video_layout', 'video_test_segments',
+             'video_test_crops'),
+    add_arguments=add_arguments,
+    eval_views=lambda args: args.video_test_segments * args.video_test_crops, image_input=False)}

@@ -144,8 +144,6 @@ def test_layout_errors_say_what_is_missing(tmp_path):
         audio.speech_commands_files(root, 'validation')
     with pytest.raises(ValueError, match='Pass --nb_classes 3'):
         audio.build_dataset(True, speech_args(root, nb_classes=35))
-    with pytest.raises(ValueError, match='--mixup 0 --cutmix 0'):
-        audio.build_dataset(True, speech_args(root, mixup=0.8))
 
 
 def test_other_sample_rates_are_resampled(tmp_path):

@@ -196,8 +196,6 @@ def test_options_the_adapter_cannot_honour_are_errors(modelnet):
     args.nb_classes = len(MESHES)
     with pytest.raises(ValueError, match='no layer-id map'):
         train_main.build_model(args)
-    with pytest.raises(ValueError, match='--mixup 0 --cutmix 0'):
-        point_cloud.build_dataset(True, tiny_args(modelnet['hdf5'], '--mixup', '0.8'))
 
 
 def test_point_file_with_wrong_columns_is_named(tmp_path):
