@@ -392,10 +392,11 @@ def load_finetune_weights(args, model):
     print(f'Load pre-trained checkpoint from: {args.finetune}')
     checkpoint = load_checkpoint_file(args.finetune, unsafe=args.unsafe_load_checkpoint)
     state_dict = dict(select_model_state(checkpoint, args.model_key, args.model_prefix))
-    if not set(state_dict) & set(model.state_dict()) and isinstance(getattr(model, 'backbone', None), torch.nn.Module):
+    backbone_prefix = specs.get(args.data_set).backbone_prefix
+    if not set(state_dict) & set(model.state_dict()) and backbone_prefix:
         # A modality adapter (point clouds, time series) around the backbone: an image checkpoint fits its backbone.
-        print(f'Loading {args.finetune} into {type(model).__name__}.backbone')
-        model = model.backbone
+        print(f'Loading {args.finetune} into {type(model).__name__}.{backbone_prefix.rstrip(".")}')
+        model = model.get_submodule(backbone_prefix.rstrip('.'))
     own = model.state_dict()
     for key in ('head.weight', 'head.bias'):
         if key in state_dict and key in own and state_dict[key].shape != own[key].shape:
@@ -752,8 +753,7 @@ def main(args):
             print(f'Early stopping: no better evaluation in the last {args.early_stop_patience} epochs')
             break
         first_step = start_step if epoch == start_epoch else 0
-        if hasattr(dataset_train, 'set_epoch'):
-            dataset_train.set_epoch(epoch)
+        dataset_train.set_epoch(epoch)  # datasets.SeededAugmentation: this epoch's augmentation seeds
         sampler_train.set_epoch(epoch, start_sample=first_step * args.update_freq * args.batch_size)
         loader_generator.manual_seed(loader_generator_seed(args.seed, epoch))
         train_stats = train_one_epoch(

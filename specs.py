@@ -14,8 +14,8 @@ A `DataSetSpec` lives in the module that already knows its data set (`datasets.p
 - `options`: its own options (declared by its module's `add_arguments(parser)`), and `extra`: the pyproject.toml
   extra that installs the packages its reader needs.
 
-The rule (`parser_defaults`, `explicit_option_error`): an option the user did not set (on the command line or in a --config file) takes the
-data set's default; an option set explicitly that the data set cannot use (an `unused` one, or another data set's
+The rule (`parser_defaults`, `explicit_option_error`): an option the user did not set (on the command line or in a
+--config file) takes the data set's default; an option set explicitly that the data set cannot use (an `unused` one, or another data set's
 own option) is an error naming it, unless it is set to its off value (`--mixup 0` is always accepted).
 
 This module imports only the standard library: main.py, tools and tests read specs without importing any
@@ -43,10 +43,10 @@ SPEC_MODULES = {
 EXTRA_MODULES = {
     'audio': ('soundfile', 'lhotse'),
     'video': ('av',),
-    'points': ('h5py',),
+    'points': ('h5py', 'trimesh'),
     'timeseries': ('pandas',),
     'dense': ('mmengine', 'mmseg', 'mmdet', 'mmcv', 'segmentation_models_pytorch', 'pycocotools'),
-    'export': ('onnx', 'onnxscript', 'onnxruntime'),
+    'export': ('onnx', 'onnxscript', 'onnxruntime', 'skimage'),
     'analysis': ('matplotlib', 'skimage'),
 }
 
@@ -132,14 +132,23 @@ def install_command(extra):
     return f'pip install ".[{extra}]"'
 
 
-def require(extra, what):
-    """Raise MissingExtraError (one line with the pip command) when a module of `extra` is not installed."""
+def require(extra, what, modules=None):
+    """Raise MissingExtraError (one line with the pip command) when a module of `extra` (or of `modules`, the part
+    of the extra that `what` imports) is not installed. Checked without importing anything."""
     if not extra:
         return
-    missing = [module for module in EXTRA_MODULES[extra] if importlib.util.find_spec(module) is None]
+    missing = [module for module in modules or EXTRA_MODULES[extra] if importlib.util.find_spec(module) is None]
     if missing:
         raise MissingExtraError(f"{what} needs the '{extra}' extra (missing: {', '.join(missing)}); install it "
                                 f"from the repository's folder with: {install_command(extra)}")
+
+
+def exit_unless_installed(extra, what, modules=None):
+    """For scripts, before they import the extra's packages: stop with the one-line `require` message."""
+    try:
+        require(extra, what, modules)
+    except MissingExtraError as missing:
+        raise SystemExit(f'error: {missing}') from None
 
 
 def is_off(option, value, off):

@@ -22,7 +22,7 @@ from checkpoint import list_periodic_checkpoints
 from modalities import point_cloud
 from tools import make_modelnet_from_meshes
 from train_helpers import (REPO_ROOT, TINY_UNIREPLKNET, assert_bitwise_equal, assert_optimizer_states_equal,
-                           assert_succeeded, load_checkpoint, read_log, run_main, start_main)
+                           assert_succeeded, load_checkpoint, read_log, run_main, run_plain_command, start_main)
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 
@@ -319,3 +319,12 @@ def newest_update(output_dir, updates_per_epoch):
         return -1
     (epoch, step), _ = found[-1]
     return epoch * updates_per_epoch + (updates_per_epoch if step == float('inf') else step)
+
+
+@pytest.mark.slow
+def test_plain_command_trains_with_the_modelnet_recipe(modelnet, tmp_path):
+    stdout = run_plain_command('MODELNET40', modelnet['hdf5'],
+                               ['--nb_classes', str(len(MESHES)), '--input_size', '32', '--pc_points', '128',
+                                '--pc_fps_points', '160', '--pc_knn', '16', '--pc_encoder_dim', '16',
+                                '--pc_fusion_dim', '16', '--pc_test_rotations', '2'], str(tmp_path / 'run'))
+    assert '"smoothing": 0.2' in stdout and '"mixup": 0.0' in stdout and '"lr": 0.0005' in stdout
