@@ -5,14 +5,14 @@ A `DataSetSpec` lives in the module that already knows its data set (`datasets.p
 
 - `build_dataset(is_train, args) -> (dataset, nb_classes)`, the model around the backbone (`backbone_kwargs`,
   `build_model`), the task (`build_task`; None = classification) and the capabilities main.py asks for: timm's
-  Mixup/CutMix (`mixup`), targets that are already probability vectors (`soft_targets`), the parameter-name prefix
+  Mixup/CutMix (`mixup`, and `batch_mixing` where the data set wraps it), targets that are already probability vectors (`soft_targets`), the parameter-name prefix
   of the backbone inside the model (`backbone_prefix`, for layer decay) and the evaluation views per sample
   (`eval_views`);
 - `defaults`: the options whose value in the data set's recipe differs from main.py's parser defaults, which are
   the image recipe's (ImageNet-1K, the release's main.py);
 - `unused`: main.py options the data set cannot use, each with the value that turns it off;
-- `options`: its own options (declared by its module's `add_arguments(parser)`), and `extra`: the pyproject.toml
-  extra that installs the packages its reader needs.
+- its own options (`add_arguments(parser)`, plus `options` declared by another data set's add_arguments), and
+  `extra`: the pyproject.toml extra that installs the packages its reader needs.
 
 The rule (`parser_defaults`, `explicit_option_error`): an option the user did not set (on the command line or in a
 --config file) takes the data set's default; an option set explicitly that the data set cannot use (an `unused` one, or another data set's
@@ -21,6 +21,7 @@ own option) is an error naming it, unless it is set to its off value (`--mixup 0
 This module imports only the standard library: main.py, tools and tests read specs without importing any
 modality's packages, and a missing extra is reported (`require`) before anything else happens.
 """
+import argparse
 import importlib
 import importlib.util
 from dataclasses import dataclass, field
@@ -76,12 +77,13 @@ class DataSetSpec:
     extra: str = ''                  # the pyproject.toml extra its reader needs ('' = the core install)
     defaults: Mapping[str, Any] = field(default_factory=dict)
     unused: Mapping[str, Any] = field(default_factory=dict)
-    options: tuple = ()              # its own options (dests), declared by add_arguments
     add_arguments: Optional[Callable] = None      # (parser) -> None: adds its own options (may serve several specs)
+    options: tuple = ()              # own options it shares with a data set whose add_arguments declares them
     backbone_kwargs: Callable = lambda args: {}   # backbone constructor kwargs, before --model_overrides
     build_model: Optional[Callable] = None        # (args, backbone) -> the model to train; None: the backbone
     build_task: Optional[Callable] = None         # args -> task (tasks.py); None: classification
     mixup: bool = True               # timm's batch Mixup/CutMix applies
+    batch_mixing: Optional[Callable] = None       # (timm Mixup, args) -> what main.py applies instead (video)
     soft_targets: bool = False       # the data set itself yields probability-vector training targets
     backbone_prefix: str = ''        # parameter-name prefix of the backbone inside the model (layer decay)
     eval_views: Callable = lambda args: 1         # views per evaluation sample (their probabilities are averaged)
@@ -114,11 +116,19 @@ def add_arguments(parser):
         add(parser)
 
 
+def own_options(spec):
+    """The options (dests) only this data set (and those sharing them) uses: its add_arguments' and `options`."""
+    parser = argparse.ArgumentParser(add_help=False)
+    if spec.add_arguments is not None:
+        spec.add_arguments(parser)
+    return [action.dest for action in parser._actions] + list(spec.options)
+
+
 def option_owners():
     """{own option of some data set: names of the data sets that use it}."""
     owners = {}
     for spec in all_specs():
-        for option in spec.options:
+        for option in own_options(spec):
             owners.setdefault(option, []).append(spec.name)
     return owners
 
