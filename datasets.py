@@ -1,6 +1,7 @@
 """Datasets and transforms for ImageNet-1K/22K, CIFAR-100 and the bundled 8x8 digits.
 
-`build_dataset(is_train, args) -> (dataset, nb_classes)` reads `args.data_set`:
+`build_dataset(is_train, args) -> (dataset, nb_classes)` reads `args.data_set` with the builder of its spec
+(specs.py; the image data sets' specs are `SPECS` at the end of this file, the others' in modalities/):
 
 * 'IMNET'        -- ImageFolder(args.data_path/train) or ImageFolder(args.data_path/val).
 * 'image_folder' -- ImageFolder(args.data_path) for training, ImageFolder(args.eval_data_path) for

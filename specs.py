@@ -62,7 +62,7 @@ IMAGE_EVALUATION_OFF = {'crop_pct': None}
 IMAGE_INPUT_OFF = {'input_size': None, 'imagenet_default_mean_and_std': None, 'data_format': 'folder'}
 MIXUP_OFF = {key: IMAGE_AUGMENTATION_OFF[key] for key in ('mixup', 'cutmix', 'cutmix_minmax', 'mixup_prob',
                                                          'mixup_switch_prob', 'mixup_mode')}
-CLASSIFICATION_OFF = {'smoothing': 0.0, 'loss': 'ce', 'nb_classes': 0}
+CLASSIFICATION_OFF = {'smoothing': 0.0, 'loss': None, 'nb_classes': 0}
 OFF_SPELLINGS = {'aa': ('none', '', None)}
 
 

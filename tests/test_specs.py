@@ -40,7 +40,7 @@ def test_config_wins_over_the_recipe_and_flags_win_over_both(tmp_path):
     (['--data_set', 'MODELNET40', '--mixup', '0.8'], '--mixup'),
     (['--data_set', 'SPEECHCOMMANDS', '--input_size', '64'], '--input_size'),
     (['--data_set', 'GLOBAL_TEMP', '--smoothing', '0.1'], '--smoothing'),
-    (['--data_set', 'GLOBAL_WIND', '--loss', 'bce'], '--loss'),
+    (['--data_set', 'GLOBAL_WIND', '--loss', 'ce'], '--loss'),
     (['--data_set', 'KINETICS400', '--crop_pct', '0.9'], '--crop_pct'),
     (['--data_set', 'DIGITS', '--pc_points', '64'], '--pc_points'),
     (['--data_set', 'MODELNET40', '--label_map', 'classes.txt'], '--label_map'),
@@ -58,7 +58,7 @@ def test_a_config_key_the_data_set_cannot_use_is_an_error_too(tmp_path, capsys):
 
 @pytest.mark.parametrize('argv', [
     ['--data_set', 'MODELNET40', '--mixup', '0', '--cutmix', '0', '--aa', 'none', '--reprob', '0'],
-    ['--data_set', 'GLOBAL_TEMP', '--smoothing', '0', '--nb_classes', '0', '--loss', 'ce', '--mixup', '0'],
+    ['--data_set', 'GLOBAL_TEMP', '--smoothing', '0', '--nb_classes', '0', '--mixup', '0', '--cutmix', '0'],
     ['--data_set', 'SPEECHCOMMANDS', '--color_jitter', '0', '--aa', 'None', '--data_format', 'folder'],
     ['--data_set', 'KINETICS400', '--mixup', '0', '--label_map', 'classes.txt'],
 ])
