@@ -324,22 +324,16 @@ def options_on_command_line(parser, argv):
     return set(vars(bare.parse_known_args(argv)[0]))
 
 
-def parse_args(argv=None, parser=None):
+def parse_args(argv=None):
     """Parse main.py options. Each option comes from, first found: the command line, --config FILE.yaml, the data
     set's spec (its recipe's defaults), main.py's parser defaults (the image recipe). An explicit option the data set
     cannot use is an error, and so is a data set whose pyproject.toml extra is not installed."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    early = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    early.add_argument('--config')
-    early.add_argument('--data_set')
-    early_args = early.parse_known_args(argv)[0]
-    if parser is None:
-        parser = build_parser()
-    config = read_config_file(parser, early_args.config) if early_args.config else {}
-    data_set = early_args.data_set or config.get('data_set') or parser.get_default('data_set')
-    if data_set not in specs.names():
-        parser.error(f'--data_set {data_set}: choose one of {", ".join(specs.names())}')
-    spec = specs.get(data_set)
+    parser = build_parser()
+    config_path = parser.parse_known_args(argv)[0].config
+    config = read_config_file(parser, config_path) if config_path else {}
+    parser.set_defaults(**config)
+    spec = specs.get(parser.parse_known_args(argv)[0].data_set)  # from the command line or the config
     parser.set_defaults(**specs.parser_defaults(spec))
     parser.set_defaults(**config)
     args = parser.parse_args(argv)
