@@ -5,9 +5,10 @@ A `DataSetSpec` lives in the module that already knows its data set (`datasets.p
 
 - `build_dataset(is_train, args) -> (dataset, nb_classes)`, the model around the backbone (`backbone_kwargs`,
   `build_model`), the task (`build_task`; None = classification) and the capabilities main.py asks for: timm's
-  Mixup/CutMix (`mixup`, and `batch_mixing` where the data set wraps it), targets that are already probability vectors (`soft_targets`), the parameter-name prefix
-  of the backbone inside the model (`backbone_prefix`, for layer decay) and the evaluation views per sample
-  (`eval_views`);
+  Mixup/CutMix (`mixup`, and `batch_mixing` where the data set wraps it), targets that are already probability
+  vectors (`soft_targets`), the parameter-name prefix of the backbone inside the model (`backbone_prefix`, for
+  layer decay and --finetune), the evaluation views per sample (`eval_views`) and whether the model takes plain
+  images (`image_input`, for --throughput);
 - `defaults`: the options whose value in the data set's recipe differs from main.py's parser defaults, which are
   the image recipe's (ImageNet-1K, the release's main.py);
 - `unused`: main.py options the data set cannot use, each with the value that turns it off;
@@ -15,8 +16,9 @@ A `DataSetSpec` lives in the module that already knows its data set (`datasets.p
   `extra`: the pyproject.toml extra that installs the packages its reader needs.
 
 The rule (`parser_defaults`, `explicit_option_error`): an option the user did not set (on the command line or in a
---config file) takes the data set's default; an option set explicitly that the data set cannot use (an `unused` one, or another data set's
-own option) is an error naming it, unless it is set to its off value (`--mixup 0` is always accepted).
+--config file) takes the data set's default; an option set explicitly that the data set cannot use (an `unused` one,
+or another data set's own option) is an error naming it, unless it is set to its off value (`--mixup 0` is always
+accepted).
 
 This module imports only the standard library: main.py, tools and tests read specs without importing any
 modality's packages, and a missing extra is reported (`require`) before anything else happens.
@@ -52,7 +54,7 @@ EXTRA_MODULES = {
 }
 
 # main.py's image-recipe options that only images use, and the value that turns each off. None: the option has no
-# off value (setting it explicitly to anything but the data set's own value is an error).
+# off value (setting it explicitly at all is an error).
 IMAGE_AUGMENTATION_OFF = {
     'mixup': 0.0, 'cutmix': 0.0, 'cutmix_minmax': None, 'mixup_prob': None, 'mixup_switch_prob': None,
     'mixup_mode': None, 'aa': 'none', 'color_jitter': 0.0, 'reprob': 0.0, 'remode': None, 'recount': None,
@@ -60,10 +62,8 @@ IMAGE_AUGMENTATION_OFF = {
 }
 IMAGE_EVALUATION_OFF = {'crop_pct': None}
 IMAGE_INPUT_OFF = {'input_size': None, 'imagenet_default_mean_and_std': None, 'data_format': 'folder'}
-MIXUP_OFF = {key: IMAGE_AUGMENTATION_OFF[key] for key in ('mixup', 'cutmix', 'cutmix_minmax', 'mixup_prob',
-                                                         'mixup_switch_prob', 'mixup_mode')}
 CLASSIFICATION_OFF = {'smoothing': 0.0, 'loss': None, 'nb_classes': 0}
-OFF_SPELLINGS = {'aa': ('none', '', None)}
+OFF_SPELLINGS = {'aa': ('none', '')}  # --aa none turns RandAugment off, as does an empty value (datasets.py)
 
 
 class MissingExtraError(RuntimeError):
@@ -164,7 +164,7 @@ def exit_unless_installed(extra, what, modules=None):
 def is_off(option, value, off):
     """Whether `value` turns the unused `option` off (off None: the option has no off value)."""
     if option in OFF_SPELLINGS:
-        return value is None or str(value).lower() in {str(v).lower() for v in OFF_SPELLINGS[option] if v is not None}
+        return value is None or str(value).lower() in OFF_SPELLINGS[option]
     if off is None:
         return False
     return value == off

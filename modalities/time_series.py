@@ -582,8 +582,9 @@ class SeriesForecaster(nn.Module):
 
 
 # The release's Global Temp / Global Wind recipe (Time-Series/scripts, configs/time_series/): Adam, lr 1e-4 for two
-# epochs then halved every epoch, no weight decay, 10 epochs with early stopping (patience 3), one window per batch. Forecasting takes
-# MSE: no class count, label smoothing, loss choice, mixup or image augmentation, and the model sets its own input.
+# epochs then halved every epoch, no weight decay, 10 epochs with early stopping (patience 3), one window per batch.
+# Forecasting takes MSE: no class count, label smoothing, loss choice, mixup or image augmentation, and the model sets
+# its own input.
 SPECS = {name: specs.DataSetSpec(
     name, build_dataset, extra='timeseries',
     defaults={'batch_size': 1, 'epochs': 10, 'opt': 'adam', 'lr': 1e-4, 'weight_decay': 0.0, 'warmup_epochs': 0,
