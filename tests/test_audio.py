@@ -23,7 +23,7 @@ from datasets import SeededAugmentation
 from optim_factory import step_scheduler
 from modalities import audio
 from train_helpers import (TINY_UNIREPLKNET, assert_same_training_state, assert_succeeded,
-                           read_log, run_killed_after_each, run_main)
+                           read_log, run_killed_after_each, run_main, run_plain_command)
 
 WORDS = ('yes', 'no', 'up', 'seven')
 ESPEAK_VOICES = [f'{accent}+{variant}' for accent in ('en-us', 'en-gb', 'en-gb-scotland', 'en-029', 'en-gb-x-rp')
@@ -186,8 +186,6 @@ def test_layout_errors_say_what_is_missing(tmp_path):
         audio.build_dataset(False, speech_args(root))
     with pytest.raises(ValueError, match='Pass --nb_classes 3'):
         audio.build_dataset(True, speech_args(root, nb_classes=35))
-    with pytest.raises(ValueError, match='--mixup 0 --cutmix 0'):
-        audio.build_dataset(True, speech_args(root, mixup=0.8))
 
 
 def test_other_sample_rates_are_resampled(tmp_path):
@@ -341,3 +339,10 @@ def test_recipe_schedule_is_asts_lr_times_0_85_per_epoch_from_epoch_5():
     expected = [2.5e-4 * 0.85 ** sum(1 for milestone in range(5, 1000) if milestone <= epoch)
                 for epoch in range(args.epochs)]
     np.testing.assert_allclose(schedule[::3], expected, rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_plain_command_trains_with_the_speech_commands_recipe(tmp_path):
+    stdout = run_plain_command('SPEECHCOMMANDS', tone_folder(str(tmp_path / 'speech')),
+                               ['--nb_classes', '3', '--batch_size', '3'], str(tmp_path / 'run'))
+    assert '"loss": "bce"' in stdout and '"opt": "adam"' in stdout and '"mixup": 0.0' in stdout

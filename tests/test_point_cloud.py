@@ -23,7 +23,7 @@ from modalities import point_cloud
 from tools import make_modelnet_from_meshes
 from train_helpers import (REPO_ROOT, TINY_UNIREPLKNET, assert_bitwise_equal, assert_optimizer_states_equal,
                            assert_succeeded, load_checkpoint, randomise_batch_norms, read_log, run_killed_after_each,
-                           run_main)
+                           run_main, run_plain_command)
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 
@@ -244,8 +244,6 @@ def test_options_the_adapter_cannot_honour_are_errors(modelnet):
     args.nb_classes = len(MESHES)
     with pytest.raises(ValueError, match='no layer-id map'):
         train_main.build_model(args)
-    with pytest.raises(ValueError, match='--mixup 0 --cutmix 0'):
-        point_cloud.build_dataset(True, tiny_args(modelnet['hdf5'], '--mixup', '0.8'))
 
 
 def test_point_file_with_wrong_columns_is_named(tmp_path):
@@ -400,3 +398,10 @@ def test_killed_and_resumed_run_is_bitwise_equal(modelnet, tmp_path):
     assert_optimizer_states_equal(resumed['optimizer'], expected['optimizer'])
     assert [line['test_acc1'] for line in read_log(interrupted)] == [line['test_acc1'] for line in read_log(uninterrupted)]
 
+@pytest.mark.slow
+def test_plain_command_trains_with_the_modelnet_recipe(modelnet, tmp_path):
+    stdout = run_plain_command('MODELNET40', modelnet['hdf5'],
+                               ['--nb_classes', str(len(MESHES)), '--input_size', '32', '--pc_points', '128',
+                                '--pc_fps_points', '160', '--pc_knn', '16', '--pc_encoder_dim', '16',
+                                '--pc_fusion_dim', '16', '--pc_test_rotations', '2'], str(tmp_path / 'run'))
+    assert '"smoothing": 0.2' in stdout and '"mixup": 0.0' in stdout and '"lr": 0.0005' in stdout

@@ -116,6 +116,19 @@ def assert_succeeded(completed):
     assert completed.returncode == 0, completed.stdout[-4000:]
 
 
+def run_plain_command(data_set, data_path, sizes, output_dir):
+    """`main.py --data_set X --data_path D` with only a tiny model, one epoch on CPU and the data set's sizes (no
+    recipe option): it must train and evaluate with the data set's own defaults. Returns main.py's output.
+    A one-epoch run has no warm-up: the image and video recipes warm up longer than that (main.py refuses it)."""
+    completed = run_main(['--data_set', data_set, '--data_path', data_path, '--model_overrides', TINY_UNIREPLKNET,
+                          '--epochs', '1', '--warmup_epochs', '0', '--device', 'cpu', '--num_workers', '0',
+                          '--output_dir', output_dir,
+                          *sizes], timeout=600)
+    assert_succeeded(completed)
+    assert 'test_loss' in read_log(output_dir)[-1]
+    return completed.stdout
+
+
 def load_checkpoint(path):
     """Checkpoints must load with the safe loader of torch >= 2.6."""
     return torch.load(path, map_location='cpu', weights_only=True)
