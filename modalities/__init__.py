@@ -22,7 +22,8 @@ def adapter_module(data_set):
 
     A modality module may define `backbone_kwargs(args) -> dict` (constructor kwargs of the backbone, e.g. in_chans,
     applied before --model_overrides) and `build_model(args, backbone) -> nn.Module` (the model main.py trains, around
-    the backbone built from --model). main.build_model calls both when they exist.
+    the backbone built from --model). main.build_model calls both when they exist. A module with build_model declares
+    BACKBONE_PARAMETER_PREFIX, where that model holds the backbone's parameters (--layer_decay's layer ids).
     """
     name = ADAPTER_MODULES.get(data_set)
     return None if name is None else importlib.import_module(f'{__name__}.{name}')

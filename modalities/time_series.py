@@ -209,6 +209,10 @@ def backbone_kwargs(args):
     return dict(in_chans=1, num_classes=0)
 
 
+# Where build_model's model holds the --model backbone's parameters (main.py: --layer_decay's layer ids).
+BACKBONE_PARAMETER_PREFIX = 'backbone.'
+
+
 def build_model(args, backbone):
     check_layout(args.data_path, args.data_set)
     return SeriesForecaster(backbone, torch.from_numpy(read_stations(args.data_path)), d_model=args.series_d_model,

@@ -1,6 +1,7 @@
 """optim_factory.py: layer-decay id maps on the real models, weight-decay groups, optimizers, schedules."""
 import argparse
 import functools
+import types
 
 import numpy as np
 import pytest
@@ -175,3 +176,18 @@ def test_schedule_errors_say_what_to_change():
         cosine_scheduler(1.0, 0.0, epochs=3, niter_per_ep=0)
     with pytest.raises(ValueError, match='--warmup_epochs'):
         cosine_scheduler(1.0, 0.0, epochs=1, niter_per_ep=4, warmup_epochs=2)
+
+
+def test_layer_decay_is_refused_for_a_wrapper_that_declares_no_backbone_prefix(monkeypatch):
+    """A modality adapter that wraps the backbone must say where (BACKBONE_PARAMETER_PREFIX), or every backbone
+    parameter would silently get the last layer id (no decay)."""
+    import main
+    wrapper = torch.nn.Module()
+    wrapper.trunk = torch.nn.Linear(2, 2)
+    adapter = types.SimpleNamespace(__name__='modalities.example', build_model=lambda args, backbone: wrapper)
+    monkeypatch.setattr(main.modalities, 'adapter_module', lambda data_set: adapter)
+    with pytest.raises(ValueError, match='declares no BACKBONE_PARAMETER_PREFIX.*--layer_decay 1.0'):
+        main.backbone_parameter_prefix(argparse.Namespace(data_set='EXAMPLE'), wrapper)
+    adapter.BACKBONE_PARAMETER_PREFIX = 'backbone.'  # declared, but naming no parameter of the model
+    with pytest.raises(ValueError, match="found 'backbone.'"):
+        main.backbone_parameter_prefix(argparse.Namespace(data_set='EXAMPLE'), wrapper)

@@ -21,7 +21,8 @@ import main as train_main
 from checkpoint import list_periodic_checkpoints
 from modalities import point_cloud
 from tools import make_modelnet_from_meshes
-from train_helpers import (REPO_ROOT, TINY_UNIREPLKNET, assert_bitwise_equal, assert_optimizer_states_equal,
+from train_helpers import (REPO_ROOT, TINY_UNIREPLKNET, assert_bitwise_equal,
+                           assert_layer_decay_and_sync_bn_reach_the_backbone_inside, assert_optimizer_states_equal,
                            assert_succeeded, load_checkpoint, read_log, run_main, start_main)
 
 pytestmark = pytest.mark.usefixtures('single_thread')
@@ -191,11 +192,14 @@ def test_throughput_times_the_adapter_on_a_real_cloud(modelnet, capsys):
     assert f'input (2, {points}, 3)' in capsys.readouterr().out  # [placed points, un-augmented points] of one view
 
 
+def test_layer_decay_and_sync_bn_reach_the_backbone_and_the_adapter(modelnet):
+    synced = assert_layer_decay_and_sync_bn_reach_the_backbone_inside(
+        [*TINY_ARGS, '--data_path', modelnet['hdf5'], '--nb_classes', str(len(MESHES))])
+    assert any(isinstance(module, torch.nn.SyncBatchNorm) for name, module in synced.named_modules()
+               if not name.startswith('backbone.'))  # the point encoder's ResNet blocks
+
+
 def test_options_the_adapter_cannot_honour_are_errors(modelnet):
-    args = tiny_args(modelnet['hdf5'], '--layer_decay', '0.8')
-    args.nb_classes = len(MESHES)
-    with pytest.raises(ValueError, match='no layer-id map'):
-        train_main.build_model(args)
     with pytest.raises(ValueError, match='--mixup 0 --cutmix 0'):
         point_cloud.build_dataset(True, tiny_args(modelnet['hdf5'], '--mixup', '0.8'))
 

@@ -187,3 +187,55 @@ def test_metrics_read_per_print_interval_equal_the_values_of_each_step():
     assert logged[:3] == [('step', 0), ('loss', dict(loss=0.5, class_acc=None)),
                           ('opt', dict(lr=0.1, min_lr=0.01, weight_decay=None, grad_norm=1.0))]
     assert logged[3] == ('step', 1) and not device_metrics.pending
+
+
+# ---------------------------------------------------------------- main.py's numerics and speed options
+
+def test_tf32_is_on_by_default_on_cuda_can_be_turned_off_and_is_logged(capsys):
+    """The release's numerics (torch <= 1.11 used TF32 for float32 matmuls by default); nothing changes on the CPU.
+    The switches are process-wide, so they are set as the test found them afterwards."""
+    assert main.parse_args([]).tf32 and not main.parse_args(['--tf32', 'false']).tf32
+    matmul, cudnn = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    try:
+        main.configure_tf32(True, torch.device('cpu'))
+        assert torch.get_float32_matmul_precision() == matmul and not capsys.readouterr().out
+        main.configure_tf32(False, torch.device('cuda', 0))
+        assert torch.get_float32_matmul_precision() == 'highest' and not torch.backends.cudnn.allow_tf32
+        assert 'TF32 off (--tf32 false)' in capsys.readouterr().out
+        main.configure_tf32(True, torch.device('cuda', 0))
+        assert torch.get_float32_matmul_precision() == 'high' and torch.backends.cudnn.allow_tf32
+        assert 'TF32 on for float32 matmuls and cuDNN convolutions' in capsys.readouterr().out
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+        torch.backends.cudnn.allow_tf32 = cudnn
+
+
+def test_throughput_runs_in_inference_mode_outside_the_checkpoint_path(monkeypatch):
+    modes = []
+
+    def no_checkpoint(*args, **kwargs):
+        raise AssertionError('--throughput took the activation-checkpoint path')
+    monkeypatch.setattr(torch.utils.checkpoint, 'checkpoint', no_checkpoint)
+    build_model = main.build_model
+
+    def recording_model(args):
+        model = build_model(args)
+        model.register_forward_hook(lambda module, inputs, output: modes.append(torch.is_inference_mode_enabled()))
+        return model
+    monkeypatch.setattr(main, 'build_model', recording_model)
+    args = main.parse_args(['--model', 'unireplknet_a', '--model_overrides', TINY_UNIREPLKNET, '--nb_classes', '3',
+                            '--throughput', '--use_checkpoint', 'true', '--batch_size', '2', '--input_size', '32',
+                            '--device', 'cpu'])
+    assert main.measure_throughput(args, torch.device('cpu')) > 0
+    assert modes and all(modes)
+
+
+def test_ema_kept_on_the_cpu_with_distributed_evaluation_on_gpus_is_refused_at_start():
+    """NCCL cannot sum the counts of an EMA evaluated on the CPU; without --dist_eval it is evaluated there."""
+    args = main.parse_args(['--model_ema', 'true', '--model_ema_force_cpu', 'true', '--model_ema_eval', 'true',
+                            '--dist_eval', 'true'])
+    args.distributed = True
+    with pytest.raises(ValueError, match='pass --dist_eval false'):
+        main.check_options(args, torch.device('cuda', 0))
+    args.dist_eval = False
+    main.check_options(args, torch.device('cuda', 0))
