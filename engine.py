@@ -84,19 +84,21 @@ def optimizer_values(optimizer):
     return dict(lr=max(lrs), min_lr=min(lrs), weight_decay=weight_decay)
 
 
-def agree_across_ranks(loss_was_nonfinite, stop_requested):
+def agree_across_ranks(loss_sum, stop_requested):
     """(some rank's loss was not finite, some rank was asked to stop): one small all-reduce and one host read.
 
-    This read is the only point where a training step waits for the device: the non-finite check must be settled
-    on every rank before the optimizer step it guards. The stop flag is filled on the device (torch.full) rather than
-    copied from the host, since a blocking host-to-device copy would wait for the device too.
+    `loss_sum` is this rank's sum of the update's micro-batch losses (a device scalar): a sum over ranks that holds
+    any non-finite loss is itself non-finite. This read is the only point where a training step waits for the
+    device: the non-finite check must be settled on every rank before the optimizer step it guards. The stop flag is
+    filled on the device (torch.full) rather than copied from the host, since a blocking host-to-device copy would
+    wait for the device too.
     """
-    flags = torch.stack([loss_was_nonfinite.float(),
-                         torch.full((), float(stop_requested), device=loss_was_nonfinite.device)])
-    if utils.is_dist_avail_and_initialized():
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    nonfinite_anywhere, stop = flags.tolist()
-    return bool(nonfinite_anywhere), bool(stop)
+    if not utils.is_dist_avail_and_initialized():
+        return not math.isfinite(loss_sum.item()), stop_requested
+    flags = torch.stack([loss_sum.float(), torch.full((), float(stop_requested), device=loss_sum.device)])
+    dist.all_reduce(flags)
+    loss_sum_everywhere, stops = flags.tolist()
+    return not math.isfinite(loss_sum_everywhere), stops > 0
 
 
 class StepResult(NamedTuple):
@@ -131,18 +133,17 @@ class TrainStep:
     def __call__(self, micro_batches, iteration):
         """Train on the `update_freq` (samples, targets) pairs of `micro_batches` at global update `iteration`
         (which decides whether MESA is on); the schedules are set by the caller (set_schedule_values)."""
-        loss_was_nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         metrics = []
         for index, (samples, targets) in enumerate(micro_batches):
             samples, targets = self.to_device(samples, targets)
             loss, output, mesa_term = self.forward_backward(samples, targets, iteration,
                                                             last_micro_batch=index == self.update_freq - 1)
-            loss_was_nonfinite |= ~torch.isfinite(loss)
             metrics.append(dict(loss=loss, class_acc=self.accuracy(output, targets), mesa_loss=mesa_term))
         if len(metrics) != self.update_freq:
             raise ValueError(f'an optimizer update got {len(metrics)} micro-batches, expected --update_freq '
                              f'{self.update_freq}: the data loader must yield a multiple of update_freq batches')
-        nonfinite_anywhere, stop = agree_across_ranks(loss_was_nonfinite, utils.stop_requested())
+        losses = [values['loss'] for values in metrics]
+        nonfinite_anywhere, stop = agree_across_ranks(sum(losses[1:], losses[0]), utils.stop_requested())
         if nonfinite_anywhere:
             return StepResult(metrics, None, True, stop)
         return StepResult(metrics, self.apply_update(), False, stop)
@@ -157,7 +158,8 @@ class TrainStep:
         return samples, targets
 
     def forward_backward(self, samples, targets, iteration, last_micro_batch):
-        """Loss (with the MESA term once active) and its backward; returns (loss, output, mesa term), detached.
+        """Loss (with the MESA term once active) and its backward; returns (loss, output, mesa term) without
+        autograd history.
 
         Every rank runs backward even on a non-finite loss, so no rank is left waiting in DDP's all-reduce.
         """
@@ -173,7 +175,8 @@ class TrainStep:
                     mesa_term = self.mesa.loss_term(self.model_ema.module, samples, output)
                     loss = loss + mesa_term
             self.precision.backward(loss / self.update_freq)
-        return loss.detach(), output.detach(), None if mesa_term is None else mesa_term.detach()
+        # The loss and the MESA term are kept for logging until the next printed line: without their graph.
+        return loss.detach(), output, None if mesa_term is None else mesa_term.detach()
 
     def accuracy(self, output, targets):
         """Top-1 accuracy of the micro-batch (a device tensor), or None for regression tasks (tasks.py).
