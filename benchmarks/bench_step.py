@@ -111,7 +111,9 @@ def main_cli(argv=None):
               f"{'bfloat16 autocast' if cli.use_amp else 'float32'}, AdamW + EMA, a progress line every "
               f"{cli.print_freq} updates; per engine the mean of two medians over {cli.repeats} rounds of 4 interleaved epochs (before, after, after, before) of {cli.updates} updates. "
               f"1-minute load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after (a machine shared "
-              f"with other work: compare the two rows, not with other tables).\n\n{table}\n")
+              f"with other work: compare the two rows, not with other tables).\n\n{table}\n\nOn a CPU nothing waits "
+              "for a device, so this shows the step's own Python and small-tensor overhead; how often a step waits "
+              "for a GPU is counted by benchmarks/gpu_step_check.py (benchmarks/gpu_check.sh).\n")
     print(report)
     if cli.write_markdown:
         replace_section(cli.write_markdown, report, SECTION_HEADING)
