@@ -337,7 +337,7 @@ class UniRepLKNetBlock(nn.Module):
     # the model is compiled) instead of failing, without suppressing compile errors elsewhere.
     @torch.compiler.disable
     def checkpointed_forward(self, x):
-        """residual_forward under non-reentrant checkpointing; the recomputation restores the BatchNorm statistics."""
+        """residual_forward under non-reentrant checkpointing; the recomputation restores BatchNorm statistics."""
         return torch.utils.checkpoint.checkpoint(
             self.residual_forward, x, use_reentrant=False,
             context_fn=lambda: (contextlib.nullcontext(), _batch_norm_statistics_restored(self)))

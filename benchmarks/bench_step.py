@@ -1,4 +1,4 @@
-"""A/B timing of the training step (engine.train_one_epoch) against engine.py at an earlier git revision, in one process.
+"""A/B timing of the training step (engine.train_one_epoch) against engine.py at another git revision, one process.
 
 Both engines train their own copy of the same model (same weights, AdamW, EMA, the same in-memory batches, no data
 loading) for --updates optimizer updates per timed call, interleaved (benchmarks/timing.py), so outside load slows
@@ -109,7 +109,8 @@ def main_cli(argv=None):
               f"{torch.backends.cpu.get_cpu_capability()}; model {cli.model} {cli.model_overrides}, batch "
               f"{cli.batch_size} at {cli.input_size}x{cli.input_size}, update_freq {cli.update_freq}, "
               f"{'bfloat16 autocast' if cli.use_amp else 'float32'}, AdamW + EMA, a progress line every "
-              f"{cli.print_freq} updates; per engine the mean of two medians over {cli.repeats} rounds of 4 interleaved epochs (before, after, after, before) of {cli.updates} updates. "
+              f"{cli.print_freq} updates; per engine the mean of two medians over {cli.repeats} rounds of 4 "
+              f"interleaved epochs (before, after, after, before) of {cli.updates} updates. "
               f"1-minute load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after (a machine shared "
               f"with other work: compare the two rows, not with other tables).\n\n{table}\n\nOn a CPU nothing waits "
               "for a device, so this shows the step's own Python and small-tensor overhead; how often a step waits "
