@@ -90,6 +90,21 @@ def test_evaluation_counts_every_image_once():
     assert stats['loss'] == pytest.approx(torch.nn.functional.cross_entropy(logits, targets).item(), rel=1e-5)
 
 
+def test_update_freq_applies_the_mean_gradient_of_the_combined_batch():
+    """2 micro-batches of 4 with update_freq 2 make the update of one batch of the same 8 samples: each micro-batch's
+    loss is divided by update_freq. Plain SGD (the update is -lr x gradient), because AdamW's update would not change
+    with a scaled gradient; the logged gradient norms must agree too."""
+    accumulated = batch_independent_model()
+    combined = copy.deepcopy(accumulated)
+    accumulated_stats = train(accumulated, random_loader(2, batch_size=4), torch.optim.SGD(accumulated.parameters()),
+                              engine.Precision('cpu', False), update_freq=2)
+    combined_stats = train(combined, random_loader(1, batch_size=8), torch.optim.SGD(combined.parameters()),
+                           engine.Precision('cpu', False))
+    assert accumulated_stats['grad_norm'] == pytest.approx(combined_stats['grad_norm'], rel=1e-5)
+    for (name, parameter), expected in zip(accumulated.named_parameters(), combined.parameters()):
+        torch.testing.assert_close(parameter, expected, msg=name)
+
+
 # ---------------------------------------------------------------- one optimizer update (engine.TrainStep) alone
 
 def batch_independent_model(dtype=torch.float32):
