@@ -84,7 +84,8 @@ def get_args_parser():
     parser.add_argument('--use_checkpoint', type=str2bool, default=False,
                         help='activation checkpointing (torch.utils.checkpoint) in every block to save memory')
     parser.add_argument('--sync_bn', **OPTIONAL_BOOL,
-                        help='SyncBatchNorm in the model (multi-GPU; PyTorch does not support it on CPU)')
+                        help='every BatchNorm of the model (an adapter\'s included) becomes a SyncBatchNorm '
+                             '(multi-GPU; PyTorch does not support it on CPU)')
     parser.add_argument('--model_overrides', default=None, type=str, metavar='YAML',
                         help='extra model constructor kwargs as a YAML/JSON dict, for experiments and tests, '
                              'e.g. \'{"depths": [1,1,1,1], "dims": [8,16,32,64], '
@@ -726,8 +727,8 @@ def main(args):
         print(f'Training with torch.compile (backend {args.compile}, static shapes)')
         model = compiled(model, args.compile)
 
-    assigner = layer_decay_assigner(canonical_model_name(args.model), args.layer_decay,
-                                    backbone_parameter_prefix(args, model_without_ddp))
+    assigner = None if args.layer_decay == 1.0 else layer_decay_assigner(
+        canonical_model_name(args.model), args.layer_decay, backbone_parameter_prefix(args, model_without_ddp))
     if assigner is not None:
         print(f'Assigned values = {assigner.values}')
     optimizer = create_optimizer(
