@@ -205,6 +205,14 @@ def get_args_parser():
     parser.add_argument('--dist_eval', type=str2bool, default=True, help='Enabling distributed evaluation')
     parser.add_argument('--disable_eval', type=str2bool, default=False,
                         help='Disabling evaluation during training')
+    parser.add_argument('--eval_freq', type=int, default=1, metavar='N',
+                        help='evaluate during training after every N-th epoch (counted in finished epochs)')
+    parser.add_argument('--eval_start_epoch', type=int, default=0, metavar='E',
+                        help='no evaluation before E epochs are finished (except the --eval_last_epochs)')
+    parser.add_argument('--eval_last_epochs', type=int, default=0, metavar='K',
+                        help='evaluate after every epoch once epochs - K are finished (the last epoch always); with '
+                             '--eval_freq 5 --eval_start_epoch 100 --eval_last_epochs 30 the ModelNet-40 release\'s '
+                             'schedule')
     parser.add_argument('--reparam', **OPTIONAL_BOOL,
                         help='evaluate (and --throughput time) the structurally re-parameterised model')
     parser.add_argument('--throughput', **OPTIONAL_BOOL,
@@ -439,6 +447,16 @@ def evaluate_and_keep_best(task, model, data_loader_val, args, device, precision
     return stats
 
 
+def evaluates_after(epoch, args):
+    """Whether training evaluates after `epoch` (0-based): every --eval_freq-th finished epoch from
+    --eval_start_epoch on, and every epoch once epochs - --eval_last_epochs are finished (as the release's point-cloud
+    trainer, Point/tool/train_adaptor_lkv.py: eval_freq, val_epoch, last_epochs)."""
+    finished = epoch + 1
+    if finished >= args.epochs - args.eval_last_epochs:
+        return True
+    return finished >= args.eval_start_epoch and finished % args.eval_freq == 0
+
+
 def should_stop_early(scores, patience):
     """--early_stop_patience: True once the last `patience` scores (higher is better) all failed to beat the best
     score before them."""
@@ -496,6 +514,8 @@ def check_options(args, device):
                          'Drop --sync_bn on CPU.')
     if args.update_freq < 1:
         raise ValueError(f'--update_freq must be at least 1, got {args.update_freq}')
+    if args.eval_freq < 1:
+        raise ValueError(f'--eval_freq must be at least 1, got {args.eval_freq}')
     if args.eval and args.disable_eval:
         raise ValueError('--eval true with --disable_eval true leaves nothing to do; drop --disable_eval')
     if args.compile and args.compile not in torch._dynamo.list_backends(exclude_tags=()):
@@ -806,7 +826,7 @@ def main(args):
                      'n_parameters': n_parameters}
         if args.skip_corrupt_images:  # cumulative over the run, as counted by this rank's loader
             log_stats['train_skipped_images'] = count_skipped(dataset_train)
-        if dataset_val is not None:
+        if dataset_val is not None and evaluates_after(epoch, args):
             test_stats = evaluate_and_keep_best(task, model_without_ddp, data_loader_val, args, device, precision,
                                                 checkpointer, epoch, ema=False)
             scores.append(task.score(test_stats))

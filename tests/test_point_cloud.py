@@ -138,6 +138,18 @@ def test_reported_accuracy_is_the_releases_per_rotation_mean(modelnet, score):
     assert stats['num_images'] == len(dataset)
 
 
+def test_recipe_evaluates_on_the_releases_schedule():
+    """Point/tool/train_adaptor_lkv.py: with epoch_log = epoch + 1, evaluate if (epoch_log % eval_freq == 0 and
+    val_epoch <= epoch_log < epochs - last_epochs) or epoch_log >= epochs - last_epochs (config: 5, 100, 30)."""
+    args = train_main.parse_args(['--config', os.path.join(REPO_ROOT, 'configs', 'point_cloud',
+                                                           'unireplknet_s_modelnet40.yaml')])
+    ours = [epoch for epoch in range(args.epochs) if train_main.evaluates_after(epoch, args)]
+    release = [epoch for epoch in range(300) if ((epoch + 1) % 5 == 0 and 100 <= epoch + 1 < 270) or epoch + 1 >= 270]
+    assert ours == release and len(ours) == 65
+    every_epoch = train_main.parse_args([])
+    assert all(train_main.evaluates_after(epoch, every_epoch) for epoch in range(every_epoch.epochs))
+
+
 class AlwaysClassZero(torch.nn.Module):
     def forward(self, samples):
         return torch.tensor([[1.0, 0.0, 0.0]]).expand(len(samples), -1)
