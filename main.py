@@ -83,7 +83,8 @@ def get_args_parser():
     parser.add_argument('--use_checkpoint', type=str2bool, default=False,
                         help='activation checkpointing (torch.utils.checkpoint) in every block to save memory')
     parser.add_argument('--sync_bn', **OPTIONAL_BOOL,
-                        help='SyncBatchNorm in the model (multi-GPU; PyTorch does not support it on CPU)')
+                        help='every BatchNorm of the model (an adapter\'s included) becomes a SyncBatchNorm '
+                             '(multi-GPU; PyTorch does not support it on CPU)')
     parser.add_argument('--model_overrides', default=None, type=str, metavar='YAML',
                         help='extra model constructor kwargs as a YAML/JSON dict, for experiments and tests, '
                              'e.g. \'{"depths": [1,1,1,1], "dims": [8,16,32,64], '
@@ -226,7 +227,11 @@ def get_args_parser():
     parser.add_argument('--use_amp', type=str2bool, default=False,
                         help='Use mixed precision (see --amp_dtype)')
     parser.add_argument('--amp_dtype', default='float16', choices=['float16', 'bfloat16'],
-                        help='autocast dtype with --use_amp true: float16 (CUDA, with a GradScaler) or bfloat16')
+                        help='autocast dtype with --use_amp true: float16 (CUDA, with a GradScaler) or bfloat16 '
+                             '(--use_amp true --amp_dtype bfloat16 is the fast path on Ampere and later GPUs)')
+    parser.add_argument('--tf32', type=str2bool, default=True,
+                        help='on CUDA, float32 matmuls and cuDNN convolutions use TF32 (the release\'s numerics: '
+                             'torch <= 1.11 did so by default); false = full float32')
     parser.add_argument('--channels_last', **OPTIONAL_BOOL, help='channels-last memory format')
 
     parser.add_argument('--loss', default='ce', choices=['ce', 'bce'],
@@ -383,17 +388,34 @@ def build_model(args):
     """Create the --model with the options of this run; --model_overrides adds constructor kwargs.
 
     The data set's spec adds its backbone kwargs (before --model_overrides) and may build the model to train around
-    the backbone (a modality adapter)."""
+    the backbone (a modality adapter). --sync_bn converts every BatchNorm of the result
+    (torch.nn.SyncBatchNorm.convert_sync_batchnorm)."""
     name = canonical_model_name(args.model)
-    kwargs = dict(num_classes=args.nb_classes, drop_path_rate=args.drop_path,
-                  with_cp=args.use_checkpoint, use_sync_bn=args.sync_bn)
+    kwargs = dict(num_classes=args.nb_classes, drop_path_rate=args.drop_path, with_cp=args.use_checkpoint)
     if name.startswith('unireplknet'):
         kwargs.update(layer_scale_init_value=args.layer_scale_init_value, head_init_scale=args.head_init_scale)
     spec = specs.get(args.data_set)
     kwargs.update(spec.backbone_kwargs(args))
     kwargs.update(args.model_overrides or {})
     backbone = timm.create_model(name, pretrained=False, **kwargs)
-    return backbone if spec.build_model is None else spec.build_model(args, backbone)
+    model = backbone if spec.build_model is None else spec.build_model(args, backbone)
+    if args.sync_bn:  # every BatchNorm of the model, an adapter's included
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def backbone_parameter_prefix(args, model):
+    """Where the --model backbone's parameters sit in the model main.py trains (for --layer_decay's layer ids): ''
+    for a bare backbone, else the prefix the data set's spec declares (backbone_prefix)."""
+    spec = specs.get(args.data_set)
+    if spec.build_model is None:
+        return ''
+    prefix = spec.backbone_prefix
+    if not prefix or not any(name.startswith(prefix) for name, _ in model.named_parameters()):
+        raise ValueError(f'--layer_decay needs the backbone inside the --data_set {args.data_set} model, and its spec '
+                         f'declares no backbone_prefix that names its parameters (found {prefix!r}); '
+                         'pass --layer_decay 1.0')
+    return prefix
 
 
 def load_finetune_weights(args, model):
@@ -441,8 +463,8 @@ def inference_model(model, reparam, compile_with=''):
 
 
 def evaluate_and_keep_best(task, model, data_loader_val, args, device, precision, checkpointer, epoch, ema):
-    """Evaluate the model (or its EMA) after an epoch; write checkpoint-best(-ema) when the task's score improves
-    (checkpointer.max_accuracy(_ema) holds the best task.score: top-1, or minus the MSE)."""
+    """Evaluate the model (or its EMA) after an epoch on `device`; write checkpoint-best(-ema) when the task's score
+    improves (checkpointer.max_accuracy(_ema) holds the best task.score: top-1, or minus the MSE)."""
     what, best_attr, best_name = ('model EMA', 'max_accuracy_ema', 'best-ema') if ema else \
         ('model', 'max_accuracy', 'best')
     stats = task.evaluate(data_loader_val, inference_model(model, args.reparam, args.compile), device, precision,
@@ -506,6 +528,16 @@ def select_device(args):
     return torch.device(args.device)
 
 
+def configure_tf32(enabled, device):
+    """--tf32: TF32 for float32 matmuls and cuDNN convolutions on CUDA, as the release had (torch <= 1.11 enabled
+    both by default; today's torch only the convolutions). Nothing changes on other devices."""
+    if device.type != 'cuda':
+        return
+    torch.set_float32_matmul_precision('high' if enabled else 'highest')
+    torch.backends.cudnn.allow_tf32 = enabled
+    print(f'TF32 {"on" if enabled else "off (--tf32 false)"} for float32 matmuls and cuDNN convolutions on CUDA')
+
+
 def check_options(args, device):
     if args.sync_bn and args.distributed and device.type != 'cuda':
         raise ValueError('--sync_bn true needs CUDA: PyTorch SyncBatchNorm does not run on CPU tensors. '
@@ -521,12 +553,16 @@ def check_options(args, device):
                          f'{", ".join(torch._dynamo.list_backends(exclude_tags=()))} (bare --compile: inductor)')
     if args.compile and args.use_checkpoint:
         # TorchDynamo cannot trace torch.utils.checkpoint with a context_fn, which both models use to keep BN
-        # statistics from being counted twice; with this setting those frames run eagerly and the rest is compiled.
+        # statistics from being counted twice; the models mark those calls torch.compiler.disable.
         print('--compile with --use_checkpoint: the checkpointed blocks run eagerly (TorchDynamo cannot trace '
-              'checkpoint with a context_fn); torch._dynamo.config.suppress_errors is set')
-        torch._dynamo.config.suppress_errors = True
+              'checkpoint with a context_fn), the rest is compiled')
     if args.mesa and not args.model_ema:
         raise ValueError(f'--mesa {args.mesa} needs --model_ema true: the EMA model is the MESA teacher')
+    if args.model_ema_force_cpu and args.model_ema_eval and args.dist_eval and args.distributed \
+            and device.type == 'cuda':
+        raise ValueError('--model_ema_force_cpu true with --model_ema_eval true evaluates the EMA on the CPU, and '
+                         'NCCL cannot sum the CPU evaluation counts of --dist_eval true: pass --dist_eval false '
+                         '(every rank evaluates the whole set) or drop --model_ema_force_cpu')
 
 
 def build_mesa(args, task, total_updates):
@@ -623,7 +659,8 @@ def throughput_batch(args, device):
 
 
 def measure_throughput(args, device):
-    """--throughput: samples per second of inference at --batch_size (and --input_size for images), then exit."""
+    """--throughput: samples per second of inference (torch.inference_mode) at --batch_size (and --input_size for
+    images), then exit."""
     images = throughput_batch(args, device)
     model = inference_model(build_model(args).to(device).eval(), args.reparam, args.compile)
     if args.channels_last:
@@ -635,7 +672,8 @@ def measure_throughput(args, device):
         if device.type == 'cuda':
             torch.cuda.synchronize()
 
-    with precision.autocast():
+    # inference_mode: no autograd bookkeeping, and the models take their checkpoint path only when grad is enabled.
+    with torch.inference_mode(), precision.autocast():
         for _ in range(THROUGHPUT_WARMUP_ITERS):
             model(images)
         synchronize()
@@ -665,6 +703,7 @@ def main(args):
     print(json.dumps(to_plain_data(args), indent=1))
     print(f'--data_set {spec.name} defaults (used where neither a flag nor --config sets the option): '
           f'{specs.parser_defaults(spec)}')
+    configure_tf32(args.tf32, device)
     seed_everything(args.seed + utils.get_rank())
     cudnn.benchmark = True
 
@@ -716,10 +755,12 @@ def main(args):
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model_ema = None
+    # --model_ema_force_cpu: the EMA stays on the CPU and is evaluated there (CUDA autocast leaves CPU ops in float32).
+    ema_device = torch.device('cpu') if args.model_ema_force_cpu else device
     if args.model_ema:
         # After .to(device) and before DDP, like the original.
         model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
-                               device=torch.device('cpu') if args.model_ema_force_cpu else None)
+                               device=ema_device if args.model_ema_force_cpu else None)
         print(f'Using EMA with decay = {args.model_ema_decay:.8f}')
     model_without_ddp = model
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -740,7 +781,8 @@ def main(args):
         print(f'Training with torch.compile (backend {args.compile}, static shapes)')
         model = compiled(model, args.compile)
 
-    assigner = layer_decay_assigner(canonical_model_name(args.model), args.layer_decay)
+    assigner = None if args.layer_decay == 1.0 else layer_decay_assigner(
+        canonical_model_name(args.model), args.layer_decay, backbone_parameter_prefix(args, model_without_ddp))
     if assigner is not None:
         print(f'Assigned values = {assigner.values}')
     optimizer = create_optimizer(
@@ -761,7 +803,7 @@ def main(args):
         print(task.summary('network', test_stats))
         if model_ema is not None and args.model_ema_eval:
             ema_stats = task.evaluate(data_loader_val,
-                                      inference_model(model_ema.module, args.reparam, args.compile), device,
+                                      inference_model(model_ema.module, args.reparam, args.compile), ema_device,
                                       precision, distributed=args.dist_eval, channels_last=args.channels_last)
             print(task.summary('EMA model', ema_stats))
         utils.barrier()
@@ -826,7 +868,7 @@ def main(args):
                 log_writer.update(head='perf', step=epoch,
                                   **{f'test_{k}': v for k, v in task.tensorboard_values(test_stats).items()})
             if model_ema is not None and args.model_ema_eval:
-                ema_stats = evaluate_and_keep_best(task, model_ema.module, data_loader_val, args, device,
+                ema_stats = evaluate_and_keep_best(task, model_ema.module, data_loader_val, args, ema_device,
                                                    precision, checkpointer, epoch, ema=True)
                 log_stats.update({f'test_{k}_ema': v for k, v in ema_stats.items()})
                 if log_writer is not None:

@@ -500,10 +500,9 @@ def backbone_kwargs(args):
     return dict(num_classes=0)
 
 
+
+
 def build_model(args, backbone):
-    if args.layer_decay != 1.0:
-        raise ValueError('--layer_decay: no layer-id map is defined for the point-cloud adapter (the release '
-                         'trains it without layer decay); pass --layer_decay 1.0')
     # The adapter's LayerNorm over all views' pooled features (release: PoolingClsHead) replaces the backbone's own.
     backbone.norm = nn.Identity()
     return PointCloudClassifier(backbone, args.nb_classes, args.input_size, num_views=args.pc_views,

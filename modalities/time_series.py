@@ -259,6 +259,8 @@ def backbone_kwargs(args):
     return dict(in_chans=1, num_classes=0)
 
 
+
+
 def build_model(args, backbone):
     check_layout(args.data_path, args.data_set)
     return SeriesForecaster(backbone, torch.from_numpy(read_stations(args.data_path)), d_model=args.series_d_model,

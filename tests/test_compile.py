@@ -131,3 +131,24 @@ def test_compiled_ddp_run_with_accumulation_equals_eager(tmp_path):
     expected, actual = (load_checkpoint(os.path.join(folder, 'checkpoint-0.pth')) for folder in (eager, compiled))
     assert max_abs_difference(actual['model'], expected['model']) < 1e-6
     assert max_abs_difference(actual['model_ema'], expected['model_ema']) < 1e-6
+
+
+@pytest.mark.parametrize('model, overrides', [
+    ('unireplknet_a', ONE_BLOCK_UNIREPLKNET),
+    ('replknet_31b', '{"layers": [1, 1, 1, 1], "channels": [8, 16, 24, 32], "large_kernel_sizes": [7, 7, 7, 7], '
+                     '"small_kernel": 3}')])
+def test_checkpointed_blocks_run_eagerly_inside_a_compiled_model_without_hiding_compile_errors(model, overrides):
+    """torch.compiler.disable on the checkpointed blocks (Dynamo cannot trace checkpoint with a context_fn), not a
+    process-wide suppress_errors: the compiled model with activation checkpointing trains as the eager one."""
+    args = main.parse_args(['--model', model, '--model_overrides', overrides, '--nb_classes', '3',
+                            '--use_checkpoint', 'true', '--compile', 'eager', '--device', 'cpu'])
+    main.check_options(args, torch.device('cpu'))
+    assert not torch._dynamo.config.suppress_errors
+    torch.manual_seed(0)
+    eager = main.build_model(args)
+    compiled_source = copy.deepcopy(eager)
+    images = torch.randn(2, 3, 32, 32)
+    eager(images).square().sum().backward()
+    main.compiled(compiled_source, 'eager')(images).square().sum().backward()
+    for (name, expected), actual in zip(eager.named_parameters(), compiled_source.parameters()):
+        torch.testing.assert_close(actual.grad, expected.grad, rtol=0, atol=0, msg=name)

@@ -187,3 +187,20 @@ def test_schedule_errors_say_what_to_change():
         cosine_scheduler(1.0, 0.0, epochs=3, niter_per_ep=0)
     with pytest.raises(ValueError, match='--warmup_epochs'):
         cosine_scheduler(1.0, 0.0, epochs=1, niter_per_ep=4, warmup_epochs=2)
+
+
+def test_layer_decay_is_refused_for_a_wrapper_that_declares_no_backbone_prefix(monkeypatch):
+    """A data set whose model wraps the backbone must say where (its spec's backbone_prefix), or every backbone
+    parameter would silently get the last layer id (no decay)."""
+    import dataclasses
+    import main
+    import specs
+    wrapper = torch.nn.Module()
+    wrapper.trunk = torch.nn.Linear(2, 2)
+    spec = dataclasses.replace(specs.get('MODELNET40'), backbone_prefix='')
+    monkeypatch.setattr(specs, 'get', lambda name: spec)
+    with pytest.raises(ValueError, match='declares no backbone_prefix.*--layer_decay 1.0'):
+        main.backbone_parameter_prefix(argparse.Namespace(data_set='MODELNET40'), wrapper)
+    spec = dataclasses.replace(spec, backbone_prefix='backbone.')  # declared, but naming no parameter of the model
+    with pytest.raises(ValueError, match="found 'backbone.'"):
+        main.backbone_parameter_prefix(argparse.Namespace(data_set='MODELNET40'), wrapper)

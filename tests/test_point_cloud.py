@@ -21,7 +21,8 @@ import main as train_main
 from conftest import skip_unless_ci
 from modalities import point_cloud
 from tools import make_modelnet_from_meshes
-from train_helpers import (REPO_ROOT, TINY_UNIREPLKNET, assert_bitwise_equal, assert_optimizer_states_equal,
+from train_helpers import (REPO_ROOT, TINY_UNIREPLKNET, assert_bitwise_equal,
+                           assert_layer_decay_and_sync_bn_reach_the_backbone_inside, assert_optimizer_states_equal,
                            assert_succeeded, load_checkpoint, randomise_batch_norms, read_log, run_killed_after_each,
                            run_main, run_plain_command)
 
@@ -239,11 +240,17 @@ def test_throughput_times_the_adapter_on_a_real_cloud(modelnet, capsys):
     assert f'input (2, {points}, 3)' in capsys.readouterr().out  # [placed points, un-augmented points] of one view
 
 
-def test_options_the_adapter_cannot_honour_are_errors(modelnet):
-    args = tiny_args(modelnet['hdf5'], '--layer_decay', '0.8')
-    args.nb_classes = len(MESHES)
-    with pytest.raises(ValueError, match='no layer-id map'):
-        train_main.build_model(args)
+def test_layer_decay_and_sync_bn_reach_the_backbone_and_the_adapter(modelnet):
+    synced = assert_layer_decay_and_sync_bn_reach_the_backbone_inside(
+        [*TINY_ARGS, '--data_path', modelnet['hdf5'], '--nb_classes', str(len(MESHES))])
+    assert any(isinstance(module, torch.nn.SyncBatchNorm) for name, module in synced.named_modules()
+               if not name.startswith('backbone.'))  # the point encoder's ResNet blocks
+
+
+def test_options_the_adapter_cannot_honour_are_errors(modelnet, capsys):
+    with pytest.raises(SystemExit):
+        train_main.parse_args(['--data_set', 'MODELNET40', '--data_path', modelnet['hdf5'], '--mixup', '0.8'])
+    assert 'does not use --mixup; drop it or pass --mixup 0.0' in capsys.readouterr().err
 
 
 def test_point_file_with_wrong_columns_is_named(tmp_path):

@@ -17,8 +17,9 @@ import unireplknet
 from modalities import time_series
 from modalities.time_series import INPUT_HOURS, PREDICT_HOURS, WINDOW_HOURS
 from train_helpers import (BATCH_INDEPENDENT_UNIREPLKNET, REPO_ROOT, TINY_UNIREPLKNET, CreatesFileWhenUnpickled,
-                           assert_same_training_state, assert_succeeded, load_checkpoint, randomise_batch_norms,
-                           read_log, run_killed_after_each, run_main, run_plain_command)
+                           assert_layer_decay_and_sync_bn_reach_the_backbone_inside, assert_same_training_state,
+                           assert_succeeded, load_checkpoint, randomise_batch_norms, read_log, run_killed_after_each,
+                           run_main, run_plain_command)
 from weather_data import QUICKSTART_SPLIT_HOURS, read_stations, write_corrformer_layout, write_quickstart_folder
 
 pytestmark = pytest.mark.usefixtures('single_thread')
@@ -339,6 +340,10 @@ def main_args(folder, data_set='GLOBAL_TEMP'):
             '--series_stations_per_node', '3', '--series_heads', '4', '--opt', 'adam', '--lr', '1e-3',
             '--weight_decay', '0', '--lr_schedule', 'step', '--early_stop_patience', '3', '--batch_size', '32',
             '--device', 'cpu', '--num_workers', '0', '--seed', '0']
+
+
+def test_layer_decay_and_sync_bn_reach_the_backbone_inside_the_forecaster(weather_folder):
+    assert_layer_decay_and_sync_bn_reach_the_backbone_inside([*main_args(weather_folder), '--nb_classes', '0'])
 
 
 def test_finetune_loads_an_image_checkpoint_into_the_backbone(weather_folder, tmp_path):

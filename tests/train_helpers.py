@@ -204,3 +204,34 @@ def assert_same_training_state(checkpoint_a, checkpoint_b):
     if 'model_ema' in state_a:
         assert_bitwise_equal(state_a['model_ema'], state_b['model_ema'])
     assert_optimizer_states_equal(state_a['optimizer'], state_b['optimizer'])
+
+
+def assert_layer_decay_and_sync_bn_reach_the_backbone_inside(argv):
+    """For a modality adapter's model (main.py's `argv`): --layer_decay gives the backbone's parameters inside the
+    wrapper the backbone map's ids and every other parameter the last id (full rate); --sync_bn turns every
+    BatchNorm of the model into a SyncBatchNorm, keeping the state_dict's keys. Returns the converted model."""
+    import main
+    import optim_factory
+    args = main.parse_args([*argv, '--layer_decay', '0.8'])
+    model = main.build_model(args)
+    prefix = main.backbone_parameter_prefix(args, model)
+    assigner = optim_factory.layer_decay_assigner(main.canonical_model_name(args.model), 0.8, prefix)
+    backbone_ids = set()
+    for name, _ in model.named_parameters():
+        inside = name.startswith('backbone.')
+        expected = optim_factory.unireplknet_layer_id(name[len('backbone.'):]) if inside \
+            else optim_factory.NUM_LAYER_IDS - 1
+        assert assigner.get_layer_id(name) == expected, name
+        backbone_ids.update([expected] if inside else [])
+    assert {0, 1, 2, 12} <= backbone_ids  # stem, stages: not every parameter at the last id
+    groups = optim_factory.param_groups(model, 0.05, get_num_layer=assigner.get_layer_id,
+                                        get_layer_scale=assigner.get_scale)
+    assert min(group['lr_scale'] for group in groups) == 0.8 ** 13
+
+    synced = main.build_model(main.parse_args([*argv, '--sync_bn', 'true']))
+    norms = [type(module) for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+    synced_norms = [type(module) for module in synced.modules()
+                    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and len(synced_norms) == len(norms) and set(synced_norms) == {torch.nn.SyncBatchNorm}
+    assert list(synced.state_dict()) == list(model.state_dict())
+    return synced
