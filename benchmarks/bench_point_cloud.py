@@ -152,7 +152,7 @@ def main_cli():
               f'{opts.model}, {args.pc_views} views at {opts.input_size} px.\n\n{table}\n')
     print(report)
     if opts.write_markdown:
-        replace_section(opts.write_markdown, SECTION_HEADING, report)
+        replace_section(opts.write_markdown, report, SECTION_HEADING)
 
 
 if __name__ == '__main__':

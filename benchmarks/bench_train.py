@@ -190,7 +190,7 @@ def main_cli():
               "next(loader); loader alone: the same DataLoader iterated without a model.\n")
     print(report)
     if cli.write_markdown:
-        replace_section(cli.write_markdown, SECTION_HEADING, report)
+        replace_section(cli.write_markdown, report, SECTION_HEADING)
 
 
 if __name__ == '__main__':

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# UniRepLKNet GPU readiness check, about 8 minutes on one CUDA GPU, in three parts:
+# UniRepLKNet GPU readiness check on one CUDA GPU (about 10-15 minutes; every part has its own timeout):
 # 1. the model alone (benchmarks/gpu_check.py): every path the model picks there against the plain computation
 #    (float32, AMP float16 / bfloat16 training steps, channels_last), training and deployed inference speed against
-#    the release computation in one run, and with_cp peak memory;
+#    the release computation in one run, and with_cp peak memory; then the training-step checks (section below);
 # 2. end to end (benchmarks/gpu_check_runs.py): short `torchrun --nproc_per_node=1 main.py` runs on CUDA with NCCL:
 #    images under AMP bfloat16 and float16, EMA + channels_last + a step checkpoint, a SIGKILL and resume that must
 #    give bitwise-equal weights, one run per modality (point clouds with the farthest-point sampling on the GPU, audio,
@@ -24,6 +24,20 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 status=0
 timeout 180 "$python" benchmarks/gpu_check.py --device cuda --model unireplknet_a --batch 64 --img_size 224 \
   --repeats 20 --warmup 3 --out "$out_dir/gpu_check.md" || { echo "FAIL: benchmarks/gpu_check.py"; status=1; }
+
+# ==== training step (engine.py, main.py; issue 20 item 3) ===========================================================
+# TF32 on by default and what it and bfloat16 AMP buy per training step, the host waits per step (must be one, plus
+# one per progress line), and an EMA kept on the CPU evaluated there (--model_ema_force_cpu with --model_ema_eval) in
+# a one-epoch quickstart run. Report: OUT_DIR/gpu_step_check.md. About 2 minutes.
+timeout 240 "$python" benchmarks/gpu_step_check.py --device cuda --model unireplknet_a --batch 64 --img_size 224 \
+  --repeats 3 --out "$out_dir/gpu_step_check.md" || { echo "FAIL: benchmarks/gpu_step_check.py"; status=1; }
+timeout 240 "$python" main.py --config configs/quickstart_digits.yaml --device cuda --epochs 1 --model_ema true \
+  --model_ema_force_cpu true --model_ema_eval true --output_dir "$out_dir/ema_on_cpu" | tee "$out_dir/ema_on_cpu.log"
+grep -q 'Accuracy of the model EMA' "$out_dir/ema_on_cpu.log" || { echo "FAIL: EMA on CPU evaluation"; status=1; }
+grep 'TF32 on for float32 matmuls' "$out_dir/ema_on_cpu.log" || { echo "FAIL: TF32 not reported on"; status=1; }
+# ==== end of the training step section ==============================================================================
+
+# ==== end to end and point clouds (issue 19 item 4) ================================================================
 timeout 240 "$python" benchmarks/gpu_check_runs.py --device cuda --timeout 60 --out "$out_dir/gpu_check.md" \
   || { echo "FAIL: benchmarks/gpu_check_runs.py"; status=1; }
 timeout 60 "$python" benchmarks/bench_point_cloud.py --device cuda --workers 0 --batches 2 --step_batch 8 \

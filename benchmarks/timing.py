@@ -64,7 +64,7 @@ def markdown_table(header, rows):
     return "\n".join(lines)
 
 
-def replace_section(path, heading, body):
+def replace_section(path, body, heading):
     """Put `body` under `heading` in the markdown file, replacing that section only
     (up to the next '## ' or '### ' heading); other sections are left exactly as they are."""
     text = open(path).read() if os.path.exists(path) else ''
