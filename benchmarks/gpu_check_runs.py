@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -165,6 +166,7 @@ def runs(opts, base):
     clips = os.path.join(base, 'clips')
     os.makedirs(clips)
     classes = write_video_folder(clips)
+    shutil.copy(os.path.join(clips, 'train.csv'), os.path.join(clips, 'val.csv'))   # evaluation needs a list too
     point_sizes = ['--pc_points', '128', '--pc_fps_points', '160', '--pc_knn', '16', '--pc_encoder_dim', '16',
                    '--pc_fusion_dim', '16'] if opts.tiny else []
     no_mix = ['--mixup', '0', '--cutmix', '0']

@@ -83,7 +83,7 @@ def test_gpu_check_runs_fail_loudly_on_a_wrong_result():
 
 
 def test_profile_step_splits_a_training_step_into_op_families():
-    out = run_script('benchmarks/profile_step.py', '--batch', '1', '--img_size', '32', '--threads', '1', '--warmup',
+    out = run_script('benchmarks/profile_step.py', '--batch', '2', '--img_size', '64', '--threads', '1', '--warmup',
                      '0')
     rows = {line.split('|')[1].strip(): line.split('|')[2:4] for line in out.splitlines() if line.startswith('| ')}
     ours, atto = (float(cell.split(' ms')[0]) for cell in rows['depthwise conv'])
