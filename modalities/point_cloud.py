@@ -250,6 +250,7 @@ def open_modelnet40(root, split):
 # Sampling and augmentation
 # ----------------------------------------------------------------------------------------------
 
+@torch.compiler.disable   # --compile: a graph break here, not a trace of thousands of loop steps
 def farthest_point_sample(points, count, start=0):
     """Indices (..., count) of `count` farthest points of `points` (..., N, D), greedily from index `start`.
 
