@@ -12,8 +12,8 @@ Runs (images: a folder of generated JPEGs, 4 classes, 8 steps per epoch at --bat
   farthest-point sampling on the training device), audio (tones in the Speech Commands layout), video (H.264 clips).
   Time series is not run here (its data needs station files; tests/test_time_series.py covers it on CPU).
 
-A run passes when main.py exits 0, every logged training loss is finite and the files the run must write exist; the
-kill-and-resume line also needs bitwise-equal weights. Each line reports samples/s (the batch over the last epoch's
+A run passes when main.py exits 0, every logged training loss is finite and its final checkpoint holds what the run
+must save (the EMA weights of the EMA run); the kill-and-resume line also needs bitwise-equal weights. Each line reports samples/s (the batch over the last epoch's
 average step time, main.py's own log) and peak CUDA memory (main.py's `max mem`). Exits 1 if any line fails, after
 printing the failing runs' output.
 
@@ -89,12 +89,17 @@ def logged_losses(output_dir):
     return [json.loads(line)['train_loss'] for line in open(path)] if os.path.isfile(path) else []
 
 
+def checkpoint_has(path, key):
+    return os.path.isfile(path) and key in torch.load(path, map_location='cpu', weights_only=False)
+
+
 def check_run(name, argv, output_dir, batch_size, timeout, must_exist=()):
     """Run main.py to the end; a result row and the output (for the report of a failure)."""
     log_path = output_dir + '.log'
     returncode, output = finish(start([*argv, '--output_dir', output_dir], log_path), log_path, timeout)
     losses = logged_losses(output_dir)
-    missing = [path for path in must_exist if not os.path.exists(os.path.join(output_dir, path))]
+    missing = [f'{path}[{key!r}]' for path, key in must_exist
+               if not checkpoint_has(os.path.join(output_dir, path), key)]
     problems = ([f'exit code {returncode}'] if returncode else []) + \
         ([f'{len(losses)} of {EPOCHS} epochs logged'] if len(losses) != EPOCHS else []) + \
         (['a training loss is not finite'] if not all(map(math.isfinite, losses)) else []) + \
@@ -149,7 +154,7 @@ def write_primitive_modelnet(root, points, train_per_class=8):
 
 
 def runs(opts, base):
-    """[(name, argv, batch size, files the run must write)]."""
+    """[(name, argv, batch size, [(checkpoint file the run must write, a key it must hold)]); None: kill and resume]."""
     device = ['--device', opts.device, '--seed', '0', '--epochs', str(EPOCHS), '--warmup_epochs', '0',
               '--num_workers', str(opts.workers)]
     model = TINY_MODEL if opts.tiny else ['--model', opts.model]
@@ -176,7 +181,7 @@ def runs(opts, base):
          [*images, *amp, '--amp_dtype', 'float16' if amp else 'bfloat16'], batch, ()),
         ('images, EMA, channels_last, step checkpoint', [*images, '--model_ema', 'true', '--channels_last', 'true',
                                                          '--save_ckpt_every_steps', '2'],
-         batch, ('checkpoint-0-step2.pth',)),
+         batch, [(f'checkpoint-{EPOCHS - 1}.pth', 'model_ema')]),   # step checkpoints are pruned by then
         ('kill and resume', images, batch, None),
         ('point clouds (FPS in the step, on the device)',
          [*device, *model, '--data_set', 'MODELNET40', '--data_path', modelnet, '--input_size', size,
