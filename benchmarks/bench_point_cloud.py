@@ -147,9 +147,9 @@ def main_cli():
     rows += step_rows(model, clouds[:opts.step_batch], opts, device)
     table = markdown_table(['what', 'time', 'rate / share'], rows)
     report = (f'`python benchmarks/bench_point_cloud.py {" ".join(sys.argv[1:])}` on {machine_summary()}, '
-              f'device {opts.device}, {utc_now()}, load average {os.getloadavg()[0]:.1f} at the end. Shapes of {opts.points} points '
-              f'(surfaces of 4 solids) -> {opts.pc_fps_points} farthest -> {opts.pc_points}; backbone '
-              f'{opts.model}, {args.pc_views} views at {opts.input_size} px.\n\n{table}\n')
+              f'device {opts.device}, {utc_now()}, load average {os.getloadavg()[0]:.1f} at the end. Shapes of '
+              f'{opts.points} points (surfaces of 4 solids) -> {opts.pc_fps_points} farthest -> {opts.pc_points}; '
+              f'backbone {opts.model}, {args.pc_views} views at {opts.input_size} px.\n\n{table}\n')
     print(report)
     if opts.write_markdown:
         replace_section(opts.write_markdown, report, SECTION_HEADING)

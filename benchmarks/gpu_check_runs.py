@@ -13,9 +13,9 @@ Runs (images: a folder of generated JPEGs, 4 classes, 8 steps per epoch at --bat
   Time series is not run here (its data needs station files; tests/test_time_series.py covers it on CPU).
 
 A run passes when main.py exits 0, every logged training loss is finite and its final checkpoint holds what the run
-must save (the EMA weights of the EMA run); the kill-and-resume line also needs bitwise-equal weights. Each line reports samples/s (the batch over the last epoch's
-average step time, main.py's own log) and peak CUDA memory (main.py's `max mem`). Exits 1 if any line fails, after
-printing the failing runs' output.
+must save (the EMA weights of the EMA run); the kill-and-resume line also needs bitwise-equal weights. Each line
+reports samples/s (the batch over the last epoch's average step time, main.py's own log) and peak CUDA memory
+(main.py's `max mem`). Exits 1 if any line fails, after printing the failing runs' output.
 
     python benchmarks/gpu_check_runs.py --device cuda --out gpu_check_runs.md
     python benchmarks/gpu_check_runs.py --device cpu --tiny     # the logic, on CPU with gloo

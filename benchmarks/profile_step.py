@@ -116,9 +116,10 @@ def main(argv=None):
         seconds = profile_step(model, opts.batch, opts.img_size, opts.warmup, name in opts.channels_last)
         shares[name] = seconds
         print(name, {family: round(value, 3) for family, value in seconds.items()}, flush=True)
-    rows = [[family, *[f'{1000 * shares[name][family]:.0f} ms ({100 * shares[name][family] / sum(shares[name].values()):.0f}%)'
+    totals = {name: sum(seconds.values()) for name, seconds in shares.items()}
+    rows = [[family, *[f'{1000 * shares[name][family]:.0f} ms ({100 * shares[name][family] / totals[name]:.0f}%)'
                        for name in opts.models]] for family in FAMILIES]
-    rows.append(['total (profiled self time)', *[f'{1000 * sum(shares[name].values()):.0f} ms' for name in opts.models]])
+    rows.append(['total (profiled self time)', *[f'{1000 * totals[name]:.0f} ms' for name in opts.models]])
     table = markdown_table(['op family', *opts.models], rows)
     report = (f'`python benchmarks/profile_step.py {" ".join(argv if argv is not None else sys.argv[1:])}`: one '
               f'training step at batch {opts.batch}, {opts.img_size} px, {opts.threads} threads, channels_last for '
