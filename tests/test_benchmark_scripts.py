@@ -89,3 +89,13 @@ def test_profile_step_splits_a_training_step_into_op_families():
     ours, atto = (float(cell.split(' ms')[0]) for cell in rows['depthwise conv'])
     assert ours > 0 and atto > 0                      # both models' depthwise convs found
     assert float(rows['GRN'][0].split(' ms')[0]) > 0 and rows['GRN'][1].strip().startswith('0 ms')   # GRN: ours only
+
+
+def test_bench_point_cloud_times_loader_sampling_and_step():
+    """benchmarks/bench_point_cloud.py (gpu_check.sh runs it on CUDA) at tiny sizes: every row is there."""
+    out = run_script('benchmarks/bench_point_cloud.py', '--points', '400', '--pc_fps_points', '160', '--pc_points',
+                     '128', '--input_size', '32', '--fps_batch', '4', '--step_batch', '2', '--loader_batch', '4',
+                     '--batches', '1', '--workers', '0', '--repeats', '1')
+    for row in ('training loader, 0 workers', 'step FPS, torch loop, batch 4', 'step FPS, fpsample (compiled)',
+                'training step: backbone alone (8 images)', 'training step: multi-view fusion alone'):
+        assert f'| {row}' in out, out
