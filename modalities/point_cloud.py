@@ -276,17 +276,16 @@ def torch_farthest_point_sample(points, count, start=0):
     is CUDA-only): each step adds the point farthest from all chosen so far (the first such point on ties)."""
     batch_shape, num_points = points.shape[:-2], points.shape[-2]
     flat = points.reshape(-1, num_points, points.shape[-1]).double()
-    offsets = torch.arange(0, flat.shape[0] * num_points, num_points, device=points.device)
-    rows = flat.reshape(-1, flat.shape[-1])
     nearest = torch.full(flat.shape[:2], float('inf'), dtype=flat.dtype, device=points.device)
-    chosen = torch.empty(flat.shape[0], count, dtype=torch.long, device=points.device)
-    farthest = torch.full((flat.shape[0],), start, dtype=torch.long, device=points.device)
-    for i in range(count):
-        chosen[:, i] = farthest
-        centres = rows.index_select(0, farthest + offsets)                  # no host sync: stays on the device
-        torch.minimum(nearest, (flat - centres[:, None]).square_().sum(-1), out=nearest)
-        farthest = nearest.argmax(-1)
-    return chosen.reshape(*batch_shape, count)
+    farthest = torch.full((flat.shape[0], 1), start, dtype=torch.long, device=points.device)
+    chosen = []
+    # Six kernels a step and no host sync (on a GPU the loop is bound by kernel launches, not arithmetic).
+    for _ in range(count):
+        chosen.append(farthest)
+        centres = flat.gather(1, farthest[..., None].expand(-1, -1, flat.shape[-1]))     # B 1 D
+        torch.minimum(nearest, (flat - centres).square_().sum(-1), out=nearest)
+        farthest = nearest.argmax(-1, keepdim=True)
+    return torch.cat(chosen, dim=1).reshape(*batch_shape, count)
 
 
 def normalize_like_release(points):
