@@ -16,6 +16,7 @@ those of an uninterrupted run.
 import argparse
 import copy
 import datetime
+import functools
 import json
 import os
 import random
@@ -39,7 +40,7 @@ import unireplknet  # noqa: F401  (registers unireplknet_* with timm)
 import utils
 from checkpoint import (CheckpointError, Checkpointer, load_checkpoint_file, load_model_state,
                         remove_stale_temporaries, select_model_state, to_plain_data)
-from datasets import build_dataset, collate_skipping_corrupt, count_skipped
+from datasets import RankAgreedBatches, build_dataset, collate_skipping_corrupt, count_skipped
 from engine import Precision, train_one_epoch
 from mesa import Mesa
 from modalities import time_series
@@ -602,6 +603,8 @@ def main(args):
         dataset_val, args.nb_classes = build_dataset(is_train=False, args=args)
 
     collate_fn = collate_skipping_corrupt if args.skip_corrupt_images else None
+    eval_collate_fn = functools.partial(collate_skipping_corrupt, keep_even=False) if args.skip_corrupt_images \
+        else None  # evaluation keeps every readable sample (no even batches needed: no mixup)
     pin_memory = args.pin_mem and device.type == 'cuda'
     loader_generator = torch.Generator()
     total_batch_size = args.batch_size * args.update_freq * world_size
@@ -628,8 +631,13 @@ def main(args):
             sampler_val = torch.utils.data.SequentialSampler(dataset_val)
         data_loader_val = torch.utils.data.DataLoader(
             dataset_val, sampler=sampler_val, batch_size=int(1.5 * args.batch_size),
-            num_workers=args.num_workers, pin_memory=pin_memory, drop_last=False, collate_fn=collate_fn,
+            num_workers=args.num_workers, pin_memory=pin_memory, drop_last=False, collate_fn=eval_collate_fn,
             generator=loader_generator, worker_init_fn=utils.ignore_stop_signals)
+    if args.skip_corrupt_images and args.distributed:  # a batch of only unreadable images stops every rank
+        if dataset_train is not None:
+            data_loader_train = RankAgreedBatches(data_loader_train, device, every_batch=True)
+        if dataset_val is not None:
+            data_loader_val = RankAgreedBatches(data_loader_val, device, every_batch=False)
     task = build_task(args, classification_criterion=build_criterion)
     mixup_fn = build_mixup(args) if not args.eval and task.uses_mixup else None
 

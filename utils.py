@@ -22,6 +22,7 @@ import argparse
 import builtins
 import datetime
 import os
+import random
 import signal
 
 import torch
@@ -140,15 +141,16 @@ def slurm_task_layout(requested_world_size):
     also exports MASTER_ADDR (the first node of SLURM_JOB_NODELIST) and MASTER_PORT (derived from the job id)
     for dist_url env://, unless they are set. SLURM_NTASKS is missing only in a job step that did not say how
     many tasks it runs; --world_size gives it then."""
-    import submitit  # the SLURM node-list syntax (node[01-04,07]) is parsed by submitit
+    from submitit.slurm.slurm import SlurmJobEnvironment  # parses SLURM's node lists (node[01-04,07])
 
     env = os.environ
     if 'SLURM_NTASKS' not in env and requested_world_size is None:
         raise ValueError('SLURM_PROCID is set but SLURM_NTASKS is not: run the ranks with `srun --ntasks N`, '
                          'or pass --world_size N')
-    slurm = submitit.helpers.TorchDistributedEnvironment()
-    env.setdefault('MASTER_ADDR', slurm.master_addr)
-    env.setdefault('MASTER_PORT', str(slurm.master_port))
+    env.setdefault('MASTER_ADDR', SlurmJobEnvironment().hostnames[0])
+    # The same port on every task of the job, different for other jobs (submitit's TorchDistributedEnvironment
+    # rule, which needs a job that submitit started).
+    env.setdefault('MASTER_PORT', str(random.Random(env.get('SLURM_JOB_ID', '0')).randint(20000, 60000)))
     world_size = int(env['SLURM_NTASKS']) if 'SLURM_NTASKS' in env else requested_world_size
     local_rank = int(env['SLURM_LOCALID']) if 'SLURM_LOCALID' in env \
         else int(env['SLURM_PROCID']) % max(torch.cuda.device_count(), 1)
