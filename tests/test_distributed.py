@@ -16,6 +16,7 @@ import checkpoint
 import main
 import run_with_submitit
 import utils
+from slurm_cluster import LocalSlurmCluster, why_slurm_unavailable
 from datasets import RankAgreedBatches, UnreadableBatchError, collate_skipping_corrupt
 from train_helpers import (REPO_ROOT, TINY_UNIREPLKNET, assert_same_training_state, assert_succeeded,
                            free_port, load_checkpoint, make_tiny_dataset, read_log, run_main, subprocess_env,
@@ -378,5 +379,23 @@ def test_srun_tasks_without_world_size_train_one_two_rank_run(two_rank_runs, tmp
                                  srun_env))
     assert codes == [0, 0], rank_log(str(tmp_path), 'srun', 1)[-3000:]
     assert 'distributed init (rank 1, world 2, gloo)' in rank_log(str(tmp_path), 'srun', 1)
+    saved = load_checkpoint(os.path.join(output_dir, 'checkpoint-0.pth'))
+    assert saved['args']['world_size'] == 2 and len(saved['rng_states']) == 2
+
+
+@pytest.mark.slow  # a real local SLURM (skipped where slurmctld/slurmd cannot run), two tasks
+def test_real_srun_with_two_tasks_trains_one_two_rank_run(two_rank_runs, tmp_path):
+    reason = why_slurm_unavailable()
+    if reason:
+        pytest.skip(reason)
+    output_dir = str(tmp_path / 'srun')
+    with LocalSlurmCluster(tmp_path / 'slurm') as cluster:
+        env = {**cluster.env(), **{name: value for name, value in subprocess_env().items() if name != 'PATH'}}
+        completed = subprocess.run(
+            ['srun', '--ntasks', '2', '--cpus-per-task', '1', '--label', sys.executable,
+             os.path.join(REPO_ROOT, 'main.py'), *two_rank_runs.argv, '--epochs', '1', '--output_dir', output_dir],
+            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-4000:]
+    assert 'distributed init (rank 1, world 2, gloo)' in completed.stdout
     saved = load_checkpoint(os.path.join(output_dir, 'checkpoint-0.pth'))
     assert saved['args']['world_size'] == 2 and len(saved['rng_states']) == 2
