@@ -18,9 +18,9 @@ import run_with_submitit
 import utils
 from slurm_cluster import LocalSlurmCluster, why_slurm_unavailable
 from datasets import RankAgreedBatches, UnreadableBatchError, collate_skipping_corrupt
-from train_helpers import (REPO_ROOT, TINY_UNIREPLKNET, assert_same_training_state, assert_succeeded,
-                           free_port, load_checkpoint, make_tiny_dataset, read_log, run_main, subprocess_env,
-                           tiny_data_args)
+from train_helpers import (REPO_ROOT, SIGKILL_AFTER_CHECKPOINT, TINY_UNIREPLKNET, assert_resumed_from,
+                           assert_same_training_state, assert_succeeded, free_port, load_checkpoint, make_tiny_dataset,
+                           read_log, run_main, subprocess_env, tiny_data_args)
 
 QUICKSTART = ['--config', os.path.join(REPO_ROOT, 'configs', 'quickstart_digits.yaml')]
 DRIVER = os.path.join(REPO_ROOT, 'tests', 'stop_signal_driver.py')
@@ -325,17 +325,17 @@ def assert_resumed_like_the_uninterrupted_run(runs, output_dir, name):
 
 @pytest.mark.slow  # two processes, SIGKILLed and resumed
 def test_killed_two_rank_run_with_ema_resumes_bitwise_equal(two_rank_runs):
-    runs, output_dir = two_rank_runs, str(two_rank_runs.base / 'killed')
+    """Rank 0 is SIGKILLed right after writing a step checkpoint (checkpoint.py's test hook), rank 1 then, and the
+    run is resumed on 2 ranks."""
+    runs, output_dir, killed_after = two_rank_runs, str(two_rank_runs.base / 'killed'), 'checkpoint-0-step3.pth'
+    port = free_port()
     processes = start_ranks([*runs.argv, '--output_dir', output_dir], str(runs.base), 'killed',
-                            torchrun_env(free_port()))
-    deadline = time.time() + 300
-    while not os.path.isfile(os.path.join(output_dir, 'checkpoint-0-step3.pth')):
-        assert time.time() < deadline and all(process.poll() is None for process in processes), 'no progress'
-        time.sleep(0.05)
-    for process in processes:
-        process.kill()
-        process.wait()
+                            lambda rank: {**torchrun_env(port)(rank), SIGKILL_AFTER_CHECKPOINT: killed_after})
+    assert processes[0].wait(timeout=300) == -signal.SIGKILL, rank_log(str(runs.base), 'killed', 0)[-3000:]
+    processes[1].kill()
+    processes[1].wait()
     assert_resumed_like_the_uninterrupted_run(runs, output_dir, 'killed_resumed')
+    assert_resumed_from(rank_log(str(runs.base), 'killed_resumed', 0), output_dir, killed_after)
 
 
 @pytest.mark.slow  # two processes, stopped and resumed
