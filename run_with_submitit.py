@@ -242,10 +242,11 @@ class Trainer:
         os.environ.update(RANK=str(args.rank), WORLD_SIZE=str(args.world_size), LOCAL_RANK=str(args.gpu))
         if self.requeues > 0 or int(restart) > 0:  # requeued by this launcher, or by SLURM itself (node failure)
             args.auto_resume = True
-            if args.resume and resume_is_stale(args.resume, args.output_dir):
+            newer = checkpoint_written_after(args.resume, args.output_dir) if args.resume else None
+            if newer is not None:
                 print(f"[run_with_submitit] requeued: {args.output_dir} holds checkpoints newer than --resume "
-                      f"{args.resume}; auto-resuming from the newest of them instead", flush=True)
-                args.resume = ""
+                      f"{args.resume}; resuming from the newest written, {newer}", flush=True)
+                args.resume = newer
         return args
 
     def checkpoint(self):
@@ -254,16 +255,21 @@ class Trainer:
         return submitit.helpers.DelayedSubmission(Trainer(self.train_args, self.job_dir, self.requeues + 1))
 
 
-def resume_is_stale(resume, output_dir):
-    """Whether output_dir holds a periodic checkpoint written after the --resume file (or any, for a URL): a
-    requeued job then continues from its own checkpoints instead of restarting from --resume. The job's first
-    start always takes --resume, which may name an older checkpoint on purpose."""
+def checkpoint_written_after(resume, output_dir):
+    """The periodic checkpoint of output_dir written last, if it was written after the --resume file (any, for a URL),
+    else None: a requeued job continues from its own checkpoints instead of restarting from --resume. '' (auto-resume,
+    which also falls back past a damaged file) when that file is also the newest position; the path itself when files
+    of later positions, from before the job restarted at an older checkpoint, sort above it. The job's first start
+    always takes --resume, which may name an older checkpoint on purpose."""
     from checkpoint import list_periodic_checkpoints
 
-    written = [os.path.getmtime(path) for _, path in list_periodic_checkpoints(output_dir)]
-    if not written:
-        return False
-    return not os.path.isfile(resume) or max(written) > os.path.getmtime(resume)
+    found = list_periodic_checkpoints(output_dir)
+    if not found:
+        return None
+    last_written = max((path for _, path in found), key=os.path.getmtime)
+    if os.path.isfile(resume) and os.path.getmtime(last_written) <= os.path.getmtime(resume):
+        return None
+    return "" if last_written == found[-1][1] else last_written
 
 
 def describe_job(launcher_args, train_args):

@@ -68,7 +68,7 @@ def task_args_after(tmp_path, monkeypatch, requeues, restart_count, write_newer)
     old.parent.mkdir()
     old.write_bytes(b'')
     output_dir = tmp_path / 'run'
-    output_dir.mkdir()
+    output_dir.mkdir(exist_ok=True)
     if write_newer:
         newer = output_dir / 'checkpoint-6-step3.pth'
         newer.write_bytes(b'')
@@ -86,6 +86,18 @@ def task_args_after(tmp_path, monkeypatch, requeues, restart_count, write_newer)
 def test_requeue_drops_a_resume_older_than_the_runs_checkpoints(tmp_path, monkeypatch, requeues, restart_count):
     args, _ = task_args_after(tmp_path, monkeypatch, requeues, restart_count, write_newer=True)
     assert args.resume == '' and args.auto_resume is True
+
+
+def test_requeue_of_a_restart_at_an_older_checkpoint_continues_the_restarted_run(tmp_path, monkeypatch):
+    """--resume run/checkpoint-5.pth while run/ still holds checkpoint-9.pth of the abandoned run: after a requeue the
+    job continues from what it wrote itself (checkpoint-6-step3.pth), not from checkpoint-9.pth, the newest position."""
+    output_dir = tmp_path / 'run'
+    abandoned = output_dir / 'checkpoint-9.pth'
+    output_dir.mkdir()
+    abandoned.write_bytes(b'')
+    os.utime(abandoned, (1, 1))
+    args, _ = task_args_after(tmp_path, monkeypatch, requeues=1, restart_count=0, write_newer=True)
+    assert args.resume == str(output_dir / 'checkpoint-6-step3.pth')
 
 
 def test_first_start_keeps_resume_even_below_newer_checkpoints(tmp_path, monkeypatch):
