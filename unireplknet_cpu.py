@@ -24,6 +24,7 @@ The fast paths (measured gains in BENCHMARKS.md, "Ideas kept and dropped"):
   * an eval-mode training-form DRB as one conv with its fused kernel (`FastDilatedReparamBlock`);
   * GRN's norm in cache-sized chunks with a one-pass backward (`FastGRN`), and GRN's scale folded into the
     following Linear where a sample has more pixels than that Linear has outputs (`grn_then_linear`);
+  * the block's first Linear as a 1x1 conv (`pointwise_linear_as_conv`): oneDNN fuses the bias, addmm does not;
   * without autograd, GELU and the residual add written over fresh tensors (`FastUniRepLKNetBlock`).
 
 For tracing or export (ONNX, TorchScript) build the model with fast_cpu_kernels=False: the chunked GRN norm splits
@@ -37,7 +38,8 @@ from torch.nn.modules import module as module_hooks
 import unireplknet
 from unireplknet import DilatedReparamBlock, GRNwithNHWC, UniRepLKNetBlock, dilated_to_dense_kernel, grn_response_scale
 
-__all__ = ['convert_to_fast_cpu', 'same_depthwise_conv', 'grn_then_linear', 'per_channel_l2_norm']
+__all__ = ['convert_to_fast_cpu', 'same_depthwise_conv', 'grn_then_linear', 'per_channel_l2_norm',
+           'pointwise_linear_as_conv']
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -334,14 +336,22 @@ class FastDilatedReparamBlock(DilatedReparamBlock):
                 and _unobserved(convs + norms))
 
 
+def pointwise_linear_as_conv(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """linear(x.permute(0, 2, 3, 1)) for (B, C, H, W) x, computed as a 1x1 conv: oneDNN writes the bias with the
+    product (nn.Linear's addmm first fills the whole output with the broadcast bias, one more pass over the block's
+    largest tensor) and runs 1.2-2x faster forward and backward on CPU (BENCHMARKS.md). For channels_last x the
+    result is a contiguous (B, H, W, O) tensor, as the Linear's. (B, C, H, W) -> (B, H, W, O)."""
+    return F.conv2d(x, linear.weight[:, :, None, None], linear.bias).permute(0, 2, 3, 1)
+
+
 def _gelu_in_place_without_autograd(gelu: nn.GELU, x: torch.Tensor) -> torch.Tensor:
     """gelu(x), written over x when no gradient will flow through it (GELU's backward needs x)."""
     return gelu(x) if x.requires_grad else torch.ops.aten.gelu_(x, approximate=gelu.approximate)
 
 
 class FastUniRepLKNetBlock(UniRepLKNetBlock):
-    """The block with GRN's scale folded into the second Linear (`grn_then_linear`) and, without autograd, GELU and
-    the residual add written over fresh tensors (saves allocating and first-touching the block's largest tensors).
+    """The block with the first Linear as a 1x1 conv (`pointwise_linear_as_conv`), GRN's scale folded into the second
+    Linear (`grn_then_linear`) and, without autograd, GELU and the residual add written over fresh tensors (saves allocating and first-touching the block's largest tensors).
 
     Runs the plain forward whenever pwconv1, act, pwconv2 or drop_path are not the modules the block was built with
     or carry hooks: the fused path would skip those calls or overwrite the tensors a hook received.
@@ -352,7 +362,8 @@ class FastUniRepLKNetBlock(UniRepLKNetBlock):
             return super().residual_forward(x)
         y = self.se(self.norm(self.dwconv(x)))
         gelu, grn = self.act
-        y = grn_then_linear(grn, self.pwconv2[0], _gelu_in_place_without_autograd(gelu, self.pwconv1(y)))
+        y = pointwise_linear_as_conv(self.pwconv1[1], y)  # pwconv1 = NCHW -> NHWC, then Linear
+        y = grn_then_linear(grn, self.pwconv2[0], _gelu_in_place_without_autograd(gelu, y))
         for layer in self.pwconv2[1:]:  # NHWC -> NCHW, then (training form) BatchNorm
             y = layer(y)
         y = self.drop_path(self.layer_scale(y))

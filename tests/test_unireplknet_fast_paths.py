@@ -169,6 +169,22 @@ def test_grn_then_linear_equals_grn_followed_by_linear_with_gradients(training_f
         torch.testing.assert_close(fast, ref)
 
 
+@pytest.mark.parametrize('memory_format', [torch.channels_last, torch.contiguous_format], ids=['NHWC', 'NCHW'])
+def test_pointwise_linear_as_conv_equals_the_linear_with_gradients(memory_format):
+    torch.manual_seed(0)
+    linear = nn.Linear(6, 10).double()
+    x = torch.randn(2, 6, 3, 5, dtype=torch.float64).contiguous(memory_format=memory_format)
+    x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, expected = unireplknet_cpu.pointwise_linear_as_conv(linear, x_fast), linear(x_ref.permute(0, 2, 3, 1))
+    torch.testing.assert_close(out, expected)
+    assert out.is_contiguous() == (memory_format == torch.channels_last)  # NHWC in, contiguous NHWC out
+    grad = torch.randn_like(expected)
+    fast_grads = torch.autograd.grad(out, [x_fast, *linear.parameters()], grad)
+    ref_grads = torch.autograd.grad(expected, [x_ref, *linear.parameters()], grad)
+    for fast, ref in zip(fast_grads, ref_grads):
+        torch.testing.assert_close(fast, ref)
+
+
 @pytest.mark.parametrize('shape', [(3, 700, 1000), (5, 300, 1000), (4, 5, 6), (0, 5, 6)],
                          ids=['one sample per chunk', 'three, then a partial chunk of two', 'one chunk', 'empty'])
 def test_per_channel_l2_norm_equals_vector_norm(shape):
