@@ -39,7 +39,7 @@ import unireplknet  # noqa: F401  (registers unireplknet_* with timm)
 import utils
 from checkpoint import (CheckpointError, Checkpointer, load_checkpoint_file, load_model_state,
                         remove_stale_temporaries, select_model_state, to_plain_data)
-from datasets import build_dataset, collate_skipping_corrupt, count_skipped
+from datasets import build_dataset, class_names, collate_skipping_corrupt, count_skipped
 from engine import Precision, train_one_epoch
 from mesa import Mesa
 from modalities import time_series
@@ -176,7 +176,7 @@ def get_args_parser():
     parser.add_argument('--imagenet_default_mean_and_std', type=str2bool, default=True)
     parser.add_argument('--data_set', default='IMNET',
                         choices=['CIFAR', 'IMNET', 'image_folder', 'DIGITS', 'SPEECHCOMMANDS', 'KINETICS400',
-                                 'GLOBAL_TEMP', 'GLOBAL_WIND', 'MODELNET40'],
+                                 'GLOBAL_TEMP', 'GLOBAL_WIND', 'MODELNET40', 'audio_folder', 'point_folder'],
                         type=str, help='ImageNet dataset path')
     parser.add_argument('--data_format', default='folder', choices=['folder', 'shards'],
                         help='IMNET / image_folder data as class folders, or as tar shards written from them by '
@@ -656,6 +656,9 @@ def main(args):
     precision = Precision(device, args.use_amp, args.amp_dtype)
     checkpointer = Checkpointer(args, model_without_ddp, optimizer, precision, model_ema, steps_per_epoch)
     checkpointer.max_accuracy = checkpointer.max_accuracy_ema = task.initial_best
+    # With args (model, input size, data set and its options) the names make a checkpoint usable by tools/predict.py.
+    checkpointer.class_names = class_names(dataset_train if dataset_train is not None else dataset_val,
+                                           args.label_map)
 
     # ---------------- resume ----------------
     start_epoch, start_step = checkpointer.resume()

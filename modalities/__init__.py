@@ -14,6 +14,8 @@ ADAPTER_MODULES = {
     'MODELNET40': 'point_cloud',
     'SPEECHCOMMANDS': 'audio',
     'KINETICS400': 'video',
+    'audio_folder': 'audio_folder',
+    'point_folder': 'point_folder',
 }
 
 

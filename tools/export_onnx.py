@@ -21,8 +21,9 @@ import torch
 from timm.utils import reparameterize_model
 
 # named_model puts the repository root on sys.path, for benchmarks.timing
-from named_model import BUILTIN_IMAGES, build_named_model, load_images, parse_model_kwargs
+from named_model import BUILTIN_IMAGES, add_use_ema_argument, build_named_model, load_images, parse_model_kwargs
 from benchmarks.timing import interleaved_medians  # noqa: E402
+from checkpoint import CheckpointError  # noqa: E402
 
 INPUT_NAME, OUTPUT_NAME = 'images', 'logits'
 
@@ -99,6 +100,7 @@ def get_args_parser():
     parser.add_argument('--model', required=True, help='model name (this project or timm)')
     parser.add_argument('--resume', default='', metavar='FILE',
                         help='weights (training form), e.g. checkpoint-best.pth')
+    add_use_ema_argument(parser)
     parser.add_argument('--num_classes', default=1000, type=int, help='classes of the head (must fit --resume)')
     parser.add_argument('--model_overrides', default=None, metavar='YAML', help='extra constructor kwargs (dict)')
     parser.add_argument('--out', required=True, metavar='FILE.onnx')
@@ -115,7 +117,7 @@ def get_args_parser():
 
 def main(args):
     kwargs = dict(num_classes=args.num_classes, **parse_model_kwargs(args.model_overrides))
-    model = build_named_model(args.model, args.resume, **kwargs)
+    model = build_named_model(args.model, args.resume, use_ema=args.use_ema, **kwargs)
     deployed = reparameterize_model(model).eval()
     export_deployed(deployed, args.out, args.input_size)
     print(f'wrote {args.out} ({args.model}, re-parameterised, dynamic batch)')
@@ -132,5 +134,5 @@ def main(args):
 if __name__ == '__main__':
     try:
         main(get_args_parser().parse_args())
-    except (AssertionError, FileNotFoundError, ValueError) as error:
+    except (AssertionError, CheckpointError, FileNotFoundError, ValueError) as error:
         raise SystemExit(f'error: {error}')
