@@ -282,7 +282,7 @@ def video_train_argv(clip_folder):
 # The quickstart turns the image augmentations off; the resume test turns them back on to cover their random draws.
 TRAINING = ['--epochs', '1', '--save_ckpt_every_steps', '1', '--model_ema', 'true', '--drop_path', '0.1',
             '--repeated_aug', '2', '--batch_size', '2', '--aa', 'rand-m7-n4-mstd0.5-inc1', '--reprob', '0.25',
-            '--color_jitter', '0.4', '--mixup', '0.8', '--cutmix', '1.0']
+            '--color_jitter', '0.4', '--mixup', '0.8', '--cutmix', '1.0', '--warmup_epochs', '1']
 
 
 @pytest.fixture(scope='module')
