@@ -163,7 +163,8 @@ def evaluated_accuracy(argv, checkpoint, count):
     return float(re.search(rf'Accuracy of the network on {count} test images: (\S+)%', completed.stdout).group(1))
 
 
-POINT_FOLDER_ARGS = [*TINY_ARGS, '--data_set', 'point_folder', '--batch_size', '8', '--lr', '2e-3']
+POINT_FOLDER_ARGS = [*TINY_ARGS, '--data_set', 'point_folder', '--nb_classes', str(len(MESHES)), '--batch_size', '8',
+                     '--lr', '2e-3']
 
 
 @pytest.mark.slow
