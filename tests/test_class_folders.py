@@ -36,7 +36,7 @@ def write_point_folder(root, samples, class_names):
     formats = list(POINT_WRITERS)
     for split, folder in (('train', 'train'), ('test', 'val')):
         for number, (label, points) in enumerate(samples[split]):
-            name = formats[number % len(formats)]
+            name = formats[number // len(class_names) % len(formats)]  # every class in every format
             path = os.path.join(root, folder, class_names[label], f'{number:03d}{name}')
             os.makedirs(os.path.dirname(path), exist_ok=True)
             POINT_WRITERS[name](path, points)
@@ -169,10 +169,12 @@ POINT_FOLDER_ARGS = [*TINY_ARGS, '--data_set', 'point_folder', '--nb_classes', s
 
 @pytest.mark.slow
 def test_point_folder_trains_like_an_image_folder_and_predicts_like_eval(point_tree, tmp_path):
-    """8 epochs: well above chance (25%) on the held-out samplings; predict's top-1 equals main.py --eval's."""
+    """8 epochs: well above chance (25%) on the held-out samplings; predict's top-1 equals main.py --eval's. (The
+    tiny model at lr 2e-3 without warm-up, test_point_cloud's setting, stays at chance for some seeds, on MODELNET40
+    too: measured 95% at seed 0 and 25% at seed 1 there; lr 5e-4 with one warm-up epoch reached 95% here.)"""
     argv = [*POINT_FOLDER_ARGS, '--data_path', point_tree]
     output = str(tmp_path / 'run')
-    assert_succeeded(run_main([*argv, '--epochs', '8', '--output_dir', output]))
+    assert_succeeded(run_main([*argv, '--epochs', '8', '--lr', '5e-4', '--warmup_epochs', '1', '--output_dir', output]))
     final = read_log(output)[-1]
     assert final['test_acc1'] >= 70.0, read_log(output)
     checkpoint = os.path.join(output, 'checkpoint-best.pth')
