@@ -16,8 +16,9 @@ downstream adapters (segmentation/, detection/) use it. Public API:
 - `save_on_master`, `checkpoint_name`, `list_periodic_checkpoints`, `find_latest_checkpoint`,
   `prune_checkpoints`, `remove_stale_temporaries`: the files themselves.
 - `capture_rng_state`, `restore_rng_state`, `gather_rng_states`: per-rank random-number states.
-- Errors: `CheckpointError` and its kinds `UnreadableCheckpointError` (truncated or corrupt file) and
-  `CheckpointWriteError` (disk full or failed write; the previous checkpoint is intact).
+- Errors: `CheckpointError` and its kinds `UnreadableCheckpointError` (truncated or corrupt file),
+  `CheckpointDownloadError` (a URL that cannot be downloaded) and `CheckpointWriteError` (disk full or
+  failed write; the previous checkpoint is intact).
 
 Checkpoints are written by rank 0 only, atomically (temporary file, fsync, ``os.replace``), and contain
 only tensors and plain Python data, so ``torch.load(path, weights_only=True)`` reads them:
@@ -34,10 +35,13 @@ renamed to ``*.pth.corrupt`` (kept for inspection, out of the way of pruning) an
 """
 import argparse
 import glob
+import http.client
 import os
 import pickle
 import random
 import re
+import signal
+import urllib.parse
 
 import numpy as np
 import torch
@@ -51,6 +55,10 @@ class CheckpointError(RuntimeError):
 
 class UnreadableCheckpointError(CheckpointError):
     """A checkpoint file is truncated, corrupt or cannot be read."""
+
+
+class CheckpointDownloadError(CheckpointError):
+    """A checkpoint URL cannot be downloaded (no network, unknown host, HTTP error, wrong hash)."""
 
 
 class CheckpointWriteError(CheckpointError):
@@ -175,6 +183,10 @@ def save_on_master(obj, path):
             f'could not write checkpoint {path}: {error}. Nothing was replaced: the previous checkpoints in '
             f'{directory or "."} are intact. Free disk space (or fix the file system) and rerun with the same '
             '--output_dir; auto-resume continues from the newest intact checkpoint.') from error
+    # Test hook, set only by the kill-and-resume tests (tests/train_helpers.py): SIGKILL this process right after
+    # the checkpoint file of this name is written, so the kill lands at the same point on a fast and a slow machine.
+    if os.environ.get('UNIREPLKNET_TEST_SIGKILL_AFTER_CHECKPOINT') == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def to_plain_data(value):
@@ -190,19 +202,45 @@ def to_plain_data(value):
     return str(value)
 
 
+def is_url(path):
+    return path.startswith('https://') or path.startswith('http://')
+
+
+def download_checkpoint(url):
+    """Local path of `url` in torch hub's checkpoint cache (torch.hub.get_dir()/checkpoints/<file name>), downloaded
+    there when absent, as torch.hub.load_state_dict_from_url does (a '-<sha256 prefix>' in the file name is checked;
+    the file appears only once complete). Done here rather than by that function so that a failed download is
+    reported as one, and a damaged cached copy by its own path."""
+    cached = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(urllib.parse.urlparse(url).path))
+    if os.path.isfile(cached):
+        return cached
+    hash_prefix = torch.hub.HASH_REGEX.search(os.path.basename(cached))
+    try:
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        torch.hub.download_url_to_file(url, cached, hash_prefix.group(1) if hash_prefix else None, progress=True)
+    # OSError covers urllib's URLError/HTTPError (name resolution, refused, 404) and timeouts; HTTPException a
+    # connection dropped mid-file; RuntimeError torch's hash check.
+    except (OSError, http.client.HTTPException, RuntimeError) as error:
+        raise CheckpointDownloadError(
+            f'could not download {url} ({type(error).__name__}: {error}). Download it on a machine that can reach it '
+            f'(e.g. wget {url}) and pass the local path instead of the URL.') from error
+    return cached
+
+
 def load_checkpoint_file(path, unsafe=False):
     """Read a checkpoint (local path or https URL) onto the CPU.
 
     Only tensors and plain data are unpickled (weights_only=True; argparse.Namespace, which the
     original release stored, is allowed too). Anything else is refused unless `unsafe` is set
-    (--unsafe_load_checkpoint true), because unpickling can run arbitrary code. A truncated, corrupt
-    or unreadable file raises UnreadableCheckpointError naming it; a missing one FileNotFoundError.
+    (--unsafe_load_checkpoint true), because unpickling can run arbitrary code. A URL that cannot be
+    downloaded raises CheckpointDownloadError; a truncated, corrupt or unreadable file
+    UnreadableCheckpointError naming it (for a URL, its copy in torch hub's cache); a missing one
+    FileNotFoundError.
     """
+    if is_url(path):
+        path = download_checkpoint(path)
     try:
         with torch.serialization.safe_globals(RELEASE_CHECKPOINT_CLASSES):
-            if path.startswith('https://') or path.startswith('http://'):
-                return torch.hub.load_state_dict_from_url(path, map_location='cpu', check_hash=True,
-                                                          weights_only=not unsafe)
             if not os.path.isfile(path):
                 raise FileNotFoundError(f'checkpoint file {path} does not exist')
             return torch.load(path, map_location='cpu', weights_only=not unsafe)
@@ -219,8 +257,10 @@ def load_checkpoint_file(path, unsafe=False):
     except (RuntimeError, EOFError, OSError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UnreadableCheckpointError(
-            f'{path} is truncated or corrupt ({reason}); it was probably being written when its '
-            'process was killed. Use an older checkpoint.') from error
+            f'{path} is truncated or corrupt ({reason}). Checkpoints are written atomically, so the file was '
+            'damaged afterwards: copied or downloaded incompletely, or by a disk or file-system error. Copy it '
+            'again from its source (delete it first if it is a download cached by torch hub), or use another '
+            'checkpoint.') from error
 
 
 def load_newest_intact_checkpoint(output_dir, unsafe=False):

@@ -24,10 +24,14 @@ and ignores crop_pct. Inputs of 32 pixels or less use RandomCrop(input_size, pad
 training and no resize at all for evaluation. --imagenet_default_mean_and_std false switches to
 the inception mean/std (0.5, 0.5, 0.5).
 
-Unreadable images: by default reading one raises an error naming the file. With
-`args.skip_corrupt_images` the sample comes back as None, is reported on stderr and counted;
-build the DataLoader with `collate_fn=collate_skipping_corrupt` to drop it, and read the number
-skipped so far (summed over DataLoader workers) with `count_skipped(dataset)`.
+Unreadable samples: by default reading one raises an error naming the file. With
+`args.skip_corrupt_images` (main.py: --skip_corrupt, alias --skip_corrupt_images) the sample comes back as None,
+is reported on stderr and counted; build the DataLoader with `collate_fn=collate_skipping_corrupt` to drop it, and
+read the number skipped so far (summed over DataLoader workers) with `count_skipped(dataset)`. The data sets of
+the other modalities (modalities/) do the same through `SkipsUnreadable`.
+
+Data files never run code: the CIFAR-100 pickles (and the time-series timestamp files, modalities/time_series.py)
+are read by `RestrictedUnpickler`, which admits only the types those formats hold.
 
 Reproducible augmentation: the training dataset is wrapped in `SeededAugmentation`, which seeds
 python `random`, numpy and torch from (args.seed, epoch, sample index) around every sample. Call
@@ -111,6 +115,11 @@ def build_transform(is_train, args):
 # Image folders with an explicit policy for unreadable files
 # ----------------------------------------------------------------------------------------------
 
+class UnreadableSampleError(RuntimeError):
+    """One sample cannot be read (a corrupt file, a malformed row); the message names the file and the fix.
+    With --skip_corrupt the sample is skipped and counted instead (`SkipsUnreadable`)."""
+
+
 class CheckedImageFolder(datasets.ImageFolder):
     """torchvision ImageFolder that names the file it cannot read, or skips and counts it.
 
@@ -134,9 +143,9 @@ class CheckedImageFolder(datasets.ImageFolder):
             image = self.loader(path)
         except (OSError, Image.DecompressionBombError) as err:
             if not self.skip_corrupt:
-                raise RuntimeError(
+                raise UnreadableSampleError(
                     f"Cannot read image '{path}' ({type(err).__name__}: {err}). Replace or delete the "
-                    "file, or pass --skip_corrupt_images true to skip unreadable images.") from err
+                    "file, or pass --skip_corrupt true to skip unreadable samples.") from err
             with self._skipped.get_lock():
                 self._skipped.value += 1
             print(f"Skipping unreadable image '{path}' ({type(err).__name__}: {err})",
@@ -162,9 +171,10 @@ def collate_skipping_corrupt(batch):
 
 
 class SkipsUnreadable(Dataset):
-    """Base of the data sets of other modalities (modalities/) whose `read(index)` raises RuntimeError naming a
-    file it cannot read: that error stops the run, or with skip_corrupt the sample comes back as None (dropped
-    by `collate_skipping_corrupt`), reported on stderr and counted across DataLoader worker processes."""
+    """Base of the data sets of other modalities (modalities/) whose `read(index)` raises UnreadableSampleError
+    naming a file it cannot read: that error stops the run, or with skip_corrupt the sample comes back as None
+    (dropped by `collate_skipping_corrupt`), reported on stderr and counted across DataLoader worker processes.
+    Other errors (bugs, wrong options) always stop the run."""
 
     def __init__(self, skip_corrupt):
         self.skip_corrupt = skip_corrupt
@@ -179,10 +189,22 @@ class SkipsUnreadable(Dataset):
             self._skipped.value += number
         print(message, file=sys.stderr, flush=True)
 
+    def keep_existing(self, samples, what):
+        """The (path, label) samples whose file exists. Missing files are an error naming them, or with skip_corrupt
+        skipped and counted; `what` names the files in the messages (e.g. 'clip')."""
+        missing = [path for path, _ in samples if not os.path.isfile(path)]
+        if missing and not self.skip_corrupt:
+            raise FileNotFoundError(f"{len(missing)} listed {what}(s) do not exist, e.g. '{missing[0]}'. Fix the "
+                                    "list/--data_path, or pass --skip_corrupt true to skip them.")
+        if missing:
+            self.count_skips(len(missing), f"Skipping {len(missing)} missing {what}(s), e.g. '{missing[0]}'")
+        absent = set(missing)
+        return [(path, label) for path, label in samples if path not in absent]
+
     def __getitem__(self, index):
         try:
             return self.read(index)
-        except RuntimeError as err:
+        except UnreadableSampleError as err:
             if not self.skip_corrupt:
                 raise
             self.count_skips(1, f'Skipping: {err}')
@@ -263,23 +285,121 @@ def image_folder(root, transform, args, what):
 
 
 # ----------------------------------------------------------------------------------------------
+# Data files that are pickles, read without running code
+# ----------------------------------------------------------------------------------------------
+
+class UnsafeDataFileError(ValueError):
+    """A data file (a pickle) refers to a Python object its format never holds; it was not run."""
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles only plain data and the globals in `allowed` ((module, name) pairs); any other global, the way a
+    pickle calls a function, raises UnsafeDataFileError naming `source` before anything is called.
+
+    This is the standard library's own recipe ("Restricting Globals" in the pickle documentation): numpy's
+    `np.load(allow_pickle=True)` and torchvision's CIFAR reader unpickle without restriction, and torch's
+    weights_only unpickler reads only torch's zip format.
+    """
+
+    def __init__(self, file, allowed, source, **kwargs):
+        super().__init__(file, **kwargs)
+        self.allowed = allowed
+        self.source = source
+
+    def find_class(self, module, name):
+        if (module, name) not in self.allowed:
+            raise UnsafeDataFileError(
+                f"{self.source} refers to the Python object {module}.{name}, which this data format never holds; "
+                "unpickling it could run code, so it was refused. Replace the file with the original download.")
+        return super().find_class(module, name)
+
+
+# What a pickled numpy array refers to (numpy 1.x and 2.x module names): its reconstruction from class, dtype and
+# raw bytes, scalars, and the buffer form of protocol 5.
+NUMPY_ARRAY_GLOBALS = frozenset(
+    [(module, name) for module in ('numpy.core.multiarray', 'numpy._core.multiarray')
+     for name in ('_reconstruct', 'scalar')]
+    + [(module, '_frombuffer') for module in ('numpy.core.numeric', 'numpy._core.numeric')]
+    + [('numpy', 'ndarray'), ('numpy', 'dtype')])
+# CIFAR-100's python version: dicts of lists, bytes/str, ints and uint8 arrays (pickled by Python 2; a copy
+# re-pickled by Python 3 at protocol 2 writes bytes as _codecs.encode(text, 'latin1')).
+CIFAR_PICKLE_GLOBALS = NUMPY_ARRAY_GLOBALS | {('_codecs', 'encode')}
+
+
+def unpickle_restricted(file, allowed, source, **kwargs):
+    """The object pickled in the open `file`, by RestrictedUnpickler; a truncated or garbled pickle is a ValueError
+    naming `source`."""
+    try:
+        return RestrictedUnpickler(file, allowed, source, **kwargs).load()
+    except UnsafeDataFileError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
+        raise ValueError(f"{source} is not a readable pickle ({type(err).__name__}: {err}); the file is truncated "
+                         "or corrupt. Replace it with the original download.") from err
+
+
+def load_restricted_pickle(path, allowed, **kwargs):
+    with open(path, 'rb') as f:
+        return unpickle_restricted(f, allowed, path, **kwargs)
+
+
+NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def load_npy_restricted(path, allowed):
+    """The array of an .npy file. An object array (stored as a pickle) is unpickled by RestrictedUnpickler with
+    `allowed`; np.load(allow_pickle=True) would run whatever the pickle calls, and numpy has no hook to restrict it."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as err:
+        if 'allow_pickle' not in str(err):   # numpy's refusal of an object array; anything else is a bad file
+            raise ValueError(f'{path} is not a readable .npy array ({err})') from err
+    with open(path, 'rb') as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            shape, _, _ = NPY_HEADER_READERS[version](f)
+        except (ValueError, KeyError) as err:
+            raise ValueError(f'{path} is not an .npy array file np.save writes ({type(err).__name__}: {err}). '
+                             'Replace it with the original download.') from err
+        array = unpickle_restricted(f, allowed, path)
+    if not isinstance(array, np.ndarray) or array.shape != shape:
+        raise ValueError(f'{path}: its pickle holds {type(array).__name__} {getattr(array, "shape", "")}, not the '
+                         f'array of shape {shape} its header announces. Replace it with the original download.')
+    return array
+
+
+# ----------------------------------------------------------------------------------------------
 # CIFAR-100 (local copy only) and the bundled digits
 # ----------------------------------------------------------------------------------------------
 
-class LocalCIFAR100(Dataset):
-    """CIFAR-100 read from the python-version pickles; never downloads.
+def read_cifar_pickle(path, keys):
+    """A CIFAR-100 python-version file: a dict holding `keys` (bytes), read without running code."""
+    content = load_restricted_pickle(path, CIFAR_PICKLE_GLOBALS, encoding='bytes')
+    missing = [key.decode() for key in keys if not isinstance(content, dict) or key not in content]
+    if missing:
+        raise ValueError(f"{path} is not a CIFAR-100 python-version file: it has no {', '.join(missing)}. Extract "
+                         "cifar-100-python.tar.gz (python version) again.")
+    return content
 
-    torchvision's CIFAR100 is not used because it downloads when asked and insists on the
-    official checksums; this reads the same files (train/test: b'data' N x 3072 uint8 and
-    b'fine_labels'; meta: b'fine_label_names').
+
+class LocalCIFAR100(Dataset):
+    """CIFAR-100 read from the python-version pickles; never downloads, never runs code from them.
+
+    torchvision's CIFAR100 is not used because it downloads when asked, insists on the official checksums and
+    unpickles without restriction; this reads the same files (train/test: b'data' N x 3072 uint8 and
+    b'fine_labels'; meta: b'fine_label_names') with `RestrictedUnpickler`.
     """
 
     def __init__(self, folder, train, transform):
-        with open(os.path.join(folder, 'train' if train else 'test'), 'rb') as f:
-            entry = pickle.load(f, encoding='bytes')
-        with open(os.path.join(folder, 'meta'), 'rb') as f:
-            meta = pickle.load(f, encoding='bytes')
-        self.images = np.asarray(entry[b'data'], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        split_path = os.path.join(folder, 'train' if train else 'test')
+        entry = read_cifar_pickle(split_path, (b'data', b'fine_labels'))
+        meta = read_cifar_pickle(os.path.join(folder, 'meta'), (b'fine_label_names',))
+        data = np.asarray(entry[b'data'], dtype=np.uint8)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(entry[b'fine_labels']):
+            raise ValueError(f"{split_path}: data has shape {data.shape} and there are {len(entry[b'fine_labels'])} "
+                             "labels; CIFAR-100 holds N x 3072 uint8 images and N labels. Extract "
+                             "cifar-100-python.tar.gz (python version) again.")
+        self.images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         self.targets = [int(label) for label in entry[b'fine_labels']]
         self.classes = [name.decode() for name in meta[b'fine_label_names']]
         self.transform = transform

@@ -193,14 +193,21 @@ def evaluate(data_loader, model, device, precision, distributed=False, channels_
     the model batch-size images at a time and the sample's prediction is the mean of their class probabilities (the
     loss is the cross-entropy of that mean). Counts stay per sample, so --dist_eval is still exact.
 
+    A data set whose `eval_views_scored` is 'each' (ModelNet-40's rotations, as the release scored them) is scored
+    on every (sample, view) pair instead: top-1/top-5, loss and per-class accuracy of each view alone, which is the
+    mean of the per-view accuracies. With V > 1 both are logged: `acc1_ensemble` (the views' mean probability) and
+    `acc1_per_view` (the mean single-view top-1), whichever `acc1` is.
+
     mean_class_acc: top-1 accuracy per class, averaged over the classes present (from per-class sums, so also
     exact under --dist_eval); the ModelNet-40 "mAcc".
     """
     model.eval()
     views = getattr(data_loader.dataset, 'eval_views', 1)
+    score_each_view = views > 1 and getattr(data_loader.dataset, 'eval_views_scored', 'together') == 'each'
     criterion = torch.nn.CrossEntropyLoss(reduction='sum')
     metric_logger = metric_logging.MetricLogger(delimiter='  ')
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, correct1, correct5, count
+    # loss, correct1, correct5, count (of scored items), samples, ensemble correct1, mean single-view correct1
+    totals = torch.zeros(7, dtype=torch.float64, device=device)
     class_totals = torch.zeros(2, 0, dtype=torch.float64, device=device)  # per class: correct1, count
 
     for images, targets in metric_logger.log_every(data_loader, print_freq, 'Test:'):
@@ -214,30 +221,45 @@ def evaluate(data_loader, model, device, precision, distributed=False, channels_
         with precision.autocast():
             output = torch.cat([main_output(model(chunk)) for chunk in images.split(len(targets))])
         output = output.float()
-        if views > 1:  # log of the mean probability over each sample's views
-            output = output.view(len(targets), views, -1).log_softmax(dim=-1).logsumexp(dim=1) - math.log(views)
+        samples = len(targets)
+        view_correct = ensemble_correct = torch.zeros((), dtype=torch.float64, device=device)
+        if views > 1:
+            view_output = output.view(samples, views, -1)
+            view_correct = view_output.argmax(dim=-1).eq(targets[:, None]).double().sum() / views
+            # log of the mean probability over each sample's views
+            ensemble = view_output.log_softmax(dim=-1).logsumexp(dim=1) - math.log(views)
+            ensemble_correct = ensemble.argmax(dim=-1).eq(targets).double().sum()
+            if score_each_view:
+                targets = targets.repeat_interleave(views)
+            else:
+                output = ensemble
         top = output.topk(min(5, output.shape[1]), dim=1).indices
         hits = top.eq(targets[:, None])
         batch_totals = torch.stack([criterion(output, targets).double(), hits[:, 0].sum().double(),
                                     hits.any(dim=1).sum().double(),
-                                    torch.tensor(len(targets), dtype=torch.float64, device=device)])
+                                    torch.tensor(len(targets), dtype=torch.float64, device=device),
+                                    torch.tensor(samples, dtype=torch.float64, device=device),
+                                    ensemble_correct, view_correct])
         totals += batch_totals
         class_totals = add_class_counts(class_totals, targets, hits[:, 0], output.shape[1])
-        batch_size = len(targets)
-        metric_logger.update(loss=batch_totals[0].item() / batch_size,
-                             acc1=100.0 * batch_totals[1].item() / batch_size,
-                             acc5=100.0 * batch_totals[2].item() / batch_size)
+        metric_logger.update(loss=batch_totals[0].item() / len(targets),
+                             acc1=100.0 * batch_totals[1].item() / len(targets),
+                             acc5=100.0 * batch_totals[2].item() / len(targets))
 
     if distributed and utils.is_dist_avail_and_initialized():
         dist.all_reduce(totals)
         class_totals = all_reduce_class_counts(class_totals)
-    loss_sum, correct1, correct5, count = totals.tolist()
-    count = max(count, 1)
+    loss_sum, correct1, correct5, count, samples, ensemble_correct1, view_correct1 = totals.tolist()
+    count, samples = max(count, 1), max(samples, 1)
     seen = class_totals[1] > 0
     stats = {'loss': loss_sum / count, 'acc1': 100.0 * correct1 / count, 'acc5': 100.0 * correct5 / count,
              'mean_class_acc': 100.0 * (class_totals[0][seen] / class_totals[1][seen]).mean().item()
              if seen.any() else 0.0,
-             'num_images': int(totals[3].item())}
+             'num_images': int(totals[4].item())}
+    if views > 1:
+        stats.update(acc1_ensemble=100.0 * ensemble_correct1 / samples, acc1_per_view=100.0 * view_correct1 / samples)
+        print(f"* {views} views: Acc@1 of the mean probability {stats['acc1_ensemble']:.3f}, mean single-view Acc@1 "
+              f"{stats['acc1_per_view']:.3f} (reported: {'single-view' if score_each_view else 'mean probability'})")
     print(f"* Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f} mean class acc {stats['mean_class_acc']:.3f} "
           f"loss {stats['loss']:.3f} ({stats['num_images']} images)")
     return stats

@@ -2,7 +2,7 @@
 
 Options keep the names, meanings and defaults of the original release's main.py, plus
 --use_checkpoint, --config, --amp_dtype, --channels_last, --sync_bn, --reparam, --throughput,
---save_ckpt_every_steps, --skip_corrupt_images, --model_overrides and --unsafe_load_checkpoint,
+--save_ckpt_every_steps, --skip_corrupt (--skip_corrupt_images), --model_overrides and --unsafe_load_checkpoint,
 --compile (torch.compile) and --mesa / --mesa_start_ratio (the EMA model as a teacher, mesa.py).
 
     python main.py --model unireplknet_a --data_set DIGITS --input_size 32 --device cpu ...
@@ -181,8 +181,9 @@ def get_args_parser():
     parser.add_argument('--data_format', default='folder', choices=['folder', 'shards'],
                         help='IMNET / image_folder data as class folders, or as tar shards written from them by '
                              'tools/make_shards.py (--data_path/--eval_data_path then name the shard folders)')
-    parser.add_argument('--skip_corrupt_images', **OPTIONAL_BOOL,
-                        help='skip (and count) unreadable images instead of stopping with an error')
+    parser.add_argument('--skip_corrupt', '--skip_corrupt_images', dest='skip_corrupt_images', **OPTIONAL_BOOL,
+                        help='skip (and count) unreadable samples of any modality (images, audio, clips, point '
+                             'files, time-series windows) instead of stopping with an error')
     parser.add_argument('--output_dir', default='', help='path where to save, empty for no saving')
     parser.add_argument('--log_dir', default=None, help='path where to tensorboard log')
     parser.add_argument('--device', default='cuda', help='device to use for training / testing (cuda or cpu)')
@@ -242,9 +243,21 @@ def get_args_parser():
                         help="KINETICS400 frames -> image: 'grid' tiles (the paper) or 'reshape' (the release)")
     parser.add_argument('--video_test_segments', type=int, default=5, help='KINETICS400: test windows per clip')
     parser.add_argument('--video_test_crops', type=int, default=3, help='KINETICS400: test crops per window')
+    parser.add_argument('--video_train_transform', default='release', choices=['release', 'image'],
+                        help="KINETICS400 training augmentation: 'release' (Video/dataset/datasets.py: RandAugment "
+                             "on the full frames, then RandomResizedCrop (bilinear), flip, erasing) or 'image' (the "
+                             'image pipeline: RandomResizedCrop with --train_interpolation first, RandAugment after)')
+    parser.add_argument('--video_mix', default='frame', choices=['frame', 'canvas'],
+                        help="KINETICS400 Mixup/CutMix: 'frame' (the release: on the (B, C*T, H, W) clips, a CutMix "
+                             "box is the same region of every frame) or 'canvas' (on the whole frame image)")
     parser.add_argument('--repeated_aug', type=int, default=1, metavar='R',
-                        help='repeated augmentation: each training sample R times per step, differently augmented, '
-                             "on different ranks (timm's RepeatAugSampler order; the video recipe: 2)")
+                        help='repeated augmentation: each training sample R times per step, differently augmented '
+                             '(the video recipe: 2); where the copies go: --repeated_aug_scope')
+    parser.add_argument('--repeated_aug_scope', default='batch', choices=['batch', 'ranks'],
+                        help="batch: the R copies of a sample in the same batch of one process, --batch_size counts "
+                             "samples (batches of batch_size x R), every sample once per epoch (the release's video "
+                             "num_sample); ranks: timm's RepeatAugSampler, copies on different ranks, --batch_size "
+                             'counts copies, an epoch keeps the data set\'s size (1/R of the samples)')
     point_cloud.add_arguments(parser)   # MODELNET40: --pc_* options
 
     # Learning-rate schedule and early stopping (the time-series recipe: lr halved every epoch, patience 3)
@@ -253,7 +266,8 @@ def get_args_parser():
                              '--lr_step_gamma ** epoch')
     parser.add_argument('--lr_step_gamma', default=0.5, type=float, help='--lr_schedule step: factor per epoch')
     parser.add_argument('--lr_step_first_epoch', default=1, type=int, metavar='EPOCH',
-                        help='--lr_schedule step: the first (0-based) epoch with a decayed lr (the audio recipe: 5)')
+                        help='--lr_schedule step: the first (0-based) epoch with a decayed lr (the audio recipe: 5, '
+                             'the time-series recipes: 2)')
     parser.add_argument('--early_stop_patience', default=0, type=int, metavar='N',
                         help='stop once N evaluations in a row have not beaten the best (tasks.py says what '
                              'best is: top-1 accuracy, or MSE for forecasting); 0: off')
@@ -488,13 +502,48 @@ def loader_generator_seed(seed, epoch):
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
+def repeats_in_batch(args):
+    """How many copies of each sample one DataLoader batch holds (--repeated_aug with --repeated_aug_scope batch)."""
+    return args.repeated_aug if args.repeated_aug_scope == 'batch' else 1
+
+
+def build_train_loader(dataset_train, args, world_size, rank, generator, pin_memory=False, collate_fn=None):
+    """(DataLoader, optimizer steps per epoch) of the training set on this rank.
+
+    A step is --batch_size x --update_freq x world size samples: with --repeated_aug R the data set lists every sample
+    R times (datasets.RepeatedSamples) and an epoch has len(data set) / R / that many steps. --repeated_aug_scope
+    batch (the release's video recipe) puts the R copies of a sample in one batch of batch_size x R, so a step holds
+    R x as many copies and an epoch sees every sample; ranks deals the copies out to the ranks (timm's order)."""
+    total_batch_size = args.batch_size * args.update_freq * world_size
+    steps_per_epoch = len(dataset_train) // args.repeated_aug // total_batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f'the training set has {len(dataset_train) // args.repeated_aug} samples, fewer than one '
+                         f'total batch ({args.batch_size} x update_freq {args.update_freq} x {world_size} processes '
+                         f'= {total_batch_size}); lower --batch_size or --update_freq')
+    loader_batch_size = args.batch_size * repeats_in_batch(args)
+    sampler_options = dict(num_replicas=world_size, rank=rank, seed=args.seed,
+                           samples_per_epoch=steps_per_epoch * args.update_freq * loader_batch_size)
+    if args.repeated_aug == 1:
+        sampler = utils.ResumableTrainSampler(dataset_train, **sampler_options)
+    elif args.repeated_aug_scope == 'batch':
+        sampler = utils.RepeatedInBatchSampler(dataset_train, repeats=args.repeated_aug, **sampler_options)
+    else:
+        sampler = utils.RepeatedAugmentationSampler(dataset_train, repeats=args.repeated_aug, **sampler_options)
+    loader = torch.utils.data.DataLoader(
+        dataset_train, sampler=sampler, batch_size=loader_batch_size, num_workers=args.num_workers,
+        pin_memory=pin_memory, drop_last=True, collate_fn=collate_fn, generator=generator)
+    return loader, steps_per_epoch
+
+
 def build_mixup(args):
     if not (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None):
         return None
     print('Mixup is activated!')
-    return Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
-                 prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                 label_smoothing=args.smoothing, num_classes=args.nb_classes)
+    mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                  prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                  label_smoothing=args.smoothing, num_classes=args.nb_classes)
+    adapter = modalities.adapter_module(args.data_set)  # e.g. video: mixing per frame, as the release
+    return adapter.batch_mixing(mixup, args) if hasattr(adapter, 'batch_mixing') else mixup
 
 
 def build_criterion(args, mixup_fn):
@@ -590,19 +639,10 @@ def main(args):
     total_batch_size = args.batch_size * args.update_freq * world_size
     steps_per_epoch = 0
     if dataset_train is not None:
-        # --repeated_aug R lists every sample R times (datasets.RepeatedSamples); an epoch keeps the data set's size.
-        steps_per_epoch = len(dataset_train) // args.repeated_aug // total_batch_size
-        if steps_per_epoch == 0:
-            raise ValueError(f'the training set has {len(dataset_train)} images, fewer than one total batch '
-                             f'({args.batch_size} x update_freq {args.update_freq} x {world_size} processes '
-                             f'= {total_batch_size}); lower --batch_size or --update_freq')
-        sampler_options = dict(num_replicas=world_size, rank=rank, seed=args.seed,
-                               samples_per_epoch=steps_per_epoch * args.update_freq * args.batch_size)
-        sampler_train = utils.ResumableTrainSampler(dataset_train, **sampler_options) if args.repeated_aug == 1 \
-            else utils.RepeatedAugmentationSampler(dataset_train, repeats=args.repeated_aug, **sampler_options)
-        data_loader_train = torch.utils.data.DataLoader(
-            dataset_train, sampler=sampler_train, batch_size=args.batch_size, num_workers=args.num_workers,
-            pin_memory=pin_memory, drop_last=True, collate_fn=collate_fn, generator=loader_generator)
+        data_loader_train, steps_per_epoch = build_train_loader(
+            dataset_train, args, world_size, rank, generator=loader_generator, pin_memory=pin_memory,
+            collate_fn=collate_fn)
+        sampler_train = data_loader_train.sampler
     if dataset_val is not None:
         if args.dist_eval and args.distributed:
             sampler_val = utils.UnpaddedDistributedSampler(dataset_val, num_replicas=world_size, rank=rank)
@@ -633,7 +673,8 @@ def main(args):
     print(f'Model = {args.model}')
     print(f'number of params: {n_parameters}')
     print(f'LR = {args.lr:.8f}')
-    print(f'Batch size = {total_batch_size}')
+    print(f'Batch size = {total_batch_size}' + (f' samples, {total_batch_size * args.repeated_aug} augmented copies'
+                                               if repeats_in_batch(args) > 1 else ''))
     print(f'Update frequent = {args.update_freq}')
     print(f'Number of training examples = {len(dataset_train) if dataset_train is not None else 0}')
     print(f'Number of training steps per epoch = {steps_per_epoch}')
@@ -712,7 +753,7 @@ def main(args):
         first_step = start_step if epoch == start_epoch else 0
         if hasattr(dataset_train, 'set_epoch'):
             dataset_train.set_epoch(epoch)
-        sampler_train.set_epoch(epoch, start_sample=first_step * args.update_freq * args.batch_size)
+        sampler_train.set_epoch(epoch, start_sample=first_step * args.update_freq * data_loader_train.batch_size)
         loader_generator.manual_seed(loader_generator_seed(args.seed, epoch))
         train_stats = train_one_epoch(
             model, criterion, data_loader_train, optimizer, precision, device, epoch,

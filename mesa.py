@@ -2,8 +2,8 @@
 
 `--mesa WEIGHT --mesa_start_ratio R` (with `--model_ema true`): from optimizer update ceil(R * total updates) on,
 every micro-batch adds a distillation term towards the EMA model's outputs on the same (mixed) inputs. The term is
-the one FasterViT's recipes use (`kdloss` in NVlabs/FasterViT fastervit/train.py, see
-../shared/seeds/003_cebf2beede0a7ef3.txt), with temperature T = 3 and a fixed factor 50:
+the one FasterViT's recipes use (`kdloss` in NVlabs/FasterViT fastervit/train.py, as
+in FasterViT's training README), with temperature T = 3 and a fixed factor 50:
 
     loss = criterion(student, targets) + WEIGHT * 50 * KL(q || p)
     KL(q || p) = (1/B) * sum_b sum_k q_bk * (log q_bk - log p_bk),  p = softmax(student / 3),  q = softmax(teacher / 3)

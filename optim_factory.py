@@ -183,8 +183,9 @@ def cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epoch
 
 def step_scheduler(base_value, gamma, epochs, niter_per_ep, first_decayed_epoch=1):
     """Per-iteration values base_value * gamma ** max(0, epoch - first_decayed_epoch + 1): with the default, gamma **
-    epoch (Corrformer's "type1" schedule: lr halved every epoch); AST's Speech Commands schedule is gamma 0.85 from
-    epoch 5 (0-based; its MultiStepLR milestones 5, 6, ... counted in finished epochs)."""
+    epoch. Corrformer's "type1" schedule as the UniRepLKNet release calls it (with epoch + 1 after each epoch) is
+    gamma 0.5 from epoch 2: epochs 0 and 1 at base_value; AST's Speech Commands schedule is gamma 0.85 from epoch 5
+    (0-based; its MultiStepLR milestones 5, 6, ... counted in finished epochs)."""
     if epochs * niter_per_ep <= 0:
         raise ValueError(f'The schedule would be empty (epochs={epochs}, iterations per epoch={niter_per_ep}).')
     epoch = np.arange(epochs * niter_per_ep) // niter_per_ep

@@ -218,6 +218,33 @@ class RepeatedAugmentationSampler(ResumableTrainSampler):
         return iter(copies[self.rank:total:self.num_replicas][:self.samples_per_epoch][self.start_sample:])
 
 
+class RepeatedInBatchSampler(ResumableTrainSampler):
+    """Repeated augmentation as the release's video recipe (`num_sample` in Video/dataset/datasets.py, batches
+    flattened by `multiple_samples_collate`), over a datasets.RepeatedSamples (index i * repeats + k = copy k of
+    sample i), resumable like ResumableTrainSampler.
+
+    Each epoch shuffles the samples (seed + epoch) and splits them over the ranks as DistributedSampler does; a rank
+    yields each of its samples' `repeats` copies one after another, so with batches of batch_size x repeats the
+    copies of a sample share one batch and an epoch covers every sample (repeats x as many copies). timm's sampler
+    (RepeatedAugmentationSampler) has no such order, hence this one.
+    """
+
+    def __init__(self, dataset, num_replicas, rank, seed, samples_per_epoch, repeats):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, seed=seed,
+                         samples_per_epoch=samples_per_epoch)
+        self.repeats = repeats
+
+    def __iter__(self):
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.dataset) // self.repeats, generator=generator).tolist()
+        total = -(-len(order) // self.num_replicas) * self.num_replicas
+        order += order[:total - len(order)]
+        mine = torch.tensor(order[self.rank:total:self.num_replicas])
+        copies = (mine[:, None] * self.repeats + torch.arange(self.repeats)).flatten().tolist()
+        return iter(copies[:self.samples_per_epoch][self.start_sample:])
+
+
 class UnpaddedDistributedSampler(torch.utils.data.Sampler):
     """Rank r gets samples r, r + world, r + 2*world, ...: every sample exactly once over all ranks.
 

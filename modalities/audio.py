@@ -86,11 +86,15 @@ class KaldiFbank:
 def read_wav(path):
     """Mono float32 waveform at 16 kHz. Other rates are resampled (scipy's polyphase filter); multi-channel files
     keep channel 0, as the release's kaldi.fbank does."""
+    fix = 'Replace or delete the file, or pass --skip_corrupt true to skip unreadable samples.'
     try:
         samples, rate = soundfile.read(path, dtype='float32', always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError) as err:
-        raise RuntimeError(f"Cannot read audio file '{path}' ({err}). Replace or delete the file, or pass "
-                           "--skip_corrupt_images true to skip unreadable files.") from err
+        raise datasets.UnreadableSampleError(f"Cannot read audio file '{path}' ({err}). {fix}") from err
+    if len(samples) == 0:
+        raise datasets.UnreadableSampleError(f"Audio file '{path}' holds no samples (zero length). {fix}")
+    if not np.isfinite(samples).all():
+        raise datasets.UnreadableSampleError(f"Audio file '{path}' holds non-finite samples (NaN or inf). {fix}")
     samples = samples[:, 0]
     if rate != SAMPLE_RATE:
         divisor = math.gcd(rate, SAMPLE_RATE)
@@ -165,28 +169,36 @@ def speech_commands_files(root, split, label_map=None):
         raise ValueError(f"Word folders {unknown} of '{root}' are not in --label_map {label_map}.")
     index = {name: i for i, name in enumerate(classes)}
 
-    held_out = {}
-    for name, list_file in LIST_FILES.items():
-        with open(os.path.join(root, list_file)) as f:
-            held_out[name] = [line.strip() for line in f if line.strip()]
+    held_out = {name: read_list_file(os.path.join(root, list_file), index) for name, list_file in LIST_FILES.items()}
     if split == 'training':
-        excluded = set(held_out['validation']) | set(held_out['testing'])
-        relative = [f'{word}/{name}' for word in words
-                    for name in sorted(os.listdir(os.path.join(root, word)))
-                    if name.endswith('.wav') and f'{word}/{name}' not in excluded]
+        excluded = {rel for rel, _ in held_out['validation'] + held_out['testing']}
+        listed = [(f'{word}/{name}', index[word]) for word in words
+                  for name in sorted(os.listdir(os.path.join(root, word)))
+                  if name.endswith('.wav') and f'{word}/{name}' not in excluded]
     else:
-        relative = held_out[split]
-    files = []
-    for rel in relative:
-        path = os.path.join(root, rel)
-        word = rel.split('/')[0]
-        if word not in index:
-            raise ValueError(f"{LIST_FILES.get(split, split)} names '{rel}', whose word folder is not a class "
-                             f"({len(classes)} classes).")
-        if split != 'training' and not os.path.isfile(path):
-            raise FileNotFoundError(f"{LIST_FILES[split]} names '{rel}', but '{path}' does not exist.")
-        files.append((path, index[word]))
-    return files, classes
+        listed = held_out[split]
+    return [(os.path.join(root, rel), label) for rel, label in listed], classes
+
+
+def read_list_file(path, index):
+    """[(relative path, class index)] of a validation/testing list: one '<word>/<file>.wav' per line, the word
+    folder being the label. A line without a word folder, or whose word is not a class, is an error naming it."""
+    listed = []
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            rel = line.strip()
+            if not rel:
+                continue
+            word, _, name = rel.partition('/')
+            if not name or '/' in name:
+                raise ValueError(f"{path}, line {number}: expected '<word>/<speaker>_nohash_<n>.wav' (the word folder "
+                                 f"is the label); got {rel!r}. Fix or delete the line.")
+            if word not in index:
+                raise ValueError(f"{path}, line {number}: '{rel}' is in the word folder '{word}', which is not a "
+                                 f"class ({len(index)} classes: the word folders, or --label_map). Fix or delete the "
+                                 "line.")
+            listed.append((rel, index[word]))
+    return listed
 
 
 class SpeechCommands(datasets.SkipsUnreadable):
@@ -194,7 +206,8 @@ class SpeechCommands(datasets.SkipsUnreadable):
 
     def __init__(self, root, split, train, mixup_prob=0.0, label_map=None, skip_corrupt=False):
         super().__init__(skip_corrupt)
-        self.samples, self.classes = speech_commands_files(root, split, label_map)
+        samples, self.classes = speech_commands_files(root, split, label_map)
+        self.samples = self.keep_existing(samples, 'audio file')
         self.train = train
         self.mixup_prob = mixup_prob
         self.fbank = KaldiFbank()

@@ -8,13 +8,18 @@
 * `modelnet40_ply_hdf5_2048/`: `shape_names.txt` and `ply_data_train*.h5` / `ply_data_test*.h5`, each with `data`
   (N, points, 3) and `label` (N, 1).
 
+A malformed point file (a row that is not 6 numbers, no points, a non-finite point) or an HDF5 file whose arrays
+have the wrong shape is an error naming the file and line or sample; with --skip_corrupt it is skipped and counted
+(datasets.SkipsUnreadable), as are missing point files.
+
 Each sample is normalised into the unit sphere and its axes reordered to `[z, x, y] * [-1, -1, 1]`, as the release
 loads ModelNet. Training: farthest-point sampling of `--pc_fps_points` points (from a random start point, as the
 release's shuffled point order gives), then a random `--pc_points` of them, a random rotation (azimuth 0.04-1.94 pi,
 elevation -0.4 to -0.2 pi), a per-axis scale in [2/3, 3/2] and a translation in [-0.2, 0.2]. Evaluation:
 `--pc_points` farthest points from point 0, each under `--pc_test_rotations` fixed rotations (azimuth from
-linspace(0.1, 2, 9) pi, elevation -0.35 pi); engine.evaluate averages the rotations' class probabilities (the
-release instead scored each rotation on its own and averaged the accuracies). A sample is a float
+linspace(0.1, 2, 9) pi, elevation -0.35 pi); the reported accuracy (`--pc_test_score per_rotation`, the
+release's) scores each rotation on its own and averages the accuracies; `acc1_ensemble` beside it scores the mean of
+the rotations' class probabilities (`--pc_test_score ensemble` reports that instead). A sample is a float
 tensor (2, N, 3) in training and (rotations, 2, N, 3) in evaluation: [placed points, un-augmented points].
 
 Randomness comes from python/numpy/torch's global generators only, which `datasets.SeededAugmentation` seeds per
@@ -27,6 +32,7 @@ last-stage maps are concatenated over channels, averaged, LayerNorm, Linear. See
 """
 import glob
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -36,7 +42,8 @@ from scipy.spatial.transform import Rotation
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import Attention, Mlp
 from timm.models.resnet import BasicBlock
-from torch.utils.data import Dataset
+
+import datasets
 
 TEXT_FILES = ('modelnet40_shape_names.txt', 'modelnet40_train.txt', 'modelnet40_test.txt')
 HDF5_SHAPE_NAMES = 'shape_names.txt'
@@ -61,18 +68,47 @@ def read_lines(path):
         return [line.strip() for line in f if line.strip()]
 
 
+def first_malformed_line(path):
+    """(line number, text) of the first non-empty line of a point file that is not POINT_FILE_COLUMNS numbers."""
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            fields = line.strip().split(',')
+            try:
+                [float(field) for field in fields]
+            except ValueError:
+                return number, line.strip()
+            if len(fields) != POINT_FILE_COLUMNS:
+                return number, line.strip()
+    return None, None
+
+
 def read_point_file(path):
-    """(N, 3) xyz of a `x,y,z,nx,ny,nz` text file; any other column count is an error naming the file."""
-    points = np.loadtxt(path, delimiter=',', dtype=np.float32, ndmin=2)
+    """(N, 3) xyz of a `x,y,z,nx,ny,nz` text file; a malformed or empty file is an UnreadableSampleError naming the
+    file and its first bad line."""
+    fix = ('Replace the file with the original download, or pass --skip_corrupt true to skip unreadable samples.')
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='loadtxt: input contained no data')  # reported below
+            points = np.loadtxt(path, delimiter=',', dtype=np.float32, ndmin=2)
+    except (ValueError, OSError) as err:
+        number, line = first_malformed_line(path) if isinstance(err, ValueError) else (None, None)
+        where = f', line {number}: {line!r} is not {POINT_FILE_COLUMNS} comma-separated numbers' if number else ''
+        raise datasets.UnreadableSampleError(f'Cannot read point file {path}{where} ({err}). {fix}') from err
+    if points.size == 0:
+        raise datasets.UnreadableSampleError(f'Point file {path} holds no points. {fix}')
     if points.shape[1] != POINT_FILE_COLUMNS:
-        raise ValueError(f'{path}: {points.shape[1]} comma-separated columns per line, but ModelNet-40 point files '
-                         f'have {POINT_FILE_COLUMNS} (x,y,z,nx,ny,nz). Point --data_path at the '
-                         'modelnet40_normal_resampled folder, or convert the file to that format.')
+        raise datasets.UnreadableSampleError(
+            f'{path}: {points.shape[1]} comma-separated columns per line, but ModelNet-40 point files have '
+            f'{POINT_FILE_COLUMNS} (x,y,z,nx,ny,nz). Point --data_path at the modelnet40_normal_resampled folder, or '
+            'convert the file to that format.')
     return points[:, :3]
 
 
 class ModelNet40Text:
-    """`modelnet40_normal_resampled/`: shape lists plus one text file per shape, read lazily."""
+    """`modelnet40_normal_resampled/`: shape lists plus one text file per shape, read lazily. `unreadable` lists
+    (message, number of samples) of what cannot be read (missing point files), for ModelNet40 to raise or skip."""
 
     def __init__(self, root, split):
         self.classes = read_lines(os.path.join(root, 'modelnet40_shape_names.txt'))
@@ -85,50 +121,89 @@ class ModelNet40Text:
             if class_name not in label_of:
                 raise ValueError(f'{root}/modelnet40_{split}.txt: shape {shape_id!r} belongs to class '
                                  f'{class_name!r}, which is not in modelnet40_shape_names.txt')
-            if not os.path.isfile(path):
+            if os.path.isfile(path):
+                self.items.append((path, label_of[class_name]))
+            else:
                 missing.append(path)
-            self.items.append((path, label_of[class_name]))
-        if missing:
-            raise FileNotFoundError(f'{len(missing)} point file(s) listed in {root}/modelnet40_{split}.txt are '
-                                    f'missing, e.g. {missing[:3]}; the layout is <class>/<shape id>.txt')
+        self.unreadable = [] if not missing else [(
+            f'{len(missing)} point file(s) listed in {root}/modelnet40_{split}.txt are missing, e.g. {missing[:3]}; '
+            'the layout is <class>/<shape id>.txt. Restore them, or pass --skip_corrupt true to skip them.',
+            len(missing))]
 
     def __len__(self):
         return len(self.items)
+
+    def source(self, index):
+        return self.items[index][0]
 
     def __getitem__(self, index):
         path, label = self.items[index]
         return read_point_file(path), label
 
 
+def read_hdf5_file(path):
+    """(points (N, P, 3) float32, labels (N,) int64) of one `ply_data_*.h5` file. A file that cannot be read or whose
+    arrays have the wrong shape raises UnreadableSampleError naming it; its `samples` attribute is how many samples
+    the file holds (1 when not even that can be read), for --skip_corrupt to count."""
+    import h5py   # only this layout needs it
+    expected = 'the HDF5 layout of ModelNet-40 has data (N, points, 3) and label (N,) or (N, 1)'
+    fix = ('Replace the file with the original download, or pass --skip_corrupt true to skip its samples.')
+    samples = 1
+    try:
+        with h5py.File(path, 'r') as f:
+            missing = [key for key in ('data', 'label') if key not in f]
+            if missing:
+                problem = f'has no {" or ".join(map(repr, missing))} dataset (keys: {sorted(f.keys())}); {expected}'
+            else:
+                data, labels = f['data'], f['label']
+                samples = data.shape[0] if data.ndim else 1
+                problem = None
+                if data.ndim != 3 or data.shape[2] < 3:
+                    problem = f'data has shape {data.shape}; {expected}'
+                elif labels.size != data.shape[0] or labels.ndim > 2:
+                    problem = f'label has shape {labels.shape} for data of shape {data.shape}; {expected}'
+                else:
+                    points = np.asarray(data[..., :3], dtype=np.float32)
+                    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    except OSError as err:
+        problem = f'cannot be read by h5py ({err})'
+    if problem is not None:
+        error = datasets.UnreadableSampleError(f'{path}: {problem}. {fix}')
+        error.samples = samples
+        raise error
+    return points, labels
+
+
 class ModelNet40HDF5:
-    """`modelnet40_ply_hdf5_2048/`: every `ply_data_{split}*.h5` file loaded into memory."""
+    """`modelnet40_ply_hdf5_2048/`: every `ply_data_{split}*.h5` file loaded into memory. `unreadable` lists
+    (message, number of samples) of the files that cannot be read, for ModelNet40 to raise or skip."""
 
     def __init__(self, root, split):
-        import h5py   # only this layout needs it
         self.classes = read_lines(os.path.join(root, HDF5_SHAPE_NAMES))
         files = sorted(glob.glob(os.path.join(root, f'ply_data_{split}*.h5')))
         if not files:
             raise FileNotFoundError(f'{root} has no ply_data_{split}*.h5 file (HDF5 layout of ModelNet-40)')
-        points, labels = [], []
+        points, labels, self.sources, self.unreadable = [], [], [], []
         for path in files:
-            with h5py.File(path, 'r') as f:
-                for key in ('data', 'label'):
-                    if key not in f:
-                        raise ValueError(f'{path} has no {key!r} dataset (keys: {sorted(f.keys())}); the HDF5 '
-                                         'layout of ModelNet-40 has data (N, points, 3) and label (N, 1)')
-                data = np.asarray(f['data'], dtype=np.float32)
-                if data.ndim != 3 or data.shape[2] < 3:
-                    raise ValueError(f'{path}: data has shape {data.shape}; expected (N, points, 3)')
-                points.append(data[..., :3])
-                labels.append(np.asarray(f['label']).reshape(-1).astype(np.int64))
-        self.points = np.concatenate(points)
-        self.labels = np.concatenate(labels)
-        if self.labels.min() < 0 or self.labels.max() >= len(self.classes):
-            raise ValueError(f'{root}: labels range over {self.labels.min()}..{self.labels.max()} but '
-                             f'{HDF5_SHAPE_NAMES} lists {len(self.classes)} classes')
+            try:
+                file_points, file_labels = read_hdf5_file(path)
+            except datasets.UnreadableSampleError as error:
+                self.unreadable.append((str(error), error.samples))
+                continue
+            points.append(file_points)
+            labels.append(file_labels)
+            self.sources += [f'{path} sample {index}' for index in range(len(file_labels))]
+            if len(file_labels) and (file_labels.min() < 0 or file_labels.max() >= len(self.classes)):
+                raise ValueError(f'{path}: labels range over {file_labels.min()}..{file_labels.max()} but '
+                                 f'{HDF5_SHAPE_NAMES} lists {len(self.classes)} classes')
+        self.points = np.concatenate(points) if points else np.zeros((0, 0, 3), np.float32)
+        self.labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
 
     def __len__(self):
         return len(self.labels)
+
+    def source(self, index):
+        return self.sources[index]
 
     def __getitem__(self, index):
         return self.points[index], int(self.labels[index])
@@ -192,13 +267,20 @@ def view_rotation(azimuth, elevation):
     return torch.from_numpy(matrix.astype(np.float32))
 
 
-class ModelNet40(Dataset):
-    """Samples of a ModelNet-40 reader as (points, label); see the module docstring for shapes and transforms."""
+class ModelNet40(datasets.SkipsUnreadable):
+    """Samples of a ModelNet-40 reader as (points, label); see the module docstring for shapes and transforms.
+    A sample or file that cannot be read stops the run with an error naming it, or with skip_corrupt is skipped and
+    counted (datasets.SkipsUnreadable)."""
 
-    def __init__(self, reader, is_train, num_points, fps_points, test_rotations):
+    def __init__(self, reader, is_train, num_points, fps_points, test_rotations, skip_corrupt=False):
+        super().__init__(skip_corrupt)
         if is_train and fps_points < num_points:
             raise ValueError(f'--pc_fps_points {fps_points} < --pc_points {num_points}: the random subset is '
                              'taken from the farthest-point sample, so it needs at least as many points')
+        for message, samples in reader.unreadable:
+            if not skip_corrupt:
+                raise datasets.UnreadableSampleError(message)
+            self.count_skips(samples, f'Skipping {samples} sample(s): {message}')
         self.reader = reader
         self.classes = reader.classes
         self.is_train = is_train
@@ -206,16 +288,21 @@ class ModelNet40(Dataset):
         self.fps_points = fps_points
         self.test_rotations = torch.stack([view_rotation(a * np.pi, TEST_ELEVATION * np.pi)
                                            for a in TEST_AZIMUTHS[:test_rotations]])
-        self.eval_views = 1 if is_train else test_rotations   # engine.evaluate averages the views' probabilities
+        self.eval_views = 1 if is_train else test_rotations   # engine.evaluate scores the views
 
     def __len__(self):
         return len(self.reader)
 
-    def __getitem__(self, index):
+    def read(self, index):
         raw, label = self.reader[index]
+        if not np.isfinite(raw).all():
+            row = int(np.nonzero(~np.isfinite(raw).all(axis=1))[0][0])
+            raise datasets.UnreadableSampleError(
+                f'{self.reader.source(index)}: point {row} (0-based) is {raw[row].tolist()}, not finite. Replace the '
+                'file with the original download, or pass --skip_corrupt true to skip unreadable samples.')
         if len(raw) < self.num_points:
-            raise ValueError(f'sample {index} has {len(raw)} points, fewer than --pc_points {self.num_points}; '
-                             f'lower --pc_points')
+            raise ValueError(f'{self.reader.source(index)} has {len(raw)} points, fewer than --pc_points '
+                             f'{self.num_points}; lower --pc_points')
         points = torch.from_numpy(normalize_like_release(raw))
         if not self.is_train:
             points = points[farthest_point_sample(points, self.num_points)]
@@ -240,7 +327,11 @@ def add_arguments(parser):
     group.add_argument('--pc_fps_points', default=4800, type=int,
                        help='training: farthest-point sample size that --pc_points are drawn from at random')
     group.add_argument('--pc_test_rotations', default=8, type=int, choices=range(1, len(TEST_AZIMUTHS) + 1),
-                       metavar='1..8', help='fixed rotations whose scores are averaged in evaluation')
+                       metavar='1..8', help='fixed rotations of each test shape in evaluation')
+    group.add_argument('--pc_test_score', default='per_rotation', choices=['per_rotation', 'ensemble'],
+                       help="reported test accuracy (and best checkpoint): per_rotation, each rotation scored alone "
+                            "and the accuracies averaged (the release's); ensemble, the rotations' mean class "
+                            'probabilities (higher); both are logged')
     group.add_argument('--pc_views', default=4, type=int, help='projected views (rotated by i*pi/2)')
     group.add_argument('--pc_knn', default=32, type=int, help='neighbours of the point encoder\'s edge features')
     group.add_argument('--pc_encoder_dim', default=64, type=int,
@@ -254,7 +345,9 @@ def build_dataset(is_train, args):
         raise ValueError('--data_set MODELNET40 trains on point clouds, which mixup/cutmix cannot mix: pass '
                          '--mixup 0 --cutmix 0 (configs/point_cloud/ does)')
     reader = open_modelnet40(args.data_path, 'train' if is_train else 'test')
-    dataset = ModelNet40(reader, is_train, args.pc_points, args.pc_fps_points, args.pc_test_rotations)
+    dataset = ModelNet40(reader, is_train, args.pc_points, args.pc_fps_points, args.pc_test_rotations,
+                         skip_corrupt=getattr(args, 'skip_corrupt_images', False))
+    dataset.eval_views_scored = 'each' if args.pc_test_score == 'per_rotation' else 'together'  # engine.evaluate
     return dataset, len(dataset.classes)
 
 

@@ -3,7 +3,9 @@
 Data (`--data_set GLOBAL_TEMP` or `GLOBAL_WIND`, `--data_path FOLDER`), as Corrformer ships it:
 
     FOLDER/{temp,wind}_global_hourly_{train,val,test}.npy   (T, stations, 1) hourly values (x10 in the release)
-    FOLDER/data_time_{train,val,test}.npy                   (T,) timestamps (object array, read with allow_pickle)
+    FOLDER/data_time_{train,val,test}.npy                   (T,) timestamps (an object array: read by a restricted
+                                                            unpickler that admits datetime objects, pandas
+                                                            Timestamps and strings only, so it runs no code)
     FOLDER/stations_sorted.npy                              (stations, 3): latitude, longitude, elevation
 
 Any number of stations works (the release has 3,850). A sample is a window of INPUT_HOURS known hours; the target is
@@ -11,7 +13,9 @@ the next PREDICT_HOURS hours of every station. The DataLoader sees one tensor pe
 extended by the time features (see `pack_window`), so the shared engine moves it like an image batch.
 
 Model (`build_model`): stations are grouped into nodes of --series_stations_per_node (the last one zero-padded);
-each window is normalised per station (mean/std over its input hours) with a learnable affine; Corrformer's embedding
+each window is normalised per station (mean/std over its input hours) with a learnable affine (--series_affine: shared
+by the nodes, one weight and bias per position in a node, as the release's `Corrformer.py`; or one per station);
+Corrformer's embedding
 (circular Conv1d over a node's station values + Linear over the 4 time features + Linear over the node's standardised
 station coordinates) gives (INPUT_HOURS, d_model) per node, reshaped into one square single-channel map for the
 UniRepLKNet backbone (in_chans=1); its stage-4 tokens (through the backbone's final LayerNorm) feed one of two heads
@@ -19,7 +23,8 @@ UniRepLKNet backbone (in_chans=1); its stage-4 tokens (through the backbone's fi
 behaviour (series decomposition; multi-correlation = auto-correlation of each node over time + cross-node correlation
 among siblings of a node tree; with itself, then with the tokens; trend projection); or `pooled`, the tokens' mean
 plus an embedding of each future hour's time features, GELU, Linear. The forecasts are de-normalised with the
-window's mean/std.
+window's mean/std. The correlation head's `memory_projection` (Linear from the backbone's stage-4 width to d_model) is
+this project's: the release fed its backbone's output to the decoder with a reshape that fails (1000 logits per node).
 """
 import math
 import os
@@ -28,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+import datasets
 import tasks
 
 INPUT_HOURS = 48
@@ -38,6 +44,7 @@ SERIES_PREFIXES = {'GLOBAL_TEMP': 'temp', 'GLOBAL_WIND': 'wind'}
 SPLITS = ('train', 'val', 'test')
 STATION_COLUMNS = ('latitude', 'longitude', 'elevation')
 NORMALISATION_EPS = 1e-5
+AFFINE_EPS = 1e-10  # added to the affine weight when the forecasts are de-normalised (the release's)
 LABEL_HOURS = 24  # known hours the decoder starts from (Corrformer's label_len)
 MOVING_AVERAGE_HOURS = 25  # series decomposition window (Corrformer's moving_avg)
 DECODER_DROPOUT = 0.05  # Corrformer's default dropout (embeddings and decoder)
@@ -65,6 +72,10 @@ def add_arguments(parser):
     group.add_argument('--series_node_tree', default=None, type=int, nargs='+', metavar='SIZE',
                        help="the decoder's node tree for its cross-node correlation, sizes whose product is the number "
                             'of nodes (the release: 7 50 for 350 nodes); default: one level of all nodes')
+    group.add_argument('--series_affine', default='shared', choices=['shared', 'station'],
+                       help="learnable affine after the per-window normalisation: shared, one weight and bias per "
+                            "position in a node, the same for every node (the release's, 11 + 11 parameters); "
+                            'station, one per station (3,850 + 3,850)')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -93,37 +104,64 @@ def check_layout(folder, data_set):
 def read_stations(folder):
     """(stations, 3) float32 latitude, longitude, elevation."""
     path = os.path.join(folder, 'stations_sorted.npy')
-    stations = np.load(path).astype(np.float32)
+    stations = datasets.load_npy_restricted(path, frozenset()).astype(np.float32)
     if stations.ndim != 2 or stations.shape[1] != len(STATION_COLUMNS):
         raise ValueError(f'{path}: expected shape (stations, 3) for {", ".join(STATION_COLUMNS)}, '
-                         f'got {stations.shape}')
+                         f'got {stations.shape}. Replace it with the data set\'s stations_sorted.npy')
+    if not np.isfinite(stations).all():
+        raise ValueError(f'{path}: station {int(np.nonzero(~np.isfinite(stations).all(axis=1))[0][0])} has a '
+                         'non-finite coordinate; every station needs a latitude, longitude and elevation')
     return stations
 
 
-def read_series(path, num_stations):
-    """(T, stations) float32 from a (T, stations, 1) file; NaNs are errors naming their hours and stations."""
-    series = np.load(path)
+def nonfinite_places(series, first_hour=0):
+    """(count, 'hour h station s, ...' of the first five) of the non-finite values of (T, stations) whose first row
+    is hour `first_hour` of its file."""
+    hours, stations = np.nonzero(~np.isfinite(series))
+    return len(hours), ', '.join(f'hour {first_hour + h} station {s}' for h, s in zip(hours[:5], stations[:5]))
+
+
+def read_series(path, num_stations, skip_corrupt=False):
+    """(T, stations) float32 from a (T, stations, 1) file. Non-finite values (NaN, inf) are an error naming their
+    hours and stations; with skip_corrupt they stay, and SeriesWindows skips the windows that hold them."""
+    series = datasets.load_npy_restricted(path, frozenset())
     if series.ndim == 3 and series.shape[2] == 1:
         series = series[:, :, 0]
     if series.ndim != 2 or series.shape[1] != num_stations:
         raise ValueError(f'{path}: expected shape (hours, {num_stations} stations, 1) to match stations_sorted.npy, '
-                         f'got {series.shape}')
+                         f'got {series.shape}. Replace it with the file of the data set, or point --data_path at '
+                         'the folder its stations_sorted.npy belongs to')
     series = series.astype(np.float32)
-    hours, stations = np.nonzero(np.isnan(series))
-    if len(hours):
-        places = ', '.join(f'hour {h} station {s}' for h, s in zip(hours[:5], stations[:5]))
-        raise ValueError(f'{path}: {len(hours)} NaN value(s), first at {places}; fill or interpolate the gaps '
-                         'before training (the release has none)')
+    count, places = nonfinite_places(series)
+    if count and not skip_corrupt:
+        raise ValueError(f'{path}: {count} non-finite value(s) (NaN or inf), first at {places}; fill or interpolate '
+                         'the gaps before training (the release has none), or pass --skip_corrupt true to skip the '
+                         'windows that hold them')
     return series
+
+
+# What Corrformer's data_time_{split}.npy object arrays hold: timestamps as datetime objects, pandas Timestamps or
+# strings (np.save pickles them; np.load(allow_pickle=True) would run whatever a crafted file calls).
+TIMESTAMP_GLOBALS = datasets.NUMPY_ARRAY_GLOBALS | {
+    ('datetime', 'datetime'), ('datetime', 'date'), ('datetime', 'timedelta'), ('datetime', 'timezone'),
+    ('pandas._libs.tslibs.timestamps', '_unpickle_timestamp')}
 
 
 def time_features(path, num_hours):
     """(T, 4) float32 in [-0.5, 0.5]: hour of day, day of week, day of month, day of year (Corrformer's 'h' set)."""
     import pandas as pd  # only the time-series data sets need pandas' timestamp parsing
-    raw = np.load(path, allow_pickle=True)
+    raw = np.asarray(datasets.load_npy_restricted(path, TIMESTAMP_GLOBALS)).reshape(-1)
     if len(raw) != num_hours:
-        raise ValueError(f'{path} has {len(raw)} timestamps but the series has {num_hours} hours')
-    stamps = pd.DatetimeIndex(pd.to_datetime(np.asarray(raw).reshape(-1)))
+        raise ValueError(f'{path} has {len(raw)} timestamps but the series has {num_hours} hours; both files of a '
+                         'split must come from the same download')
+    try:
+        stamps = pd.DatetimeIndex(pd.to_datetime(raw))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f'{path}: its values are not timestamps pandas can read ({err}); Corrformer\'s '
+                         'data_time_*.npy hold one date and hour per hour of the series') from err
+    if stamps.isna().any():
+        raise ValueError(f'{path}: timestamp {int(np.argmax(stamps.isna()))} is missing (NaT); every hour of the '
+                         'series needs its date and hour')
     features = np.stack([stamps.hour / 23.0, stamps.day_of_week / 6.0, (stamps.day - 1) / 30.0,
                          (stamps.day_of_year - 1) / 365.0], axis=1) - 0.5
     return features.astype(np.float32)
@@ -147,45 +185,56 @@ def unpack_window(samples):
     return samples[:, :INPUT_HOURS, :-TIME_FEATURES], samples[:, :, -TIME_FEATURES:]
 
 
-class SeriesWindows(torch.utils.data.Dataset):
-    """Every window of one split: sample = pack_window(...) (no randomness), target = next PREDICT_HOURS hours."""
+class SeriesWindows(datasets.SkipsUnreadable):
+    """Every window of one split: sample = pack_window(...) (no randomness), target = next PREDICT_HOURS hours.
+    A window holding a non-finite value (possible only with skip_corrupt: read_series refuses them otherwise) is
+    skipped and counted (datasets.SkipsUnreadable)."""
 
-    def __init__(self, series, features, name):
+    def __init__(self, series, features, path, skip_corrupt=False):
+        super().__init__(skip_corrupt)
         if len(series) < WINDOW_HOURS:
-            raise ValueError(f'{name} has {len(series)} hours, fewer than one window of {INPUT_HOURS} input + '
+            raise ValueError(f'{path} has {len(series)} hours, fewer than one window of {INPUT_HOURS} input + '
                              f'{PREDICT_HOURS} predicted hours; use a longer split')
         self.series = torch.from_numpy(series)
         self.features = torch.from_numpy(features)
-        self.name = name
+        self.path = path
+        # Non-finite values before each hour, so that a window's count is one subtraction.
+        self.nonfinite_before = np.concatenate([[0], np.cumsum(~np.isfinite(series).all(axis=1))])
 
     def __len__(self):
         return len(self.series) - WINDOW_HOURS + 1
 
-    def __getitem__(self, index):
+    def read(self, index):
         window = slice(index, index + WINDOW_HOURS)
         values = self.series[window]
+        if self.nonfinite_before[index + WINDOW_HOURS] > self.nonfinite_before[index]:
+            count, places = nonfinite_places(values.numpy(), first_hour=index)
+            raise datasets.UnreadableSampleError(
+                f'{self.path}: window {index} (hours {index}..{index + WINDOW_HOURS - 1}) holds {count} non-finite '
+                f'value(s), first at {places}')
         return pack_window(values, self.features[window]), values[INPUT_HOURS:].clone()
 
 
-def load_split(folder, data_set, split):
+def load_split(folder, data_set, split, skip_corrupt=False):
     check_layout(folder, data_set)
     num_stations = len(read_stations(folder))
     series_path, time_path = split_paths(folder, data_set, split)
-    series = read_series(series_path, num_stations)
-    return SeriesWindows(series, time_features(time_path, len(series)), os.path.basename(series_path))
+    series = read_series(series_path, num_stations, skip_corrupt)
+    return SeriesWindows(series, time_features(time_path, len(series)), series_path, skip_corrupt)
 
 
 def build_dataset(is_train, args):
     """(windows, 0): the training split, or --series_eval_split; 0 classes (the backbone gets no classifier)."""
     split = 'train' if is_train else args.series_eval_split
-    return load_split(args.data_path, args.data_set, split), 0
+    return load_split(args.data_path, args.data_set, split, getattr(args, 'skip_corrupt_images', False)), 0
 
 
 def training_mean(args):
-    """Per-station mean of the training split: the training-mean baseline's forecast."""
+    """Per-station mean of the training split (of its finite values): the training-mean baseline's forecast."""
     check_layout(args.data_path, args.data_set)
     series_path, _ = split_paths(args.data_path, args.data_set, 'train')
-    return torch.from_numpy(read_series(series_path, len(read_stations(args.data_path))).mean(axis=0))
+    series = read_series(series_path, len(read_stations(args.data_path)), getattr(args, 'skip_corrupt_images', False))
+    return torch.from_numpy(np.nanmean(np.where(np.isfinite(series), series, np.nan), axis=0))
 
 
 def seasonal_naive_hours(period):
@@ -229,7 +278,7 @@ def build_model(args, backbone):
     check_layout(args.data_path, args.data_set)
     return SeriesForecaster(backbone, torch.from_numpy(read_stations(args.data_path)), d_model=args.series_d_model,
                             stations_per_node=args.series_stations_per_node, head=args.series_head,
-                            heads=args.series_heads, node_tree=args.series_node_tree)
+                            heads=args.series_heads, node_tree=args.series_node_tree, affine=args.series_affine)
 
 
 def map_side(d_model):
@@ -485,7 +534,8 @@ class PooledHead(nn.Module):
 class SeriesForecaster(nn.Module):
     """(B, WINDOW_HOURS, stations + 4) packed windows -> (B, PREDICT_HOURS, stations) forecasts, any batch size."""
 
-    def __init__(self, backbone, stations, d_model, stations_per_node, head='correlation', heads=16, node_tree=None):
+    def __init__(self, backbone, stations, d_model, stations_per_node, head='correlation', heads=16, node_tree=None,
+                 affine='shared'):
         super().__init__()
         if getattr(backbone, 'in_chans', 1) != 1:
             raise ValueError(f'the time-series backbone needs in_chans=1, got {backbone.in_chans}')
@@ -496,9 +546,14 @@ class SeriesForecaster(nn.Module):
         padding = self.num_nodes * self.node_size - self.num_stations
         coordinates = nn.functional.pad(standardise(stations.float()), (0, 0, 0, padding))
         self.register_buffer('node_coordinates', coordinates.reshape(self.num_nodes, -1))
-        # Per-window normalisation with a learnable affine per station (Corrformer's RevIN-style layer).
-        self.affine_weight = nn.Parameter(torch.ones(self.num_stations))
-        self.affine_bias = nn.Parameter(torch.zeros(self.num_stations))
+        # Per-window normalisation with a learnable affine (Corrformer's RevIN-style layer): per position in a node
+        # and shared by all nodes (the release), or per station.
+        if affine not in ('shared', 'station'):
+            raise ValueError(f"--series_affine must be 'shared' or 'station', got {affine!r}")
+        self.shared_affine = affine == 'shared'
+        affine_size = self.node_size if self.shared_affine else self.num_stations
+        self.affine_weight = nn.Parameter(torch.ones(affine_size))
+        self.affine_bias = nn.Parameter(torch.zeros(affine_size))
         self.embedding = NodeEmbedding(self.node_size, self.node_coordinates.shape[1], d_model)
         self.backbone = backbone
         if head == 'correlation':
@@ -516,7 +571,8 @@ class SeriesForecaster(nn.Module):
         batch = values.shape[0]
         mean = values.mean(dim=1, keepdim=True).detach()
         std = torch.sqrt(values.var(dim=1, keepdim=True, unbiased=False) + NORMALISATION_EPS).detach()
-        normalised = (values - mean) / std * self.affine_weight + self.affine_bias
+        weight, bias = self.station_affine()
+        normalised = (values - mean) / std * weight + bias
 
         padding = self.num_nodes * self.node_size - self.num_stations
         nodes = nn.functional.pad(normalised, (0, padding)).reshape(batch, INPUT_HOURS, self.num_nodes, self.node_size)
@@ -529,4 +585,12 @@ class SeriesForecaster(nn.Module):
         forecast = self.head(tokens, nodes, features, self.node_coordinates)  # (B * nodes, PREDICT_HOURS, node_size)
         forecast = forecast.reshape(batch, self.num_nodes, PREDICT_HOURS, self.node_size).transpose(1, 2)
         forecast = forecast.reshape(batch, PREDICT_HOURS, -1)[:, :, :self.num_stations]
-        return (forecast - self.affine_bias) / (self.affine_weight + NORMALISATION_EPS) * std + mean
+        return (forecast - bias) / (weight + AFFINE_EPS) * std + mean
+
+    def station_affine(self):
+        """(weight, bias) of every station: the shared affine repeated over the nodes (station s takes position
+        s mod node size), or the per-station parameters."""
+        if not self.shared_affine:
+            return self.affine_weight, self.affine_bias
+        return tuple(parameter.repeat(self.num_nodes)[:self.num_stations]
+                     for parameter in (self.affine_weight, self.affine_bias))

@@ -32,7 +32,7 @@ Data layouts under `--data_path` (checked in this order):
 3. Class-folder trees `train/<class>/<clip>` and `val/<class>/<clip>`; class order: sorted folder names of
    `train/` (or --label_map).
 Clips are decoded with PyAV (FFmpeg bundled in its wheel). A listed clip that is missing, or that cannot be
-decoded, is an error naming its path; with `--skip_corrupt_images true` it is skipped and counted instead.
+decoded, is an error naming its path; with `--skip_corrupt true` it is skipped and counted instead.
 """
 import csv
 import math
@@ -42,6 +42,10 @@ import random
 import av
 import numpy as np
 import torch
+from timm.data.auto_augment import rand_augment_transform
+from timm.data.random_erasing import RandomErasing
+from timm.data.transforms import str_to_pil_interp
+from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
@@ -66,6 +70,19 @@ def grid_side(frames):
     return side
 
 
+def image_to_frames(image, frames, layout):
+    """The inverse of frames_to_image: (..., C, sqrt(T) H, sqrt(T) W) -> (..., T, C, H, W)."""
+    *lead, channels, height, width = image.shape
+    side = grid_side(frames)
+    frame_height, frame_width = height // side, width // side
+    if layout == 'grid':
+        tiles = image.reshape(*lead, channels, side, frame_height, side, frame_width)
+        return tiles.movedim((-4, -2), (-5, -4)).reshape(*lead, frames, channels, frame_height, frame_width)
+    if layout == 'reshape':
+        return image.reshape(*lead, channels, frames, frame_height, frame_width).transpose(-4, -3)
+    raise ValueError(f"--video_layout must be one of {LAYOUTS}, got '{layout}'")
+
+
 def frames_to_image(clip, layout):
     """(T, C, H, W) frames -> (C, sqrt(T) H, sqrt(T) W) image in the `grid` or `reshape` layout (see above)."""
     frames, channels, height, width = clip.shape
@@ -88,31 +105,38 @@ def decode_frames(path):
         with av.open(path) as container:
             frames = list(container.decode(video=0))
     except (av.FFmpegError, IndexError, ValueError) as err:
-        raise RuntimeError(f"Cannot decode video '{path}' ({type(err).__name__}: {err}). Replace or delete the "
-                           "clip, or pass --skip_corrupt_images true to skip undecodable clips.") from err
+        raise datasets.UnreadableSampleError(
+            f"Cannot decode video '{path}' ({type(err).__name__}: {err}). Replace or delete the clip, or pass "
+            "--skip_corrupt true to skip unreadable samples.") from err
     if not frames:
-        raise RuntimeError(f"Cannot decode video '{path}': it has no video frames. Replace or delete the clip, or "
-                           "pass --skip_corrupt_images true to skip undecodable clips.")
+        raise datasets.UnreadableSampleError(
+            f"Cannot decode video '{path}': it has no video frames. Replace or delete the clip, or pass "
+            "--skip_corrupt true to skip unreadable samples.")
     return frames
 
 
-def window(start, num_frames, frames, stride):
-    """Indices start, start + stride, ... (frames of them), clamped to the clip's last frame."""
-    return [min(start + i * stride, num_frames - 1) for i in range(frames)]
-
-
 def training_window(num_frames, frames, stride):
-    """A window of frames * stride at a random start (python's global RNG), as VideoMAE's training sampler."""
+    """The release's training indices (Video/dataset/datasets.py `load_video`, one segment): a window of
+    frames * stride at a random end (python's global RNG), `frames` indices spread over it with linspace (a stride of
+    64 / 15 = 4.27 for 16 frames every 4th), the last clamped inside the window; a clip no longer than the window
+    gives num_frames // stride indices over the whole clip, then its last frame repeated."""
     span = frames * stride
-    start = random.randint(0, num_frames - span) if num_frames > span else 0
-    return window(start, num_frames, frames, stride)
+    if num_frames > span:
+        end = random.randint(span, num_frames - 1)
+        indices = np.linspace(end - span, end, num=frames)
+        return np.clip(indices, end - span, end - 1).astype(np.int64).tolist()
+    spread = np.linspace(0, num_frames, num=num_frames // stride)
+    indices = np.concatenate([spread, np.full(frames - len(spread), num_frames)])
+    return np.clip(indices, 0, num_frames - 1).astype(np.int64).tolist()
 
 
 def test_windows(num_frames, frames, stride, segments):
-    """`segments` windows with starts evenly spread over the clip, as VideoMAE's test sampler."""
-    slack = max(num_frames - frames * stride, 0)
-    step = slack / (segments - 1) if segments > 1 else 0
-    return [window(int(step * k), num_frames, frames, stride) for k in range(segments)]
+    """`segments` windows of every stride-th frame (the release's test sampler): the clip's frames 0, stride, 2 stride,
+    ... (the last repeated up to `frames`), windows starting at evenly spread positions of that list."""
+    strided = list(range(0, num_frames, stride))
+    strided += strided[-1:] * (frames - len(strided))
+    step = (len(strided) - frames) / (segments - 1) if segments > 1 else 0
+    return [strided[int(step * k):int(step * k) + frames] for k in range(segments)]
 
 
 def crop_offsets(length, size, crops):
@@ -151,14 +175,25 @@ def read_list_file(root, list_path):
             if len(parts) != 2 or not parts[1].lstrip('-').isdigit():
                 raise ValueError(f"{list_path}, line {number}: expected '<path> <integer label>' (VideoMAE list "
                                  f"file) or the Kinetics CSV header {','.join(KINETICS_CSV_HEADER)}; got "
-                                 f"{line.strip()!r}")
+                                 f"{line.strip()!r}. Add the label or delete the line.")
             samples.append((resolve(root, parts[0]), int(parts[1])))
     return samples
 
 
 def kinetics_csv_rows(list_path):
+    """The rows of a Kinetics CSV; a row without a label, a youtube_id or integer times is an error naming its
+    line."""
+    rows = []
     with open(list_path, newline='') as f:
-        return list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        for row in reader:
+            fields = [row.get(name) for name in KINETICS_CSV_HEADER[:4]]
+            if not all(fields) or not all(str(value).isdigit() for value in fields[2:]):
+                raise ValueError(f"{list_path}, line {reader.line_num}: expected "
+                                 f"{','.join(KINETICS_CSV_HEADER)} with a label, a youtube_id and integer times; "
+                                 f"got {','.join(value or '' for value in fields)}. Fix or delete the line.")
+            rows.append(row)
+    return rows
 
 
 def kinetics_clip_path(root, split, row):
@@ -240,14 +275,7 @@ class VideoClips(datasets.SkipsUnreadable):
 
     def __init__(self, samples, classes_count, train, frame_transform, args):
         super().__init__(args.skip_corrupt_images)
-        missing = [path for path, _ in samples if not os.path.isfile(path)]
-        if missing and not self.skip_corrupt:
-            raise FileNotFoundError(f"{len(missing)} listed clip(s) do not exist, e.g. '{missing[0]}'. Fix the "
-                                    "list/--data_path, or pass --skip_corrupt_images true to skip them.")
-        if missing:
-            self.count_skips(len(missing), f'Skipping {len(missing)} missing clip(s), e.g. {missing[0]}')
-        absent = set(missing)
-        self.samples = [(path, label) for path, label in samples if path not in absent]
+        self.samples = self.keep_existing(samples, 'clip')
         self.classes = list(range(classes_count))
         self.train = train
         self.frame_transform = frame_transform
@@ -289,6 +317,52 @@ class VideoClips(datasets.SkipsUnreadable):
         return torch.stack(views)
 
 
+def release_frame_transform(args):
+    """The release's training augmentation of one frame (Video/dataset/datasets.py `_aug_frame`): RandAugment `--aa`
+    on the full-resolution frame (timm's RandAugment with the release's hparams: translate 0.45 x --input_size
+    pixels, --train_interpolation, timm's grey fill), ToTensor, mean/std, RandomResizedCrop to --input_size (scale
+    0.08-1, ratio 3/4-4/3, bilinear without antialiasing, as its torch.nn.functional.interpolate), horizontal flip,
+    random erasing (--reprob, --remode, --recount). VideoClips applies it with the same random draws to every frame.
+    """
+    mean, std = datasets.normalization(args)
+    steps = []
+    if str(args.aa).lower() not in ('', 'none'):
+        hparams = {'translate_const': int(args.input_size * 0.45),
+                   'interpolation': str_to_pil_interp(args.train_interpolation)}
+        steps.append(rand_augment_transform(args.aa, hparams))
+    steps += [transforms.ToTensor(), transforms.Normalize(mean, std),
+              transforms.RandomResizedCrop(args.input_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                                           interpolation=InterpolationMode.BILINEAR, antialias=False),
+              transforms.RandomHorizontalFlip()]
+    if args.reprob > 0:
+        steps.append(RandomErasing(args.reprob, mode=args.remode, max_count=args.recount, device='cpu'))
+    return transforms.Compose(steps)
+
+
+class FrameMixing:
+    """Mixup/CutMix of frame images as the release mixes clips (engine_for_finetuning.py: timm's Mixup on the
+    (B, C * T, H, W) view of the batch, before its reshape): a CutMix box is the same region of every frame, in
+    either --video_layout. Wraps a timm Mixup; `--video_mix canvas` uses that Mixup on the whole image instead."""
+
+    def __init__(self, mixup, frames, layout):
+        self.mixup = mixup
+        self.frames = frames
+        self.layout = layout
+
+    def __call__(self, images, targets):
+        clips = image_to_frames(images, self.frames, self.layout)  # (B, T, C, H, W)
+        batch, frames, channels, height, width = clips.shape
+        stacked = clips.transpose(1, 2).reshape(batch, channels * frames, height, width)
+        mixed, targets = self.mixup(stacked, targets)
+        clips = mixed.reshape(batch, channels, frames, height, width).transpose(1, 2)
+        return torch.stack([frames_to_image(clip, self.layout) for clip in clips]), targets
+
+
+def batch_mixing(mixup, args):
+    """main.build_mixup's hook: the Mixup/CutMix of --video_mix."""
+    return FrameMixing(mixup, args.video_frames, args.video_layout) if args.video_mix == 'frame' else mixup
+
+
 class NormaliseFrames:
     """uint8 (T, C, H, W) -> float, normalised with the image mean/std."""
 
@@ -308,7 +382,9 @@ def build_dataset(is_train, args):
     split = 'train' if is_train else 'val'
     samples, found = clip_samples(args.data_path, split, args.label_map)
     check_classes(samples, args.nb_classes, found, is_train, f"'{args.data_path}' ({split})")
-    if is_train:
+    if is_train and args.video_train_transform == 'release':
+        frame_transform = release_frame_transform(args)
+    elif is_train:
         frame_transform = datasets.build_transform(True, args)
     else:
         frame_transform = NormaliseFrames(*datasets.normalization(args))

@@ -9,7 +9,7 @@ start, so several clusters can coexist on one machine. `env()` returns the envir
 and submitit: SLURM_CONF points at this cluster and tests/slurm/ (a `sacct` stand-in, because there is no
 accounting daemon) comes first on PATH.
 
-Settings that matter (see /work/shared/reference/slurm_on_localhost.md):
+Settings that matter (the ones SLURM needs to run as one node on localhost):
 - `AuthInfo=cred_expire=10` is also the delay before a requeued job may start again (default 120 s).
 - `SlurmdParameters=config_overrides` lets the node claim 32 CPUs on a small machine, so a launcher asking
   for several CPUs per task is scheduled instead of pending forever.

@@ -2,20 +2,22 @@
 checkpoint truncated by a killed process or a full disk, a write that fails half-way)."""
 import argparse
 import errno
+import http.server
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 import torch
 
 import main
-from checkpoint import (CheckpointError, Checkpointer, CheckpointWriteError, UnreadableCheckpointError,
-                        find_latest_checkpoint, load_checkpoint_file, load_model_state,
+from checkpoint import (CheckpointDownloadError, CheckpointError, Checkpointer, CheckpointWriteError,
+                        UnreadableCheckpointError, find_latest_checkpoint, load_checkpoint_file, load_model_state,
                         load_newest_intact_checkpoint, prune_checkpoints, remove_stale_temporaries)
 from engine import Precision
-from train_helpers import NUM_CLASSES, REPO_ROOT, TINY_UNIREPLKNET, subprocess_env
+from train_helpers import NUM_CLASSES, REPO_ROOT, TINY_UNIREPLKNET, free_port, subprocess_env
 
 pytestmark = pytest.mark.usefixtures('single_thread')  # see tests/conftest.py
 
@@ -32,8 +34,53 @@ def test_truncated_checkpoint_is_reported_as_truncated(tmp_path):
     torch.save({'model': tiny_model().state_dict()}, path)
     data = path.read_bytes()
     path.write_bytes(data[:len(data) // 2])
-    with pytest.raises(CheckpointError, match='truncated'):
+    with pytest.raises(UnreadableCheckpointError, match='truncated or corrupt') as error:
         load_checkpoint_file(str(path))
+    # Writes are atomic: a damaged file was copied incompletely or hit a disk error, not killed mid-write.
+    assert 'copied or downloaded incompletely' in str(error.value) and 'killed' not in str(error.value)
+
+
+@pytest.fixture
+def file_server(tmp_path, monkeypatch):
+    """(base URL, served folder) of a local HTTP server, with torch hub's download cache under tmp_path."""
+    served = tmp_path / 'served'
+    served.mkdir()
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
+    assert torch.hub.get_dir() == str(tmp_path / 'torch_home' / 'hub')
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f'http://127.0.0.1:{server.server_address[1]}', served
+    server.shutdown()
+    server.server_close()
+
+
+def test_checkpoint_urls_download_and_failed_downloads_say_so(file_server, tmp_path):
+    base, served = file_server
+    torch.save({'model': {'weight': torch.arange(3.0)}}, served / 'good.pth')
+    assert torch.equal(load_checkpoint_file(f'{base}/good.pth')['model']['weight'], torch.arange(3.0))
+    assert os.path.isfile(os.path.join(torch.hub.get_dir(), 'checkpoints', 'good.pth'))   # cached like torch hub
+
+    with pytest.raises(CheckpointDownloadError, match=rf'could not download {base}/missing\.pth \(HTTPError: HTTP '
+                                                      r'Error 404.*\)\. Download it .* and pass the local path'):
+        load_checkpoint_file(f'{base}/missing.pth')
+    unreachable = f'http://127.0.0.1:{free_port()}/model.pth'   # nothing listens: refused, like a host offline
+    with pytest.raises(CheckpointDownloadError, match=rf'could not download {unreachable} \(URLError: .*refused'):
+        load_checkpoint_file(unreachable)
+
+    cached = os.path.join(torch.hub.get_dir(), 'checkpoints', 'damaged.pth')
+    with open(cached, 'wb') as f:
+        f.write(b'PK\x03\x04 not a whole zip')
+    with pytest.raises(UnreadableCheckpointError, match=f'{cached} is truncated or corrupt'):
+        load_checkpoint_file(f'{base}/damaged.pth')
 
 
 def test_checkpoint_needing_arbitrary_unpickling_names_the_opt_in_flag(tmp_path):

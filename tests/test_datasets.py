@@ -15,6 +15,7 @@ from torchvision.transforms import InterpolationMode
 
 import datasets
 from datasets import build_dataset, build_transform, collate_skipping_corrupt, count_skipped
+from train_helpers import CreatesFileWhenUnpickled
 
 
 def make_args(**overrides):
@@ -138,7 +139,7 @@ def folder_with_bad_images(tmp_path):
 def test_unreadable_image_stops_with_its_path_by_default(folder_with_bad_images):
     args = make_args(data_set='image_folder', data_path=str(folder_with_bad_images), nb_classes=2, input_size=32)
     dataset, _ = build_dataset(True, args)
-    with pytest.raises(RuntimeError, match=r"a/1\.jpg.*--skip_corrupt_images"):
+    with pytest.raises(RuntimeError, match=r"a/1\.jpg.*--skip_corrupt true"):
         dataset[1]
     with pytest.raises(RuntimeError, match=r"b/2\.jpg"):
         dataset[5]
@@ -254,3 +255,42 @@ def test_randaugment_posterize_at_full_magnitude_works():
     from timm.data.auto_augment import posterize
     image = Image.new('RGB', (8, 8), (200, 100, 50))
     assert posterize(image, 0).getpixel((0, 0)) == (0, 0, 0)
+
+
+def write_cifar_copy(folder, meta):
+    """cifar-100-python/{train,test,meta} as the python version holds them: train/test pickled at protocol 2 with the
+    numpy 1.x module names of the official (Python 2) files, meta = the given object."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for split, count in (('train', 4), ('test', 2)):
+        data = rng.integers(0, 256, (count, 3072), dtype=np.uint8)
+        content = pickle.dumps({b'data': data, b'fine_labels': list(range(count))}, protocol=2)
+        (folder / split).write_bytes(content.replace(b'numpy._core.multiarray', b'numpy.core.multiarray'))
+    (folder / 'meta').write_bytes(pickle.dumps(meta, protocol=2))
+
+
+def test_cifar_pickles_are_read_without_running_their_code(tmp_path):
+    marker = tmp_path / 'code_ran'
+    hostile_meta = {b'fine_label_names': [CreatesFileWhenUnpickled(str(marker))]}
+    pickle.loads(pickle.dumps(hostile_meta, protocol=2))   # an unrestricted reader runs it: really hostile
+    assert marker.exists()
+    marker.unlink()
+
+    write_cifar_copy(tmp_path / 'cifar-100-python', hostile_meta)
+    args = make_args(data_set='CIFAR', data_path=str(tmp_path), input_size=32)
+    with pytest.raises(datasets.UnsafeDataFileError, match=r"cifar-100-python/meta refers to the Python object "
+                                                           r"(io|builtins)\.open.*refused"):
+        build_dataset(True, args)
+    assert not marker.exists()
+
+    (tmp_path / 'cifar-100-python' / 'meta').write_bytes(
+        pickle.dumps({b'fine_label_names': [f'class{i}'.encode() for i in range(100)]}, protocol=2))
+    train, nb_classes = build_dataset(True, args)   # the official files' numpy 1.x names and protocol 2 are admitted
+    assert nb_classes == 100 and len(train) == 4
+    (tmp_path / 'cifar-100-python' / 'test').write_bytes(pickle.dumps({b'data': np.zeros((2, 3072), np.uint8)}))
+    with pytest.raises(ValueError, match=r"cifar-100-python/test is not a CIFAR-100 python-version file: it has no "
+                                         r"fine_labels"):
+        build_dataset(False, args)
+    (tmp_path / 'cifar-100-python' / 'test').write_bytes(pickle.dumps({b'data': 1})[:-5])
+    with pytest.raises(ValueError, match=r"cifar-100-python/test is not a readable pickle .* truncated or corrupt"):
+        build_dataset(False, args)

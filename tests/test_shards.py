@@ -23,7 +23,7 @@ import datasets
 import shards
 from tools import make_shards
 from train_helpers import (BATCH_INDEPENDENT_UNIREPLKNET, REPO_ROOT, TINY_UNIREPLKNET, assert_bitwise_equal,
-                           assert_same_training_state, assert_succeeded, kill_when_checkpoint_exists, load_checkpoint,
+                           assert_same_training_state, assert_succeeded, load_checkpoint, run_killed_after_each,
                            read_log, run_main, subprocess_env)
 
 # Photos shipped with scikit-image, one class each, cut into 16x16 JPEG crops at random places.
@@ -332,8 +332,7 @@ def test_killed_run_resumed_from_shards_is_bitwise_equal(photo_shards, tmp_path)
     assert_succeeded(run_main([*argv, '--output_dir', uninterrupted]))
 
     interrupted = str(tmp_path / 'interrupted')
-    kill_when_checkpoint_exists(argv, interrupted, 'checkpoint-0-step5.pth', str(tmp_path / 'killed.log'))  # of 12 steps
-    assert_succeeded(run_main([*argv, '--output_dir', interrupted]))
+    run_killed_after_each(argv, interrupted, ['checkpoint-0-step5.pth'])  # of 12 steps
     assert_same_training_state(os.path.join(uninterrupted, 'checkpoint-0.pth'),
                                os.path.join(interrupted, 'checkpoint-0.pth'))
     assert read_log(interrupted)[0]['test_acc1'] == read_log(uninterrupted)[0]['test_acc1']

@@ -6,17 +6,20 @@ import os
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from timm.utils import reparameterize_model
 
+import datasets
 import engine
 import main as train_main
 import unireplknet
 from modalities import time_series
 from modalities.time_series import INPUT_HOURS, PREDICT_HOURS, WINDOW_HOURS
-from train_helpers import (BATCH_INDEPENDENT_UNIREPLKNET, REPO_ROOT, TINY_UNIREPLKNET, assert_same_training_state,
-                           assert_succeeded, kill_when_checkpoint_exists, load_checkpoint, read_log, run_main)
+from train_helpers import (BATCH_INDEPENDENT_UNIREPLKNET, REPO_ROOT, TINY_UNIREPLKNET, CreatesFileWhenUnpickled,
+                           assert_same_training_state, assert_succeeded, load_checkpoint, randomise_batch_norms,
+                           read_log, run_killed_after_each, run_main)
 from weather_data import QUICKSTART_SPLIT_HOURS, read_stations, write_corrformer_layout, write_quickstart_folder
 
 pytestmark = pytest.mark.usefixtures('single_thread')
@@ -25,6 +28,7 @@ SPLIT_HOURS = QUICKSTART_SPLIT_HOURS
 SHORT_SPLIT_HOURS = {'train': (0, 744), 'val': (744, 912), 'test': (912, 1080)}
 TINY_D_MODEL = 12  # 48 hours x 12 = a 24 x 24 map
 QUICKSTART = os.path.join(REPO_ROOT, 'configs', 'time_series', 'quickstart_global_temp.yaml')
+RECIPE = os.path.join(REPO_ROOT, 'configs', 'time_series', 'unireplknet_s_global_temp.yaml')
 
 
 @pytest.fixture(scope='module')
@@ -51,15 +55,15 @@ def series_args(folder, **overrides):
     args = argparse.Namespace(data_path=folder, data_set='GLOBAL_TEMP', series_eval_split='val',
                               series_units_per_physical=10.0, series_d_model=TINY_D_MODEL,
                               series_stations_per_node=2, series_head='correlation', series_heads=2,
-                              series_node_tree=None, series_season_hours=24)
+                              series_node_tree=None, series_affine='shared', series_season_hours=24)
     vars(args).update(overrides)
     return args
 
 
-def tiny_forecaster(folder, **overrides):
+def tiny_forecaster(folder, backbone_overrides=None, **overrides):
     args = series_args(folder, **overrides)
     backbone = unireplknet.UniRepLKNet(**time_series.backbone_kwargs(args), depths=(1, 1, 1, 1), dims=(8, 16, 24, 32),
-                                       kernel_sizes=((3,), (7,), (7,), (3,)))
+                                       kernel_sizes=((3,), (7,), (7,), (3,)), **(backbone_overrides or {}))
     return time_series.build_model(args, backbone)
 
 
@@ -97,14 +101,50 @@ def test_missing_files_are_all_named(weather_folder, tmp_path):
         time_series.build_dataset(True, series_args(str(folder)))
 
 
-def test_nan_values_are_reported_with_their_hour_and_station(weather, tmp_path):
+def test_non_finite_values_are_named_or_their_windows_skipped_and_counted(weather, tmp_path):
     temperature, _, times, stations = weather
     broken = temperature.copy()
     broken[30, 2] = np.nan
+    broken[100, 1] = np.inf
     folder = write_corrformer_layout(str(tmp_path), 'temp', broken, times, stations, SPLIT_HOURS)
-    with pytest.raises(ValueError,
-                       match=r'temp_global_hourly_train\.npy: 1 NaN value\(s\), first at hour 30 station 2'):
+    with pytest.raises(ValueError, match=r'temp_global_hourly_train\.npy: 2 non-finite value\(s\) \(NaN or inf\), '
+                                         r'first at hour 30 station 2, hour 100 station 1.*--skip_corrupt true'):
         time_series.build_dataset(True, series_args(folder))
+    windows, _ = time_series.build_dataset(True, series_args(folder, skip_corrupt_images=True))
+    readable = [index for index in range(len(windows)) if windows[index] is not None]
+    assert readable == list(range(101, len(windows)))   # windows 0..100 hold hour 30 or hour 100
+    assert windows.skipped_count == 101
+    with pytest.raises(datasets.UnreadableSampleError, match=r'temp_global_hourly_train\.npy: window 50 \(hours '
+                                                             r'50\.\.121\) holds 1 non-finite value\(s\), first at '
+                                                             r'hour 100 station 1'):
+        windows.read(50)
+    station_means = time_series.training_mean(series_args(folder, skip_corrupt_images=True))
+    expected = [np.delete(broken[:2160, station], hour).mean() for station, hour in ((1, 100), (2, 30))]
+    assert station_means[1:].tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_timestamp_files_are_read_without_running_their_code(weather, tmp_path):
+    """data_time_*.npy hold a pickled object array; one whose pickle calls a function is refused, naming the file."""
+    temperature, _, times, stations = weather
+    marker = tmp_path / 'code_ran'
+    hostile = np.array([CreatesFileWhenUnpickled(str(marker))] * len(times), dtype=object)
+    np.save(tmp_path / 'probe.npy', hostile, allow_pickle=True)
+    np.load(tmp_path / 'probe.npy', allow_pickle=True)   # an unrestricted reader runs it: the file is really hostile
+    assert marker.exists()
+    marker.unlink()
+
+    folder = write_corrformer_layout(str(tmp_path / 'data'), 'temp', temperature, hostile, stations, SPLIT_HOURS)
+    with pytest.raises(datasets.UnsafeDataFileError, match=r'data_time_train\.npy refers to the Python object '
+                                                           r'(io|builtins)\.open.*refused'):
+        time_series.build_dataset(True, series_args(folder))
+    assert not marker.exists()
+    # What the files may hold is still read: datetime objects (the fixture), pandas Timestamps and strings.
+    features = []
+    for stamps in (times, np.array([pd.Timestamp(t) for t in times], dtype=object), times.astype(str)):
+        folder = write_corrformer_layout(str(tmp_path / 'ok'), 'temp', temperature, stamps.astype(object), stations,
+                                         SPLIT_HOURS)
+        features.append(time_series.time_features(os.path.join(folder, 'data_time_train.npy'), 2160))
+    assert np.array_equal(features[0], features[1]) and np.array_equal(features[0], features[2])
 
 
 def test_a_split_shorter_than_one_window_is_an_error(weather, tmp_path):
@@ -138,6 +178,26 @@ def test_forecaster_takes_any_batch_size_and_pads_the_last_node(weather_folder, 
     torch.testing.assert_close(batch, alone, rtol=1e-5, atol=1e-4)
 
 
+def test_shared_affine_is_the_releases_per_position_affine_repeated_over_nodes(weather_folder):
+    """Corrformer.py: affine_weight/bias of shape (1, 1, stations per node), `.repeat(1, 1, node_num)`; here 3
+    stations in nodes of 2 (the last node padded). The same numbers as per-station parameters forecast the same."""
+    torch.manual_seed(0)
+    shared = tiny_forecaster(weather_folder)
+    torch.manual_seed(0)
+    per_station = tiny_forecaster(weather_folder, series_affine='station')
+    assert shared.affine_weight.shape == (2,) and per_station.affine_weight.shape == (3,)
+    with torch.no_grad():
+        shared.affine_weight.copy_(torch.tensor([0.5, 2.0]))
+        shared.affine_bias.copy_(torch.tensor([0.1, -0.3]))
+        per_station.affine_weight.copy_(torch.tensor([0.5, 2.0, 0.5]))  # station s takes position s mod 2
+        per_station.affine_bias.copy_(torch.tensor([0.1, -0.3, 0.1]))
+    windows, _ = time_series.build_dataset(False, series_args(weather_folder))
+    samples = torch.stack([windows[index][0] for index in range(3)])
+    shared.eval(), per_station.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(shared(samples), per_station(samples), rtol=0, atol=0)
+
+
 def test_forecaster_trains_under_bfloat16_autocast(weather_folder):
     """--use_amp --amp_dtype bfloat16: the decoder's FFTs run in float32 inside autocast."""
     model = tiny_forecaster(weather_folder, series_stations_per_node=1)
@@ -151,16 +211,13 @@ def test_forecaster_trains_under_bfloat16_autocast(weather_folder):
 
 @pytest.mark.parametrize('head', ['correlation', 'pooled'])
 def test_reparameterised_backbone_inside_the_adapter_forecasts_the_same(weather_folder, head):
-    model = tiny_forecaster(weather_folder, series_head=head)
-    with torch.no_grad():  # BatchNorm statistics that are not the identity
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-    model.eval()
+    # Layer scale 1 (1e-6 would hide a wrong block kernel); the reference adds up the branches (the fast path's eval
+    # form runs get_kernel_bias(), as reparameterisation does).
+    model = tiny_forecaster(weather_folder, dict(layer_scale_init_value=1.0, fast_cpu_kernels=False), series_head=head)
+    randomise_batch_norms(model).eval()
     windows, _ = time_series.build_dataset(False, series_args(weather_folder))
     samples = torch.stack([windows[index][0] for index in range(4)]).double()
-    deployed = reparameterize_model(copy.deepcopy(model)).double()
+    deployed = reparameterize_model(copy.deepcopy(model).double())  # folded in float64, as the reference runs
     with torch.no_grad():
         torch.testing.assert_close(deployed(samples), model.double()(samples), rtol=1e-9, atol=1e-8)
     assert any(getattr(block, 'deploy', False) for block in deployed.backbone.blocks())
@@ -370,6 +427,36 @@ def test_trained_model_beats_persistence_and_the_training_mean(weather_folder, t
 
 
 @pytest.mark.slow
+def test_skip_corrupt_run_completes_and_logs_the_skipped_windows(weather, tmp_path):
+    """An inf in the training series: with --skip_corrupt the windows holding it are skipped, the run completes and
+    logs their number (128 training windows, all read in the one epoch: 4 batches of 32)."""
+    temperature, _, times, stations = weather
+    broken = temperature.copy()
+    broken[100, 0] = np.inf
+    folder = write_corrformer_layout(str(tmp_path / 'data'), 'temp', broken, times, stations,
+                                     {'train': (0, 128 + WINDOW_HOURS - 1), 'val': (199, 367), 'test': (367, 535)})
+    output_dir = str(tmp_path / 'run')
+    completed = run_main([*main_args(folder), '--epochs', '1', '--skip_corrupt', '--output_dir', output_dir])
+    assert_succeeded(completed)
+    skipped = re.findall(r'Skipping: .*temp_global_hourly_train\.npy: window (\d+) ', completed.stdout)
+    assert sorted(map(int, skipped)) == list(range(100 - WINDOW_HOURS + 1, 101))   # every window holding hour 100
+    assert read_log(output_dir)[0]['train_skipped_images'] == WINDOW_HOURS
+    assert np.isfinite(read_log(output_dir)[0]['test_mse'])
+
+
+@pytest.mark.slow
+def test_recipe_lr_is_the_releases_epochs_0_and_1_at_the_base_lr_then_halved(short_weather_folder, tmp_path):
+    """The recipe's schedule through main.py (toy model and data): the release's adjust_learning_rate(epoch + 1)
+    after each epoch keeps 1e-4 for epochs 0 and 1 and halves from epoch 2."""
+    output_dir = str(tmp_path / 'run')
+    completed = run_main(['--config', RECIPE, *main_args(short_weather_folder, 'GLOBAL_WIND'), '--lr', '1e-4',
+                          '--epochs', '3', '--use_checkpoint', 'false', '--series_node_tree', '1',
+                          '--output_dir', output_dir])
+    assert_succeeded(completed)
+    assert [line['train_lr'] for line in read_log(output_dir)] == pytest.approx([1e-4, 1e-4, 5e-5], rel=1e-12)
+
+
+@pytest.mark.slow
 def test_distributed_evaluation_equals_one_process(short_weather_folder):
     """The validation windows split over 2 gloo ranks (unpadded): summed errors give the 1-process MSE/MAE. (The
     untrained model of seed 0: DDP hands rank 0's weights to rank 1.)"""
@@ -395,9 +482,8 @@ def test_killed_and_resumed_run_is_bitwise_equal_to_an_uninterrupted_one(short_w
     uninterrupted = str(tmp_path / 'uninterrupted')
     assert_succeeded(run_main([*argv, '--output_dir', uninterrupted]))
     interrupted = str(tmp_path / 'interrupted')
-    for checkpoint in ('checkpoint-0.pth', 'checkpoint-1-step9.pth'):  # 21 steps an epoch, one every 5
-        kill_when_checkpoint_exists(argv, interrupted, checkpoint, str(tmp_path / f'{checkpoint}.log'))
-    assert_succeeded(run_main([*argv, '--output_dir', interrupted]))
+    # 21 steps an epoch, one every 5
+    run_killed_after_each(argv, interrupted, ['checkpoint-0.pth', 'checkpoint-1-step9.pth'])
     assert_same_training_state(os.path.join(interrupted, 'checkpoint-1.pth'),
                                os.path.join(uninterrupted, 'checkpoint-1.pth'))
     assert [line['test_mse'] for line in read_log(interrupted)] == \

@@ -1,4 +1,6 @@
 """In-process tests of engine.py: clipping in every precision, stop requests, evaluation counts."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,7 @@ import torch
 import engine
 import main
 import utils
-from train_helpers import TINY_UNIREPLKNET
+from train_helpers import BATCH_INDEPENDENT_UNIREPLKNET, TINY_UNIREPLKNET
 
 pytestmark = pytest.mark.usefixtures('single_thread')  # see tests/conftest.py
 
@@ -83,3 +85,23 @@ def test_evaluation_counts_every_image_once():
     assert stats['acc1'] == pytest.approx(100.0 * (logits.argmax(1) == targets).float().mean().item())
     assert stats['acc5'] == 100.0  # 3 classes: the top-5 is capped at the class count
     assert stats['loss'] == pytest.approx(torch.nn.functional.cross_entropy(logits, targets).item(), rel=1e-5)
+
+
+def batch_independent_model():
+    return main.build_model(main.parse_args(['--model', 'unireplknet_a', '--model_overrides',
+                                             BATCH_INDEPENDENT_UNIREPLKNET, '--nb_classes', '3']))
+
+
+def test_update_freq_applies_the_mean_gradient_of_the_combined_batch():
+    """2 micro-batches of 4 with update_freq 2 make the update of one batch of the same 8 samples: each micro-batch's
+    loss is divided by update_freq. Plain SGD (the update is -lr x gradient), because AdamW's update would not change
+    with a scaled gradient; the logged gradient norms must agree too."""
+    accumulated = batch_independent_model()
+    combined = copy.deepcopy(accumulated)
+    accumulated_stats = train(accumulated, random_loader(2, batch_size=4), torch.optim.SGD(accumulated.parameters()),
+                              engine.Precision('cpu', False), update_freq=2)
+    combined_stats = train(combined, random_loader(1, batch_size=8), torch.optim.SGD(combined.parameters()),
+                           engine.Precision('cpu', False))
+    assert accumulated_stats['grad_norm'] == pytest.approx(combined_stats['grad_norm'], rel=1e-5)
+    for (name, parameter), expected in zip(accumulated.named_parameters(), combined.parameters()):
+        torch.testing.assert_close(parameter, expected, msg=name)

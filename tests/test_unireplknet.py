@@ -180,7 +180,10 @@ def test_block_reparameterisation_is_exact(kernel_size, dtype):
 def test_model_reparameterisation_is_exact_per_family(name, dtype):
     # Small images keep this fast; every kernel tap is covered by the per-kernel-size tests above.
     torch.manual_seed(0)
-    model = randomise_fusable_state(timm.create_model(name, dims=NUMERICS_DIMS, attempt_use_lk_impl=False))
+    # fast_cpu_kernels=False: the fast path's eval-mode DRB runs get_kernel_bias(), which reparameterisation uses too,
+    # so the reference must add up the branches.
+    model = randomise_fusable_state(timm.create_model(name, dims=NUMERICS_DIMS, attempt_use_lk_impl=False,
+                                                      fast_cpu_kernels=False))
     model = model.to(dtype).eval()
     x = torch.randn(1, 3, 32, 32, dtype=dtype)
     with torch.no_grad():
@@ -195,7 +198,7 @@ def test_model_reparameterisation_is_exact_per_family(name, dtype):
 def test_model_with_every_kernel_size_reparameterises_exactly(dtype):
     torch.manual_seed(0)
     model = UniRepLKNet(depths=(2, 2, 3, 2), dims=NUMERICS_DIMS, kernel_sizes=ALL_KERNELS_KERNEL_SIZES, num_classes=7,
-                        attempt_use_lk_impl=False)
+                        attempt_use_lk_impl=False, fast_cpu_kernels=False)  # the reference adds up the branches
     model = randomise_fusable_state(model).to(dtype).eval()
     x = torch.randn(1, 3, 64, 64, dtype=dtype)
     with torch.no_grad():
@@ -205,7 +208,7 @@ def test_model_with_every_kernel_size_reparameterises_exactly(dtype):
         assert relative_error(expected, output) <= REL_TOL[dtype]
         assert relative_error(expected, model(x)) == 0  # the original is untouched
     deployed = UniRepLKNet(depths=(2, 2, 3, 2), dims=NUMERICS_DIMS, kernel_sizes=ALL_KERNELS_KERNEL_SIZES,
-                           num_classes=7, attempt_use_lk_impl=False, deploy=True).to(dtype).eval()
+                           num_classes=7, attempt_use_lk_impl=False, deploy=True, fast_cpu_kernels=False).to(dtype).eval()
     deployed.load_state_dict(reparameterised.state_dict(), strict=True)
     with torch.no_grad():
         assert torch.equal(deployed(x), output)

@@ -193,11 +193,15 @@ def offline_hub(monkeypatch, tmp_path):
 def tiny_a_checkpoint(tmp_path_factory):
     """A released-format checkpoint of unireplknet_a with tiny dims, saved like the release ({'model': ...})."""
     torch.manual_seed(0)
-    source = timm.create_model('unireplknet_a', dims=TINY_DIMS, attempt_use_lk_impl=False)
+    # fast_cpu_kernels=False: as a reference for deploy models, its DRBs add up their branches (the fast path's eval
+    # form would run get_kernel_bias(), the function reparameterisation uses).
+    source = timm.create_model('unireplknet_a', dims=TINY_DIMS, attempt_use_lk_impl=False, fast_cpu_kernels=False)
     with torch.no_grad():
         for name, buffer in source.named_buffers():
             if name.endswith('running_var'):
                 buffer.uniform_(0.5, 2.0)
+            elif name.endswith('running_mean'):
+                buffer.uniform_(-0.5, 0.5)
         for block in source.blocks():
             block.act[1].beta.normal_(0, 0.1)
             block.gamma.uniform_(0.5, 1.5)

@@ -15,6 +15,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from timm.data import Mixup
 from timm.data.distributed_sampler import RepeatAugSampler
 
 import main
@@ -24,8 +25,11 @@ import utils
 from datasets import RepeatedSamples, SeededAugmentation
 from modalities import video
 from train_helpers import (TINY_UNIREPLKNET, assert_same_training_state, assert_succeeded,
-                           kill_when_checkpoint_exists, read_log, run_main)
+                           read_log, run_killed_after_each, run_main)
 
+RECIPE = os.path.join(os.path.dirname(__file__), '..', 'configs', 'video', 'unireplknet_b_kinetics400.yaml')
+# Video/run_class_finetuning.py's default_kernel_sizes (the release's video architecture), copied by hand.
+RELEASE_KERNEL_SIZES = [[3, 3, 3], [13, 13, 13], [13, 3, 3] * 9, [11, 11, 11]]
 SOURCE_CLIPS = ('bigbuckbunny.mp4', 'bikes.mp4', 'carphone_pristine.mp4')
 SEGMENT_FRAMES = 12
 SEGMENTS_PER_CLASS = 6   # 4 for training, 2 for validation
@@ -118,10 +122,21 @@ def test_non_square_frame_counts_are_refused():
 
 # ---------------------------------------------------------------- sampling
 
-def test_windows_follow_videomae_sampling():
-    assert video.window(3, 10, 4, 4) == [3, 7, 9, 9]
-    assert video.test_windows(100, 16, 4, 5) == [[k * 9 + 4 * i for i in range(16)] for k in range(5)]
-    assert video.test_windows(20, 16, 4, 5)[4] == [min(4 * i, 19) for i in range(16)]
+def test_training_frames_are_the_releases_linspace_over_a_64_frame_window(monkeypatch):
+    # Video/dataset/datasets.py load_video: end ~ randint(64, n), 16 indices int(linspace(end - 64, end)), last
+    # clamped to end - 1. With end = 100: 36 + 64 k / 15 rounded down.
+    monkeypatch.setattr(video.random, 'randint', lambda low, high: 100 if (low, high) == (64, 199) else None)
+    assert video.training_window(200, 16, 4) == [36, 40, 44, 48, 53, 57, 61, 65, 70, 74, 78, 82, 87, 91, 95, 99]
+    # A 50-frame clip: 50 // 4 = 12 indices int(linspace(0, 50, 12)), then frame 50 clamped to 49 four times.
+    assert video.training_window(50, 16, 4) == [0, 4, 9, 13, 18, 22, 27, 31, 36, 40, 45, 49, 49, 49, 49, 49]
+
+
+def test_test_windows_are_the_releases():
+    # Every 4th frame (25 of 100), windows of 16 starting at int(k * (25 - 16) / 4) = 0, 2, 4, 6, 9 in that list.
+    assert [window[0] for window in video.test_windows(100, 16, 4, 5)] == [0, 8, 16, 24, 36]
+    assert all(window == list(range(window[0], window[0] + 64, 4)) for window in video.test_windows(100, 16, 4, 5))
+    # A short clip: frames 0, 4, ..., 48 then 48 repeated (the release appends its last index).
+    assert video.test_windows(50, 16, 4, 5) == [list(range(0, 52, 4)) + [48] * 3] * 5
     assert video.crop_offsets(40, 16, 3) == [0, 12, 24]
 
 
@@ -148,6 +163,122 @@ def test_repeated_copies_of_a_clip_are_augmented_differently(clip_folder):
     assert len(dataset) == 24
     first, second = dataset[0][0], dataset[1][0]
     assert first.shape == second.shape and (first - second).abs().mean() > 0.05
+
+
+def test_in_batch_repeats_put_a_clips_copies_in_one_batch_and_resume():
+    repeated = RepeatedSamples(list(range(11)), 3)
+    ranks = [utils.RepeatedInBatchSampler(repeated, 2, rank, seed=0, samples_per_epoch=15, repeats=3)
+             for rank in range(2)]
+    for sampler in ranks:
+        sampler.set_epoch(4)
+    copies = [list(sampler) for sampler in ranks]
+    for rank, ours in enumerate(copies):
+        distributed = torch.utils.data.DistributedSampler(range(11), 2, rank, shuffle=True, seed=0)
+        distributed.set_epoch(4)
+        assert ours == [video_index * 3 + k for video_index in list(distributed)[:5] for k in range(3)]
+        ranks[rank].set_epoch(4, start_sample=6)
+        assert list(ranks[rank]) == ours[6:]
+
+
+# ---------------------------------------------------------------- the recipe against the release
+
+def recipe_args(*extra):
+    return main.parse_args(['--config', RECIPE, '--data_path', '/path/to/kinetics400', *extra])
+
+
+def test_recipe_builds_the_releases_kernel_sizes():
+    args = recipe_args()
+    assert args.model_overrides['kernel_sizes'] == RELEASE_KERNEL_SIZES
+    model = main.build_model(argparse_namespace(args, model_overrides={**args.model_overrides, 'dims': [8, 8, 8, 8]}))
+    large = [block.dwconv.kernel_size for block in model.stages[2]]
+    assert sum(size == 13 for size in large) == 9 and [b.dwconv.kernel_size for b in model.stages[3]] == [11] * 3
+
+
+def argparse_namespace(args, **overrides):
+    copied = main.argparse.Namespace(**vars(args))
+    vars(copied).update(overrides)
+    return copied
+
+
+@pytest.mark.parametrize('world_size', [2, 8])
+def test_recipe_steps_hold_128_clips_per_8_gpus_and_every_video_each_epoch(world_size):
+    """The release (run_unireplknet.sh, datasets.py num_sample 2, multiple_samples_collate): 4 videos x 2
+    augmentations x update_freq 2 x 8 GPUs = 128 clips per step (64 videos), every
+    video once per epoch (len(dataset) // 64 steps). At 2 ranks the recipe's per-GPU settings give a quarter."""
+    args = argparse_namespace(recipe_args(), num_workers=0)
+    videos = 64 * 5 + 7
+    dataset = RepeatedSamples(list(range(videos)), args.repeated_aug)
+    loaders = [main.build_train_loader(dataset, args, world_size, rank, torch.Generator())
+               for rank in range(world_size)]
+    steps = loaders[0][1]
+    videos_per_step = args.batch_size * args.update_freq * world_size
+    assert steps == videos // videos_per_step
+    seen = []
+    for loader, _ in loaders:
+        loader.sampler.set_epoch(0)
+        batches = list(loader)
+        assert len(batches) == steps * args.update_freq
+        for batch in batches:
+            assert len(batch) == args.batch_size * 2 and torch.equal(batch[0::2], batch[1::2])  # copies side by side
+        seen += torch.cat(batches)[0::2].tolist()
+    clips_per_step = len(seen) * 2 // steps
+    assert clips_per_step == 2 * videos_per_step == 128 * world_size // 8
+    assert len(seen) == len(set(seen)) == steps * videos_per_step  # every video once (all but the remainder)
+
+
+def test_release_augmentation_order_on_one_clip(clip_folder, monkeypatch):
+    """RandAugment on the full 40 x 30 frames, then ToTensor, mean/std, RandomResizedCrop (bilinear) to 40, flip,
+    erasing: each frame, in that order (Video/dataset/datasets.py _aug_frame)."""
+    dataset, _ = video.build_dataset(True, video_args(clip_folder, aa='rand-m7-n4-mstd0.5-inc1', reprob=0.25))
+    trace = []
+
+    def traced(step):
+        def call(image):
+            size = image.size if hasattr(image, 'size') and not callable(image.size) else tuple(image.shape[-1:-3:-1])
+            trace.append((type(step).__name__, size))
+            return step(image)
+        return call
+
+    steps = dataset.frame_transform.transforms
+    crop = next(step for step in steps if type(step).__name__ == 'RandomResizedCrop')
+    assert crop.interpolation == video.InterpolationMode.BILINEAR and crop.antialias is False
+    monkeypatch.setattr(dataset.frame_transform, 'transforms', [traced(step) for step in steps])
+    SeededAugmentation(dataset, seed=0)[0]
+    names = ['RandAugment', 'ToTensor', 'Normalize', 'RandomResizedCrop', 'RandomHorizontalFlip', 'RandomErasing']
+    assert [name for name, _ in trace] == names * FRAMES
+    full, cropped = SEGMENT_SIZE, (FRAME_SIZE, FRAME_SIZE)
+    assert [size for _, size in trace[:6]] == [full, full, full, full, cropped, cropped]
+
+
+def test_image_augmentation_order_is_kept_as_an_option(clip_folder):
+    dataset, _ = video.build_dataset(True, video_args(clip_folder, video_train_transform='image'))
+    assert [type(step).__name__ for step in dataset.frame_transform.transforms][:3] == \
+        ['RandomResizedCropAndInterpolation', 'RandomHorizontalFlip', 'RandAugment']
+
+
+@pytest.mark.parametrize('layout', video.LAYOUTS)
+def test_cutmix_cuts_the_same_box_out_of_every_frame(layout):
+    torch.manual_seed(0)
+    frames, size = 4, 12
+    clips = torch.rand(4, frames, 3, size, size)
+    images = torch.stack([video.frames_to_image(clip, layout) for clip in clips])
+    cutmix = Mixup(mixup_alpha=0.0, cutmix_minmax=[0.3, 0.6], prob=1.0, num_classes=3)  # a box of 3-7 pixels a side
+    np.random.seed(1)
+    mixed, targets = video.FrameMixing(cutmix, frames, layout)(images.clone(), torch.tensor([0, 1, 2, 0]))
+    changed = video.image_to_frames(mixed, frames, layout) != clips
+    box = changed[0, 0, 0]
+    assert 0 < box.sum() < size * size
+    assert all(torch.equal(changed[b, t, c], box) for b in range(3) for t in range(frames) for c in range(3))
+    # The pasted region is clip b.flip(0)'s same region of the same frame.
+    assert torch.equal(video.image_to_frames(mixed, frames, layout)[0][..., box], clips[3][..., box])
+    assert targets.shape == (4, 3)
+    # The canvas-wide variant cuts one box out of the whole image: some frames are untouched.
+    np.random.seed(1)
+    canvas = video.batch_mixing(cutmix, argparse_namespace(video_args('.'), video_mix='canvas',
+                                                             video_layout=layout))(images.clone(),
+                                                                                  torch.tensor([0, 1, 2, 0]))[0]
+    canvas_changed = video.image_to_frames(canvas, frames, layout) != clips
+    assert not all(torch.equal(canvas_changed[0, t, 0], canvas_changed[0, 0, 0]) for t in range(frames))
 
 
 # ---------------------------------------------------------------- data layouts and errors
@@ -209,6 +340,19 @@ def test_missing_and_undecodable_clips_are_named_or_skipped_and_counted(clip_fol
     (root / 'train.csv').write_text('clips/a.mp4,0\n')
     with pytest.raises(ValueError, match='line 1'):
         video.clip_samples(str(root), 'train')
+
+
+def test_list_lines_without_a_label_are_named(tmp_path):
+    """VideoMAE list line without its integer label; Kinetics CSV row without a label."""
+    (tmp_path / 'train.csv').write_text('clips/a.mp4 0\nclips/b.mp4\n')
+    with pytest.raises(ValueError, match=r"train\.csv, line 2: expected '<path> <integer label>' .*got "
+                                         r"'clips/b\.mp4'\. Add the label or delete the line"):
+        video.clip_samples(str(tmp_path), 'train')
+    (tmp_path / 'train.csv').write_text('label,youtube_id,time_start,time_end,split\n'
+                                        'bikes,abc,0,10,train\n,def,0,10,train\n')
+    with pytest.raises(ValueError, match=r"train\.csv, line 3: expected label,youtube_id,time_start,time_end,split "
+                                         r"with a label, a youtube_id and integer times; got ,def,0,10"):
+        video.clip_samples(str(tmp_path), 'train')
 
 
 # ---------------------------------------------------------------- samples
@@ -278,7 +422,7 @@ def video_train_argv(clip_folder):
             '--data_path', clip_folder, '--model_overrides', TINY_UNIREPLKNET, '--num_workers', '0']
 
 
-# 12 training clips, repeated augmentation x2, batch 2: 6 steps, each one clip in two augmentations.
+# 12 training clips, repeated augmentation x2 in the batch, batch 2: 6 steps, each two clips in two augmentations.
 # The quickstart turns the image augmentations off; the resume test turns them back on to cover their random draws.
 TRAINING = ['--epochs', '1', '--save_ckpt_every_steps', '1', '--model_ema', 'true', '--drop_path', '0.1',
             '--repeated_aug', '2', '--batch_size', '2', '--aa', 'rand-m7-n4-mstd0.5-inc1', '--reprob', '0.25',
@@ -300,8 +444,7 @@ def test_video_training_resumes_bitwise_after_sigkill(clip_folder, video_run, tm
     """RandomResizedCrop/RandAugment/erasing per clip, repeated augmentation, mixup/cutmix, drop path: killed
     mid-epoch."""
     argv, interrupted = [*video_train_argv(clip_folder), *TRAINING], str(tmp_path / 'interrupted')
-    kill_when_checkpoint_exists(argv, interrupted, 'checkpoint-0-step2.pth', str(tmp_path / 'killed.log'))
-    assert_succeeded(run_main([*argv, '--output_dir', interrupted]))
+    run_killed_after_each(argv, interrupted, ['checkpoint-0-step2.pth'])
     assert_same_training_state(os.path.join(interrupted, 'checkpoint-0.pth'),
                                os.path.join(video_run, 'checkpoint-0.pth'))
     assert [(line['test_acc1'], line['test_loss']) for line in read_log(interrupted)] == \

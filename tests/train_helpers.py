@@ -1,10 +1,12 @@
-"""Shared pieces of the training tests: tiny models, a tiny image folder, and main.py subprocess runs."""
+"""Shared pieces of the training tests: tiny models, a tiny image folder, main.py subprocess runs, and a hostile
+pickle."""
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import torch
@@ -22,6 +24,19 @@ BATCH_INDEPENDENT_UNIREPLKNET = '{"depths": [0, 0, 0, 0], "dims": [8, 16, 24, 32
 IMAGE_SIZE = 16
 NUM_CLASSES = 3
 
+
+
+@torch.no_grad()
+def randomise_batch_norms(model):
+    """BatchNorms with statistics and affine parameters that are not the identity, so that re-parameterisation has
+    something to fold (a fresh BN's zero mean and bias would hide a bias left out of a fused kernel)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.uniform_(0.5, 1.5)
+            module.bias.uniform_(-0.2, 0.2)
+    return model
 
 
 def write_image_folder(root, images_per_class, seed):
@@ -55,6 +70,17 @@ def tiny_data_args(train_dir, val_dir):
             '--num_workers', '0', '--seed', '0']
 
 
+class CreatesFileWhenUnpickled:
+    """Pickles as a call of open(path, 'w'): an unrestricted unpickler creates the file (a stand-in for any code a
+    crafted data file could run)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, 'w')
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(('127.0.0.1', 0))
@@ -84,13 +110,6 @@ def run_main(argv, nproc=1, launcher='torch.distributed.run', timeout=300):
     """Run main.py to completion; returns the CompletedProcess (stdout and stderr merged)."""
     return subprocess.run(main_command(argv, nproc, launcher), cwd=REPO_ROOT, env=subprocess_env(),
                           timeout=timeout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def start_main(argv, log_path):
-    """Start main.py in the background with output to log_path; returns the Popen."""
-    log = open(log_path, 'w')
-    return subprocess.Popen(main_command(argv), cwd=REPO_ROOT, env=subprocess_env(), stdout=log,
-                            stderr=subprocess.STDOUT)
 
 
 def assert_succeeded(completed):
@@ -130,16 +149,38 @@ def assert_optimizer_states_equal(optimizer_a, optimizer_b):
                 assert value == other, (index, name)
 
 
-def kill_when_checkpoint_exists(argv, output_dir, checkpoint, log_path, timeout=300):
-    """Start main.py with --output_dir output_dir and SIGKILL it as soon as output_dir/checkpoint exists."""
-    process = start_main([*argv, '--output_dir', output_dir], log_path)
-    deadline = time.time() + timeout
-    while not os.path.isfile(os.path.join(output_dir, checkpoint)) and process.poll() is None:
-        assert time.time() < deadline, 'the run made no progress'
-        time.sleep(0.05)
-    process.kill()
-    process.wait()
-    assert process.returncode != 0, 'the run ended before it could be killed'
+# checkpoint.py's test hook: main.py SIGKILLs itself right after writing the checkpoint file of this name.
+SIGKILL_AFTER_CHECKPOINT = 'UNIREPLKNET_TEST_SIGKILL_AFTER_CHECKPOINT'
+
+
+def run_killed_after_each(argv, output_dir, checkpoints, timeout=300):
+    """Run main.py with --output_dir output_dir, SIGKILLed right after it writes each of `checkpoints` in turn (the
+    same points on a fast and a slow machine), then to the end. Each run after the first must have resumed where
+    the previous one was killed. Returns the last run's CompletedProcess."""
+    killed_after = None
+    for checkpoint in [*checkpoints, None]:
+        env = subprocess_env() if checkpoint is None else {**subprocess_env(), SIGKILL_AFTER_CHECKPOINT: checkpoint}
+        completed = subprocess.run(main_command([*argv, '--output_dir', output_dir]), cwd=REPO_ROOT, env=env,
+                                   timeout=timeout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if checkpoint is None:
+            assert_succeeded(completed)
+        else:
+            assert completed.returncode == -signal.SIGKILL, \
+                f'the run was not killed after writing {checkpoint}:\n{completed.stdout[-4000:]}'
+            assert os.path.isfile(os.path.join(output_dir, checkpoint))
+        if killed_after is not None:
+            assert_resumed_from(completed.stdout, output_dir, killed_after)
+        killed_after = checkpoint
+    return completed
+
+
+def assert_resumed_from(output, output_dir, checkpoint):
+    """main.py's output says it restored output_dir/checkpoint and continued at its position (a run that restarted
+    from scratch would end with the same weights, being deterministic)."""
+    assert f'Resume checkpoint {os.path.join(output_dir, checkpoint)}\n' in output, output[-4000:]
+    epoch, step = re.fullmatch(r'checkpoint-(\d+)(?:-step(\d+))?\.pth', checkpoint).groups()
+    continuing = f'Continuing after epoch {epoch}\n' if step is None else f'Continuing at epoch {epoch}, step {step}\n'
+    assert continuing in output, output[-4000:]
 
 
 def assert_same_training_state(checkpoint_a, checkpoint_b):

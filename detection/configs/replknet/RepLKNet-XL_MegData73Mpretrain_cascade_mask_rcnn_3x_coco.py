@@ -2,7 +2,7 @@
 # XL: no small kernel, 1.5x wide depthwise conv, a BN on every returned feature, inception normalisation (127.5).
 _base_ = '../_base_/cascade-mask-rcnn_replknet_fpn_3x_coco.py'
 paper_result = dict(
-    source='RepLKNet paper (../shared/seeds/002_b86636648c4b1ecc.txt), Table 9: COCO',
+    source='RepLKNet paper (Ding et al., CVPR 2022), Table 9: COCO',
     metric='box AP (mask AP in mask_value)', value=55.5, mask_value=48.0)
 model = dict(
     data_preprocessor=dict(mean=[127.5, 127.5, 127.5], std=[127.5, 127.5, 127.5]),

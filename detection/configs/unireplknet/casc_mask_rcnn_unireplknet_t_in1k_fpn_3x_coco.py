@@ -5,7 +5,7 @@ _base_ = [
     '../_base_/cascade-mask-rcnn_unireplknet_fpn_4conv1fc-giou.py', '../_base_/coco_instance_3x_detr_aug.py',
 ]
 paper_result = dict(
-    source='UniRepLKNet paper (../shared/seeds/001_09b0eea5496a55a5.txt), Table 7: COCO val',
+    source='UniRepLKNet paper (Ding et al., CVPR 2024), Table 7: COCO val',
     metric='box AP (mask AP in mask_value)', value=51.7, mask_value=44.9)
 model = dict(
     backbone=dict(

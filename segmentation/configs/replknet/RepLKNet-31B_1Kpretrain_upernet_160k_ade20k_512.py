@@ -4,7 +4,7 @@ _base_ = [
     'mmseg::_base_/default_runtime.py', '../_base_/schedule_replknet_160k.py',
 ]
 paper_result = dict(
-    source='RepLKNet paper (../shared/seeds/002_b86636648c4b1ecc.txt), Table 8: ADE20K val',
+    source='RepLKNet paper (Ding et al., CVPR 2022), Table 8: ADE20K val',
     metric='mIoU (single-scale)', value=49.9)
 crop_size = (512, 512)
 model = dict(data_preprocessor=dict(size=crop_size))

@@ -4,7 +4,7 @@ _base_ = [
     '../_base_/upernet_replknet.py', 'mmseg::_base_/datasets/cityscapes_769x769.py',
     'mmseg::_base_/default_runtime.py', '../_base_/schedule_replknet_160k.py',
 ]
-paper_result = dict(source='RepLKNet paper (../shared/seeds/002_b86636648c4b1ecc.txt), Table 7: Cityscapes val',
+paper_result = dict(source='RepLKNet paper (Ding et al., CVPR 2022), Table 7: Cityscapes val',
                     metric='mIoU (single-scale)', value=83.1)
 crop_size = (769, 769)
 model = dict(

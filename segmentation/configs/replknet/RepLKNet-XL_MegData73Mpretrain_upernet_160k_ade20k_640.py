@@ -7,7 +7,7 @@ _base_ = [
     'mmseg::_base_/default_runtime.py', '../_base_/schedule_replknet_160k.py',
 ]
 paper_result = dict(
-    source='RepLKNet paper (../shared/seeds/002_b86636648c4b1ecc.txt), Table 8: ADE20K val',
+    source='RepLKNet paper (Ding et al., CVPR 2022), Table 8: ADE20K val',
     metric='mIoU (single-scale)', value=55.2)
 crop_size = (640, 640)
 model = dict(

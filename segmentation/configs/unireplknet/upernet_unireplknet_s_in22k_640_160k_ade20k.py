@@ -4,7 +4,7 @@ _base_ = [
     'mmseg::_base_/default_runtime.py', '../_base_/schedule_unireplknet_160k.py',
 ]
 paper_result = dict(
-    source='UniRepLKNet paper (../shared/seeds/001_09b0eea5496a55a5.txt), Table 8: ADE20K val',
+    source='UniRepLKNet paper (Ding et al., CVPR 2024), Table 8: ADE20K val',
     metric='mIoU (single-scale)', value=51.9)
 crop_size = (640, 640)
 model = dict(
