@@ -8,7 +8,7 @@ must equal their number. A file of any length, rate or channel count goes throug
 modalities/audio.py: mono (channel 0) at 16 kHz, the Kaldi filterbank, cut or zero-padded to 128 frames (1.28 s: a
 longer recording is cut to its first 1.28 s, as the recipe cuts), and in training the release's waveform mixup
 (--audio_mixup_prob), SpecAugment, noise and roll, seeded per sample (a killed run resumes bitwise-equal). An
-unreadable file is an error naming it, or with --skip_corrupt_images true skipped and counted.
+unreadable file is an error naming it, or with --skip_corrupt true skipped and counted.
 """
 import datasets
 from modalities import audio

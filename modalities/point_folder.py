@@ -8,8 +8,8 @@ columns such as normals or colours are ignored), a .npy array (points, >= 3) or 
 trimesh). Class i is the i-th of the sorted folder names of train/; --nb_classes must equal their number. The samples
 then go through the ModelNet-40 recipe of modalities/point_cloud.py (normalisation, farthest-point sampling,
 --pc_points, the release's training augmentation seeded per sample, --pc_test_rotations views averaged in
-evaluation) into the same P2P projection model. An unreadable file is an error naming it, or with
---skip_corrupt_images true skipped and counted.
+evaluation, scored as --pc_test_score says) into the same P2P projection model. An unreadable file is an error
+naming it, or with --skip_corrupt true skipped and counted.
 """
 import numpy as np
 
@@ -21,7 +21,8 @@ POINT_EXTENSIONS = ('.txt', '.npy', '.ply')
 
 
 def read_points(path):
-    """(N, 3) float32 x, y, z of a point file; RuntimeError naming the file when it cannot be read."""
+    """(N, 3) float32 x, y, z of a point file; datasets.UnreadableSampleError naming the file when it cannot be
+    read."""
     try:
         if path.lower().endswith('.ply'):
             import trimesh  # only PLY files need it
@@ -33,16 +34,20 @@ def read_points(path):
                 first_line = f.readline()
             points = np.loadtxt(path, delimiter=',' if ',' in first_line else None, ndmin=2)
     except (OSError, ValueError, AttributeError) as error:
-        raise RuntimeError(f"Cannot read point file '{path}' ({type(error).__name__}: {error}). Replace or delete "
-                           'the file, or pass --skip_corrupt_images true to skip unreadable files.') from error
+        raise datasets.UnreadableSampleError(
+            f"Cannot read point file '{path}' ({type(error).__name__}: {error}). Replace or delete the file, or pass "
+            '--skip_corrupt true to skip unreadable files.') from error
     if points.ndim != 2 or points.shape[1] < 3 or not len(points):
-        raise RuntimeError(f"Point file '{path}' holds an array of shape {points.shape}; expected (points, 3 or more "
-                           'columns) with x, y, z first.')
+        raise datasets.UnreadableSampleError(
+            f"Point file '{path}' holds an array of shape {points.shape}; expected (points, 3 or more columns) with "
+            'x, y, z first. Fix or delete the file, or pass --skip_corrupt true to skip unreadable files.')
     return points[:, :3].astype(np.float32)
 
 
 class PointFiles:
-    """A point_cloud.ModelNet40 reader of files listed as [(path, label)] (tools/predict.py uses label -1)."""
+    """A point_cloud.ModelNet40 reader of files listed as [(path, label)] (tools/predict.py uses label -1); a file
+    that cannot be read is found when it is read (`unreadable` lists nothing up front)."""
+    unreadable = ()
 
     def __init__(self, samples, classes):
         self.items, self.classes = samples, classes
@@ -50,26 +55,21 @@ class PointFiles:
     def __len__(self):
         return len(self.items)
 
+    def source(self, index):
+        return self.items[index][0]
+
     def __getitem__(self, index):
         path, label = self.items[index]
         return read_points(path), label
 
 
-class PointFolder(datasets.SkipsUnreadable):
-    """ModelNet40's samples of PointFiles, with unreadable files named or skipped and counted."""
-
-    def __init__(self, samples, classes, is_train, args):
-        super().__init__(args.skip_corrupt_images)
-        self.dataset = point_cloud.ModelNet40(PointFiles(samples, classes), is_train, args.pc_points,
-                                              args.pc_fps_points, args.pc_test_rotations)
-        self.classes = classes
-        self.eval_views = self.dataset.eval_views
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def read(self, index):
-        return self.dataset[index]
+def point_files_dataset(samples, classes, is_train, args):
+    """ModelNet40's samples (normalisation, sampling, augmentation or test rotations) of the listed files, unreadable
+    ones named or skipped and counted, the rotations scored as --pc_test_score says."""
+    dataset = point_cloud.ModelNet40(PointFiles(samples, classes), is_train, args.pc_points, args.pc_fps_points,
+                                     args.pc_test_rotations, skip_corrupt=args.skip_corrupt_images)
+    dataset.eval_views_scored = 'each' if args.pc_test_score == 'per_rotation' else 'together'  # engine.evaluate
+    return dataset
 
 
 def build_dataset(is_train, args):
@@ -77,4 +77,4 @@ def build_dataset(is_train, args):
         raise ValueError('--data_set point_folder trains on point clouds, which mixup/cutmix cannot mix: pass '
                          '--mixup 0 --cutmix 0')
     samples, classes = datasets.class_folder_split(args, is_train, POINT_EXTENSIONS)
-    return PointFolder(samples, classes, is_train, args), len(classes)
+    return point_files_dataset(samples, classes, is_train, args), len(classes)

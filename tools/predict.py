@@ -9,7 +9,9 @@ hub or the torch hub cache). What the run was trained with comes from the checkp
 --input_size, the data set and its options (frames, views, points, ...) and the class names (main.py records them;
 --label_map FILE, one name per line, names classes of checkpoints without them). The model runs re-parameterised
 (the deployed form) with the data set's evaluation preprocessing, including the views that `main.py --eval` averages
-(video: segments x crops, point clouds: rotations), so the top-1 of a labelled folder equals `main.py --eval`'s.
+(video: segments x crops, point clouds: rotations, their class probabilities averaged), so the top-1 of a labelled
+folder equals `main.py --eval`'s (for point clouds: with --pc_test_score ensemble; the default per_rotation scores
+each rotation alone).
 
 --inputs are files and/or folders (searched recursively) of the data set's kind: images, WAV/FLAC recordings, video
 clips or point files. --out is a .csv (path, label, prob, then label_1, prob_1 ... label_k, prob_k) or a .jsonl (one
@@ -44,7 +46,7 @@ from checkpoint import CheckpointError, load_checkpoint_file, load_weights_for_t
 from modalities import time_series  # noqa: E402
 from modalities.audio import read_label_map  # noqa: E402
 from modalities.audio_folder import AUDIO_EXTENSIONS, AudioFiles  # noqa: E402
-from modalities.point_folder import POINT_EXTENSIONS, PointFolder  # noqa: E402
+from modalities.point_folder import POINT_EXTENSIONS, point_files_dataset  # noqa: E402
 from modalities.video import VIDEO_EXTENSIONS, NormaliseFrames, VideoClips  # noqa: E402
 from tools.named_model import IMAGE_EXTENSIONS  # noqa: E402
 
@@ -196,8 +198,8 @@ class ImageFiles(datasets.SkipsUnreadable):
         try:
             image = pil_loader(self.paths[index])
         except OSError as error:
-            raise RuntimeError(f"Cannot read image '{self.paths[index]}' ({error}); replace it or leave it out of "
-                               '--inputs') from error
+            raise datasets.UnreadableSampleError(f"Cannot read image '{self.paths[index]}' ({error}); replace it "
+                                                 'or leave it out of --inputs') from error
         return self.transform(image), NO_LABEL
 
 
@@ -210,7 +212,7 @@ def input_dataset(kind, paths, args, names, image_transform=None):
         return AudioFiles(samples, names, train=False)
     if kind == 'video':
         return VideoClips(samples, len(names), False, NormaliseFrames(*datasets.normalization(args)), args)
-    return PointFolder(samples, names, False, args)
+    return point_files_dataset(samples, names, False, args)
 
 
 # ---------------------------------------------------------------------------------------------------------------
