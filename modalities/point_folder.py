@@ -44,19 +44,14 @@ def read_points(path):
     return points[:, :3].astype(np.float32)
 
 
-class PointFiles:
-    """A point_cloud.ModelNet40 reader of files listed as [(path, label)] (tools/predict.py uses label -1); a file
-    that cannot be read is found when it is read (`unreadable` lists nothing up front)."""
+class PointFiles(point_cloud.ModelNet40Text):
+    """A point_cloud.ModelNet40 reader of files listed as [(path, label)] (tools/predict.py uses label -1), in any
+    of the formats read_points reads; a file that cannot be read is found when it is read (`unreadable` lists
+    nothing up front). Its length and `source` are ModelNet40Text's."""
     unreadable = ()
 
-    def __init__(self, samples, classes):
+    def __init__(self, samples, classes):  # ModelNet40Text's own reads the shape lists of its layout
         self.items, self.classes = samples, classes
-
-    def __len__(self):
-        return len(self.items)
-
-    def source(self, index):
-        return self.items[index][0]
 
     def __getitem__(self, index):
         path, label = self.items[index]

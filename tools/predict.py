@@ -102,6 +102,7 @@ def run_options(checkpoint, source, cli):
     for key, value in (saved if isinstance(saved, dict) else vars(saved)).items():
         setattr(args, key, value)
     args.eval, args.device, args.num_workers, args.distributed = True, cli.device, cli.num_workers, False
+    args.skip_corrupt_images = False  # every input gets a row: an unreadable one is an error naming it
     if cli.input_size is not None:
         args.input_size = cli.input_size
     if cli.data_path is not None:
