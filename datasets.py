@@ -1,6 +1,7 @@
 """Datasets and transforms for ImageNet-1K/22K, CIFAR-100 and the bundled 8x8 digits.
 
-`build_dataset(is_train, args) -> (dataset, nb_classes)` reads `args.data_set`:
+`build_dataset(is_train, args) -> (dataset, nb_classes)` reads `args.data_set` with the builder of its spec
+(specs.py; the image data sets' specs are `SPECS` at the end of this file, the others' in modalities/):
 
 * 'IMNET'        -- ImageFolder(args.data_path/train) or ImageFolder(args.data_path/val).
 * 'image_folder' -- ImageFolder(args.data_path) for training, ImageFolder(args.eval_data_path) for
@@ -58,10 +59,9 @@ from torch.utils.data import Dataset, default_collate
 from torchvision import datasets, transforms
 from torchvision.transforms import InterpolationMode
 
-import modalities
 import shards
+import specs
 
-DATA_SETS = ('IMNET', 'image_folder', 'CIFAR', 'DIGITS')
 DATA_SETS_READ_FROM_DATA_PATH = ('IMNET', 'image_folder', 'CIFAR')
 FOLDER_DATA_SETS = ('IMNET', 'image_folder')   # also readable as shards (--data_format shards)
 DIGITS_IMAGE_SIZE = 32   # the 8x8 digits are enlarged 4x so the <=32-pixel transform path applies
@@ -523,23 +523,18 @@ class SeededAugmentation(DatasetWrapper):
 # Entry point
 # ----------------------------------------------------------------------------------------------
 
-def build_dataset(is_train, args):
-    """(dataset, nb_classes) for args.data_set; the training set is wrapped in SeededAugmentation."""
+def build_image_dataset(is_train, args):
+    """(dataset, nb_classes) of an image data set (IMNET, image_folder, CIFAR, DIGITS: their specs below)."""
     transform = build_transform(is_train, args)
     split = 'train' if is_train else 'val'
     if getattr(args, 'data_format', 'folder') == 'shards' and args.data_set not in FOLDER_DATA_SETS:
         raise ValueError(f"--data_format shards reads converted image folders ({', '.join(FOLDER_DATA_SETS)}); "
                          f"--data_set {args.data_set} is not one: pass --data_format folder.")
-
-    adapter = modalities.adapter_module(args.data_set)   # other modalities: (dataset, nb_classes) of their own
-    if adapter is not None:
-        dataset, nb_classes = adapter.build_dataset(is_train, args)
-    elif args.data_set in DATA_SETS_READ_FROM_DATA_PATH and not args.data_path:
+    if args.data_set in DATA_SETS_READ_FROM_DATA_PATH and not args.data_path:
         raise ValueError(f"--data_set {args.data_set} reads its images from --data_path, which is not set; pass "
                          "--data_path /path/to/data (README: Data sets), or try the code with --data_set DIGITS.")
-    elif args.data_set == 'IMNET':
-        dataset = image_folder(os.path.join(args.data_path, split), transform, args,
-                               f"ImageNet {split}")
+    if args.data_set == 'IMNET':
+        dataset = image_folder(os.path.join(args.data_path, split), transform, args, f"ImageNet {split}")
     elif args.data_set == 'image_folder':
         if is_train:
             dataset = image_folder(args.data_path, transform, args, "Training (--data_path)")
@@ -550,16 +545,29 @@ def build_dataset(is_train, args):
             dataset = image_folder(args.eval_data_path, transform, args, "Evaluation (--eval_data_path)")
     elif args.data_set == 'CIFAR':
         dataset = LocalCIFAR100(cifar100_folder(args.data_path), is_train, transform)
-    elif args.data_set == 'DIGITS':
-        dataset = Digits(is_train, transform)
     else:
-        raise ValueError(f"Unknown --data_set '{args.data_set}'; choose one of {', '.join(DATA_SETS)}.")
+        dataset = Digits(is_train, transform)
+    return dataset, len(dataset.classes)
 
-    if adapter is None:
-        nb_classes = len(dataset.classes)
+
+def build_dataset(is_train, args):
+    """(dataset, nb_classes) for args.data_set, read by its spec's builder; the training set is wrapped in
+    SeededAugmentation (and RepeatedSamples with --repeated_aug)."""
+    dataset, nb_classes = specs.get(args.data_set).build_dataset(is_train, args)
     if is_train and getattr(args, 'repeated_aug', 1) > 1:
         dataset = RepeatedSamples(dataset, args.repeated_aug)
     if is_train:
         dataset = SeededAugmentation(dataset, args.seed)
-    print(f"{args.data_set} {split}: {len(dataset)} images, {nb_classes} classes")
+    print(f"{args.data_set} {'train' if is_train else 'val'}: {len(dataset)} images, {nb_classes} classes")
     return dataset, nb_classes
+
+
+# The image data sets. Their defaults are main.py's parser defaults (the ImageNet-1K recipe of the release) except
+# where a data set fixes a value: its class count, and for the 8x8 digits (enlarged to 32x32) the input size.
+SPECS = {
+    'IMNET': specs.DataSetSpec('IMNET', build_image_dataset),
+    'image_folder': specs.DataSetSpec('image_folder', build_image_dataset),
+    'CIFAR': specs.DataSetSpec('CIFAR', build_image_dataset, defaults={'nb_classes': 100}),
+    'DIGITS': specs.DataSetSpec('DIGITS', build_image_dataset,
+                                defaults={'nb_classes': 10, 'input_size': DIGITS_IMAGE_SIZE}),
+}

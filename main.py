@@ -20,6 +20,7 @@ import json
 import os
 import random
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -32,8 +33,6 @@ from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTarget
 from timm.utils import ModelEmaV3, reparameterize_model
 
 import metric_logging
-import modalities
-from modalities import point_cloud
 import replknet  # registers replknet_* with timm; REPLKNET_ALIASES maps the original names
 import unireplknet  # noqa: F401  (registers unireplknet_* with timm)
 import utils
@@ -42,10 +41,10 @@ from checkpoint import (CheckpointError, Checkpointer, load_checkpoint_file, loa
 from datasets import build_dataset, class_names, collate_skipping_corrupt, count_skipped
 from engine import Precision, train_one_epoch
 from mesa import Mesa
-from modalities import time_series
 from optim_factory import cosine_scheduler, create_optimizer, layer_decay_assigner, step_scheduler
+import specs
 from shards import ShardError
-from tasks import build_task
+from tasks import ClassificationTask
 from utils import str2bool
 
 # How many batches --throughput runs before and while timing.
@@ -84,7 +83,8 @@ def get_args_parser():
     parser.add_argument('--use_checkpoint', type=str2bool, default=False,
                         help='activation checkpointing (torch.utils.checkpoint) in every block to save memory')
     parser.add_argument('--sync_bn', **OPTIONAL_BOOL,
-                        help='SyncBatchNorm in the model (multi-GPU; PyTorch does not support it on CPU)')
+                        help='every BatchNorm of the model (an adapter\'s included) becomes a SyncBatchNorm '
+                             '(multi-GPU; PyTorch does not support it on CPU)')
     parser.add_argument('--model_overrides', default=None, type=str, metavar='YAML',
                         help='extra model constructor kwargs as a YAML/JSON dict, for experiments and tests, '
                              'e.g. \'{"depths": [1,1,1,1], "dims": [8,16,32,64], '
@@ -174,10 +174,8 @@ def get_args_parser():
     parser.add_argument('--eval_data_path', default=None, type=str, help='dataset path for evaluation')
     parser.add_argument('--nb_classes', default=1000, type=int, help='number of the classification types')
     parser.add_argument('--imagenet_default_mean_and_std', type=str2bool, default=True)
-    parser.add_argument('--data_set', default='IMNET',
-                        choices=['CIFAR', 'IMNET', 'image_folder', 'DIGITS', 'SPEECHCOMMANDS', 'KINETICS400',
-                                 'GLOBAL_TEMP', 'GLOBAL_WIND', 'MODELNET40', 'audio_folder', 'point_folder'],
-                        type=str, help='ImageNet dataset path')
+    parser.add_argument('--data_set', default='IMNET', choices=specs.names(), type=str,
+                        help='the data set; its recipe sets some defaults differently (see the top of --help)')
     parser.add_argument('--data_format', default='folder', choices=['folder', 'shards'],
                         help='IMNET / image_folder data as class folders, or as tar shards written from them by '
                              'tools/make_shards.py (--data_path/--eval_data_path then name the shard folders)')
@@ -204,6 +202,14 @@ def get_args_parser():
     parser.add_argument('--dist_eval', type=str2bool, default=True, help='Enabling distributed evaluation')
     parser.add_argument('--disable_eval', type=str2bool, default=False,
                         help='Disabling evaluation during training')
+    parser.add_argument('--eval_freq', type=int, default=1, metavar='N',
+                        help='evaluate during training after every N-th epoch (counted in finished epochs)')
+    parser.add_argument('--eval_start_epoch', type=int, default=0, metavar='E',
+                        help='no evaluation before E epochs are finished (except the --eval_last_epochs)')
+    parser.add_argument('--eval_last_epochs', type=int, default=0, metavar='K',
+                        help='evaluate after every epoch once epochs - K are finished (the last epoch always); with '
+                             '--eval_freq 5 --eval_start_epoch 100 --eval_last_epochs 30 the ModelNet-40 release\'s '
+                             'schedule')
     parser.add_argument('--reparam', **OPTIONAL_BOOL,
                         help='evaluate (and --throughput time) the structurally re-parameterised model')
     parser.add_argument('--throughput', **OPTIONAL_BOOL,
@@ -221,35 +227,16 @@ def get_args_parser():
     parser.add_argument('--use_amp', type=str2bool, default=False,
                         help='Use mixed precision (see --amp_dtype)')
     parser.add_argument('--amp_dtype', default='float16', choices=['float16', 'bfloat16'],
-                        help='autocast dtype with --use_amp true: float16 (CUDA, with a GradScaler) or bfloat16')
+                        help='autocast dtype with --use_amp true: float16 (CUDA, with a GradScaler) or bfloat16 '
+                             '(--use_amp true --amp_dtype bfloat16 is the fast path on Ampere and later GPUs)')
+    parser.add_argument('--tf32', type=str2bool, default=True,
+                        help='on CUDA, float32 matmuls and cuDNN convolutions use TF32 (the release\'s numerics: '
+                             'torch <= 1.11 did so by default); false = full float32')
     parser.add_argument('--channels_last', **OPTIONAL_BOOL, help='channels-last memory format')
 
-    # Audio and video (modalities/audio.py, modalities/video.py; README "Audio" and "Video")
-    parser.add_argument('--label_map', default=None, type=str, metavar='FILE',
-                        help='class order of SPEECHCOMMANDS / KINETICS400: one class name per line (or AST\'s '
-                             'label CSV); default: sorted names')
     parser.add_argument('--loss', default='ce', choices=['ce', 'bce'],
                         help='ce: cross-entropy (soft-target CE with mixup); bce: timm BinaryCrossEntropy, one-vs-'
                              'rest on one-hot or soft targets (the audio recipe)')
-    parser.add_argument('--audio_mixup_prob', type=float, default=0.6,
-                        help='SPEECHCOMMANDS: probability of mixing a training waveform with another one '
-                             '(lambda ~ Beta(10, 10))')
-    parser.add_argument('--audio_eval_list', default='auto', choices=['auto', 'validation', 'testing'],
-                        help='SPEECHCOMMANDS evaluation list: auto = validation_list.txt while training, '
-                             'testing_list.txt with --eval true')
-    parser.add_argument('--video_frames', type=int, default=16, help='KINETICS400: frames per clip (a square)')
-    parser.add_argument('--video_frame_stride', type=int, default=4, help='KINETICS400: take every n-th frame')
-    parser.add_argument('--video_layout', default='grid', choices=['grid', 'reshape'],
-                        help="KINETICS400 frames -> image: 'grid' tiles (the paper) or 'reshape' (the release)")
-    parser.add_argument('--video_test_segments', type=int, default=5, help='KINETICS400: test windows per clip')
-    parser.add_argument('--video_test_crops', type=int, default=3, help='KINETICS400: test crops per window')
-    parser.add_argument('--video_train_transform', default='release', choices=['release', 'image'],
-                        help="KINETICS400 training augmentation: 'release' (Video/dataset/datasets.py: RandAugment "
-                             "on the full frames, then RandomResizedCrop (bilinear), flip, erasing) or 'image' (the "
-                             'image pipeline: RandomResizedCrop with --train_interpolation first, RandAugment after)')
-    parser.add_argument('--video_mix', default='frame', choices=['frame', 'canvas'],
-                        help="KINETICS400 Mixup/CutMix: 'frame' (the release: on the (B, C*T, H, W) clips, a CutMix "
-                             "box is the same region of every frame) or 'canvas' (on the whole frame image)")
     parser.add_argument('--repeated_aug', type=int, default=1, metavar='R',
                         help='repeated augmentation: each training sample R times per step, differently augmented '
                              '(the video recipe: 2); where the copies go: --repeated_aug_scope')
@@ -258,7 +245,6 @@ def get_args_parser():
                              "samples (batches of batch_size x R), every sample once per epoch (the release's video "
                              "num_sample); ranks: timm's RepeatAugSampler, copies on different ranks, --batch_size "
                              'counts copies, an epoch keeps the data set\'s size (1/R of the samples)')
-    point_cloud.add_arguments(parser)   # MODELNET40: --pc_* options
 
     # Learning-rate schedule and early stopping (the time-series recipe: lr halved every epoch, patience 3)
     parser.add_argument('--lr_schedule', default='cosine', choices=['cosine', 'step'],
@@ -271,7 +257,7 @@ def get_args_parser():
     parser.add_argument('--early_stop_patience', default=0, type=int, metavar='N',
                         help='stop once N evaluations in a row have not beaten the best (tasks.py says what '
                              'best is: top-1 accuracy, or MSE for forecasting); 0: off')
-    time_series.add_arguments(parser)
+    specs.add_arguments(parser)   # each data set's own options (--label_map, --audio_*, --video_*, --pc_*, --series_*)
 
     # Weights and Biases arguments
     parser.add_argument('--enable_wandb', type=str2bool, default=False, help='enable logging to Weights and Biases')
@@ -281,8 +267,46 @@ def get_args_parser():
     return parser
 
 
-def apply_config_file(parser, path):
-    """Use a YAML file's values as parser defaults; unknown keys and bad choices are errors."""
+DEFAULTS_NOTE = """Where defaults come from: the defaults above are main.py's, the image recipe's (ImageNet-1K, as the
+release's main.py). Each data set declares in its spec (specs.py; the SPECS of datasets.py and of
+modalities/<modality>.py) where its recipe differs and which options it cannot use. An option you do not set takes
+the data set's default; a --config file wins over those, and an explicit flag over both. Setting an option the data
+set cannot use is an error; turning it off (e.g. --mixup 0) is always accepted. The resolved options are printed
+when a run starts.
+
+"""
+
+
+def describe_data_sets(parser):
+    """--help's list of each data set's recipe defaults, the options it turns off and those it cannot use."""
+    def flags(options):
+        return ' '.join(f'--{option} ' + (' '.join(map(str, value)) if isinstance(value, list) else str(value))
+                        for option, value in options.items())
+
+    lines = []
+    for name in specs.names():
+        spec = specs.get(name)
+        turned_off = {option: off for option, off in spec.unused.items()
+                      if off is not None and off != parser.get_default(option)}
+        parts = [f'recipe: {flags(spec.defaults)}' if spec.defaults else 'recipe: the image recipe',
+                 f'off: {flags(turned_off)}' if turned_off else '',
+                 'cannot use: ' + ' '.join(f'--{option}' for option, off in spec.unused.items() if off is None)
+                 if any(off is None for off in spec.unused.values()) else '']
+        lines.append(f'--data_set {name}' + (f' (extra: {spec.extra})' if spec.extra else '') + '\n'
+                     + textwrap.fill('; '.join(part for part in parts if part), width=118, initial_indent='  ',
+                                     subsequent_indent='    '))
+    return '\n'.join(lines)
+
+
+def build_parser():
+    options = get_args_parser()
+    return argparse.ArgumentParser(description='UniRepLKNet / RepLKNet training and evaluation',
+                                   epilog=DEFAULTS_NOTE + describe_data_sets(options),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, parents=[options])
+
+
+def read_config_file(parser, path):
+    """A YAML file's option values; unknown keys and bad choices are errors."""
     if not os.path.isfile(path):
         parser.error(f'--config {path}: file not found')
     with open(path) as f:
@@ -300,20 +324,40 @@ def apply_config_file(parser, path):
             parser.error(f'--config {path}: {key}: {value!r} is not one of {list(choices)}')
     # String values still go through each option's type when argparse applies the defaults; YAML's booleans
     # become the strings the command line would give, so typed options (e.g. `compile: true`) parse them too.
-    config = {key: str(value).lower() if isinstance(value, bool) and actions[key].type is not None else value
-              for key, value in config.items()}
+    return {key: str(value).lower() if isinstance(value, bool) and actions[key].type is not None else value
+            for key, value in config.items()}
+
+
+def options_on_command_line(parser, argv):
+    """The option names (dests) that argv sets: parsed by a copy of the parser whose defaults are all suppressed."""
+    bare = copy.deepcopy(parser)
+    bare._defaults = {}
+    for action in bare._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(bare.parse_known_args(argv)[0]))
+
+
+def parse_args(argv=None):
+    """Parse main.py options. Each option comes from, first found: the command line, --config FILE.yaml, the data
+    set's spec (its recipe's defaults), main.py's parser defaults (the image recipe). An explicit option the data set
+    cannot use is an error, and so is a data set whose pyproject.toml extra is not installed."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    config_path = parser.parse_known_args(argv)[0].config
+    config = read_config_file(parser, config_path) if config_path else {}
     parser.set_defaults(**config)
-
-
-def parse_args(argv=None, parser=None):
-    """Parse main.py options, with --config FILE.yaml supplying defaults that explicit flags override."""
-    if parser is None:
-        parser = argparse.ArgumentParser(description='UniRepLKNet / RepLKNet training and evaluation',
-                                         parents=[get_args_parser()])
-    known, _ = parser.parse_known_args(argv)
-    if known.config:
-        apply_config_file(parser, known.config)
+    spec = specs.get(parser.parse_known_args(argv)[0].data_set)  # from the command line or the config
+    parser.set_defaults(**specs.parser_defaults(spec))
+    parser.set_defaults(**config)
     args = parser.parse_args(argv)
+    error = specs.explicit_option_error(spec, args, options_on_command_line(parser, argv) | set(config),
+                                        specs.option_owners())
+    if error:
+        parser.error(error)
+    try:
+        specs.require(spec.extra, f'--data_set {spec.name}')
+    except specs.MissingExtraError as missing:
+        parser.exit(2, f'error: {missing}\n')
     if isinstance(args.model_overrides, str):
         overrides = yaml.safe_load(args.model_overrides)
         if not isinstance(overrides, dict):
@@ -343,21 +387,35 @@ def canonical_model_name(name):
 def build_model(args):
     """Create the --model with the options of this run; --model_overrides adds constructor kwargs.
 
-    For a data set of another modality (modalities.adapter_module) that module's `backbone_kwargs(args)` go to the
-    backbone first, and its `build_model(args, backbone)` returns the model to train around that backbone."""
+    The data set's spec adds its backbone kwargs (before --model_overrides) and may build the model to train around
+    the backbone (a modality adapter). --sync_bn converts every BatchNorm of the result
+    (torch.nn.SyncBatchNorm.convert_sync_batchnorm)."""
     name = canonical_model_name(args.model)
-    kwargs = dict(num_classes=args.nb_classes, drop_path_rate=args.drop_path,
-                  with_cp=args.use_checkpoint, use_sync_bn=args.sync_bn)
+    kwargs = dict(num_classes=args.nb_classes, drop_path_rate=args.drop_path, with_cp=args.use_checkpoint)
     if name.startswith('unireplknet'):
         kwargs.update(layer_scale_init_value=args.layer_scale_init_value, head_init_scale=args.head_init_scale)
-    adapter = modalities.adapter_module(args.data_set)
-    if hasattr(adapter, 'backbone_kwargs'):
-        kwargs.update(adapter.backbone_kwargs(args))
+    spec = specs.get(args.data_set)
+    kwargs.update(spec.backbone_kwargs(args))
     kwargs.update(args.model_overrides or {})
     backbone = timm.create_model(name, pretrained=False, **kwargs)
-    if hasattr(adapter, 'build_model'):
-        return adapter.build_model(args, backbone)
-    return backbone
+    model = backbone if spec.build_model is None else spec.build_model(args, backbone)
+    if args.sync_bn:  # every BatchNorm of the model, an adapter's included
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+def backbone_parameter_prefix(args, model):
+    """Where the --model backbone's parameters sit in the model main.py trains (for --layer_decay's layer ids): ''
+    for a bare backbone, else the prefix the data set's spec declares (backbone_prefix)."""
+    spec = specs.get(args.data_set)
+    if spec.build_model is None:
+        return ''
+    prefix = spec.backbone_prefix
+    if not prefix or not any(name.startswith(prefix) for name, _ in model.named_parameters()):
+        raise ValueError(f'--layer_decay needs the backbone inside the --data_set {args.data_set} model, and its spec '
+                         f'declares no backbone_prefix that names its parameters (found {prefix!r}); '
+                         'pass --layer_decay 1.0')
+    return prefix
 
 
 def load_finetune_weights(args, model):
@@ -365,10 +423,11 @@ def load_finetune_weights(args, model):
     print(f'Load pre-trained checkpoint from: {args.finetune}')
     checkpoint = load_checkpoint_file(args.finetune, unsafe=args.unsafe_load_checkpoint)
     state_dict = dict(select_model_state(checkpoint, args.model_key, args.model_prefix))
-    if not set(state_dict) & set(model.state_dict()) and isinstance(getattr(model, 'backbone', None), torch.nn.Module):
+    backbone_prefix = specs.get(args.data_set).backbone_prefix
+    if not set(state_dict) & set(model.state_dict()) and backbone_prefix:
         # A modality adapter (point clouds, time series) around the backbone: an image checkpoint fits its backbone.
-        print(f'Loading {args.finetune} into {type(model).__name__}.backbone')
-        model = model.backbone
+        print(f'Loading {args.finetune} into {type(model).__name__}.{backbone_prefix.rstrip(".")}')
+        model = model.get_submodule(backbone_prefix.rstrip('.'))
     own = model.state_dict()
     for key in ('head.weight', 'head.bias'):
         if key in state_dict and key in own and state_dict[key].shape != own[key].shape:
@@ -404,8 +463,8 @@ def inference_model(model, reparam, compile_with=''):
 
 
 def evaluate_and_keep_best(task, model, data_loader_val, args, device, precision, checkpointer, epoch, ema):
-    """Evaluate the model (or its EMA) after an epoch; write checkpoint-best(-ema) when the task's score improves
-    (checkpointer.max_accuracy(_ema) holds the best task.score: top-1, or minus the MSE)."""
+    """Evaluate the model (or its EMA) after an epoch on `device`; write checkpoint-best(-ema) when the task's score
+    improves (checkpointer.max_accuracy(_ema) holds the best task.score: top-1, or minus the MSE)."""
     what, best_attr, best_name = ('model EMA', 'max_accuracy_ema', 'best-ema') if ema else \
         ('model', 'max_accuracy', 'best')
     stats = task.evaluate(data_loader_val, inference_model(model, args.reparam, args.compile), device, precision,
@@ -416,6 +475,16 @@ def evaluate_and_keep_best(task, model, data_loader_val, args, device, precision
         checkpointer.save_best(epoch, best_name)
     print(task.best_summary(what, getattr(checkpointer, best_attr)))
     return stats
+
+
+def evaluates_after(epoch, args):
+    """Whether training evaluates after `epoch` (0-based): every --eval_freq-th finished epoch from
+    --eval_start_epoch on, and every epoch once epochs - --eval_last_epochs are finished (as the release's point-cloud
+    trainer, Point/tool/train_adaptor_lkv.py: eval_freq, val_epoch, last_epochs)."""
+    finished = epoch + 1
+    if finished >= args.epochs - args.eval_last_epochs:
+        return True
+    return finished >= args.eval_start_epoch and finished % args.eval_freq == 0
 
 
 def should_stop_early(scores, patience):
@@ -459,12 +528,24 @@ def select_device(args):
     return torch.device(args.device)
 
 
+def configure_tf32(enabled, device):
+    """--tf32: TF32 for float32 matmuls and cuDNN convolutions on CUDA, as the release had (torch <= 1.11 enabled
+    both by default; today's torch only the convolutions). Nothing changes on other devices."""
+    if device.type != 'cuda':
+        return
+    torch.set_float32_matmul_precision('high' if enabled else 'highest')
+    torch.backends.cudnn.allow_tf32 = enabled
+    print(f'TF32 {"on" if enabled else "off (--tf32 false)"} for float32 matmuls and cuDNN convolutions on CUDA')
+
+
 def check_options(args, device):
     if args.sync_bn and args.distributed and device.type != 'cuda':
         raise ValueError('--sync_bn true needs CUDA: PyTorch SyncBatchNorm does not run on CPU tensors. '
                          'Drop --sync_bn on CPU.')
     if args.update_freq < 1:
         raise ValueError(f'--update_freq must be at least 1, got {args.update_freq}')
+    if args.eval_freq < 1:
+        raise ValueError(f'--eval_freq must be at least 1, got {args.eval_freq}')
     if args.eval and args.disable_eval:
         raise ValueError('--eval true with --disable_eval true leaves nothing to do; drop --disable_eval')
     if args.compile and args.compile not in torch._dynamo.list_backends(exclude_tags=()):
@@ -472,12 +553,16 @@ def check_options(args, device):
                          f'{", ".join(torch._dynamo.list_backends(exclude_tags=()))} (bare --compile: inductor)')
     if args.compile and args.use_checkpoint:
         # TorchDynamo cannot trace torch.utils.checkpoint with a context_fn, which both models use to keep BN
-        # statistics from being counted twice; with this setting those frames run eagerly and the rest is compiled.
+        # statistics from being counted twice; the models mark those calls torch.compiler.disable.
         print('--compile with --use_checkpoint: the checkpointed blocks run eagerly (TorchDynamo cannot trace '
-              'checkpoint with a context_fn); torch._dynamo.config.suppress_errors is set')
-        torch._dynamo.config.suppress_errors = True
+              'checkpoint with a context_fn), the rest is compiled')
     if args.mesa and not args.model_ema:
         raise ValueError(f'--mesa {args.mesa} needs --model_ema true: the EMA model is the MESA teacher')
+    if args.model_ema_force_cpu and args.model_ema_eval and args.dist_eval and args.distributed \
+            and device.type == 'cuda':
+        raise ValueError('--model_ema_force_cpu true with --model_ema_eval true evaluates the EMA on the CPU, and '
+                         'NCCL cannot sum the CPU evaluation counts of --dist_eval true: pass --dist_eval false '
+                         '(every rank evaluates the whole set) or drop --model_ema_force_cpu')
 
 
 def build_mesa(args, task, total_updates):
@@ -542,14 +627,14 @@ def build_mixup(args):
     mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
                   prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
                   label_smoothing=args.smoothing, num_classes=args.nb_classes)
-    adapter = modalities.adapter_module(args.data_set)  # e.g. video: mixing per frame, as the release
-    return adapter.batch_mixing(mixup, args) if hasattr(adapter, 'batch_mixing') else mixup
+    batch_mixing = specs.get(args.data_set).batch_mixing  # e.g. video: mixing per frame, as the release
+    return mixup if batch_mixing is None else batch_mixing(mixup, args)
 
 
 def build_criterion(args, mixup_fn):
     if args.loss == 'bce':  # one-vs-rest (the audio recipe): takes class indices, one-hot or mixed targets
         return BinaryCrossEntropy(smoothing=args.smoothing)
-    if getattr(modalities.adapter_module(args.data_set), 'SOFT_TARGETS', False):
+    if specs.get(args.data_set).soft_targets:
         return SoftTargetCrossEntropy()  # the data set itself yields probability vectors (e.g. waveform mixup)
     if mixup_fn is not None:
         return SoftTargetCrossEntropy()  # smoothing is applied inside Mixup's targets
@@ -563,17 +648,19 @@ def throughput_batch(args, device):
     """--throughput's input: random images at --input_size for image data sets. The other modalities' models take
     what only their data reader makes (spectrograms, frame grids, point clouds, series windows), so there the batch
     repeats the first evaluation sample (its first view), read from --data_path; that also sets --nb_classes."""
-    if modalities.adapter_module(args.data_set) is None:
+    spec = specs.get(args.data_set)
+    if spec.image_input:
         return torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
     dataset, args.nb_classes = build_dataset(is_train=False, args=args)
     sample = dataset[0][0]
-    if getattr(dataset, 'eval_views', 1) > 1:
+    if spec.eval_views(args) > 1:
         sample = sample[0]
     return sample.unsqueeze(0).expand(args.batch_size, *sample.shape).contiguous().to(device)
 
 
 def measure_throughput(args, device):
-    """--throughput: samples per second of inference at --batch_size (and --input_size for images), then exit."""
+    """--throughput: samples per second of inference (torch.inference_mode) at --batch_size (and --input_size for
+    images), then exit."""
     images = throughput_batch(args, device)
     model = inference_model(build_model(args).to(device).eval(), args.reparam, args.compile)
     if args.channels_last:
@@ -585,7 +672,8 @@ def measure_throughput(args, device):
         if device.type == 'cuda':
             torch.cuda.synchronize()
 
-    with precision.autocast():
+    # inference_mode: no autograd bookkeeping, and the models take their checkpoint path only when grad is enabled.
+    with torch.inference_mode(), precision.autocast():
         for _ in range(THROUGHPUT_WARMUP_ITERS):
             model(images)
         synchronize()
@@ -611,7 +699,11 @@ def main(args):
     utils.init_distributed_mode(args)
     device = select_device(args)
     check_options(args, device)
+    spec = specs.get(args.data_set)
     print(json.dumps(to_plain_data(args), indent=1))
+    print(f'--data_set {spec.name} defaults (used where neither a flag nor --config sets the option): '
+          f'{specs.parser_defaults(spec)}')
+    configure_tf32(args.tf32, device)
     seed_everything(args.seed + utils.get_rank())
     cudnn.benchmark = True
 
@@ -652,8 +744,8 @@ def main(args):
             dataset_val, sampler=sampler_val, batch_size=int(1.5 * args.batch_size),
             num_workers=args.num_workers, pin_memory=pin_memory, drop_last=False, collate_fn=collate_fn,
             generator=loader_generator)
-    task = build_task(args, classification_criterion=build_criterion)
-    mixup_fn = build_mixup(args) if not args.eval and task.uses_mixup else None
+    task = ClassificationTask(build_criterion) if spec.build_task is None else spec.build_task(args)
+    mixup_fn = build_mixup(args) if not args.eval and spec.mixup else None
 
     # ---------------- model ----------------
     model = build_model(args)
@@ -663,10 +755,12 @@ def main(args):
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model_ema = None
+    # --model_ema_force_cpu: the EMA stays on the CPU and is evaluated there (CUDA autocast leaves CPU ops in float32).
+    ema_device = torch.device('cpu') if args.model_ema_force_cpu else device
     if args.model_ema:
         # After .to(device) and before DDP, like the original.
         model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
-                               device=torch.device('cpu') if args.model_ema_force_cpu else None)
+                               device=ema_device if args.model_ema_force_cpu else None)
         print(f'Using EMA with decay = {args.model_ema_decay:.8f}')
     model_without_ddp = model
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -687,7 +781,8 @@ def main(args):
         print(f'Training with torch.compile (backend {args.compile}, static shapes)')
         model = compiled(model, args.compile)
 
-    assigner = layer_decay_assigner(canonical_model_name(args.model), args.layer_decay)
+    assigner = None if args.layer_decay == 1.0 else layer_decay_assigner(
+        canonical_model_name(args.model), args.layer_decay, backbone_parameter_prefix(args, model_without_ddp))
     if assigner is not None:
         print(f'Assigned values = {assigner.values}')
     optimizer = create_optimizer(
@@ -711,7 +806,7 @@ def main(args):
         print(task.summary('network', test_stats))
         if model_ema is not None and args.model_ema_eval:
             ema_stats = task.evaluate(data_loader_val,
-                                      inference_model(model_ema.module, args.reparam, args.compile), device,
+                                      inference_model(model_ema.module, args.reparam, args.compile), ema_device,
                                       precision, distributed=args.dist_eval, channels_last=args.channels_last)
             print(task.summary('EMA model', ema_stats))
         utils.barrier()
@@ -751,8 +846,7 @@ def main(args):
             print(f'Early stopping: no better evaluation in the last {args.early_stop_patience} epochs')
             break
         first_step = start_step if epoch == start_epoch else 0
-        if hasattr(dataset_train, 'set_epoch'):
-            dataset_train.set_epoch(epoch)
+        dataset_train.set_epoch(epoch)  # datasets.SeededAugmentation: this epoch's augmentation seeds
         sampler_train.set_epoch(epoch, start_sample=first_step * args.update_freq * data_loader_train.batch_size)
         loader_generator.manual_seed(loader_generator_seed(args.seed, epoch))
         train_stats = train_one_epoch(
@@ -768,7 +862,7 @@ def main(args):
                      'n_parameters': n_parameters}
         if args.skip_corrupt_images:  # cumulative over the run, as counted by this rank's loader
             log_stats['train_skipped_images'] = count_skipped(dataset_train)
-        if dataset_val is not None:
+        if dataset_val is not None and evaluates_after(epoch, args):
             test_stats = evaluate_and_keep_best(task, model_without_ddp, data_loader_val, args, device, precision,
                                                 checkpointer, epoch, ema=False)
             scores.append(task.score(test_stats))
@@ -777,7 +871,7 @@ def main(args):
                 log_writer.update(head='perf', step=epoch,
                                   **{f'test_{k}': v for k, v in task.tensorboard_values(test_stats).items()})
             if model_ema is not None and args.model_ema_eval:
-                ema_stats = evaluate_and_keep_best(task, model_ema.module, data_loader_val, args, device,
+                ema_stats = evaluate_and_keep_best(task, model_ema.module, data_loader_val, args, ema_device,
                                                    precision, checkpointer, epoch, ema=True)
                 log_stats.update({f'test_{k}_ema': v for k, v in ema_stats.items()})
                 if log_writer is not None:

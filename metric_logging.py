@@ -91,8 +91,10 @@ class MetricLogger:
         for meter in self.meters.values():
             meter.synchronize_between_processes()
 
-    def log_every(self, iterable, print_freq, header=''):
-        """Yield from iterable, printing `header [i/N] eta ... meters ... time data max mem` lines."""
+    def log_every(self, iterable, print_freq, header='', before_print=None):
+        """Yield from iterable, printing `header [i/N] eta ... meters ... time data max mem` lines.
+
+        `before_print` (if given) runs before each line, e.g. to read metrics kept on the device into the meters."""
         total = len(iterable)
         start_time = end = time.time()
         iter_time = SmoothedValue(fmt='{avg:.4f}')
@@ -103,6 +105,8 @@ class MetricLogger:
             yield item
             iter_time.update(time.time() - end)
             if i % print_freq == 0 or i == total - 1:
+                if before_print is not None:
+                    before_print()
                 eta = datetime.timedelta(seconds=int(iter_time.global_avg * (total - i - 1)))
                 parts = [header, f'[{i:>{width}}/{total}]', f'eta: {eta}', str(self),
                          f'time: {iter_time}', f'data: {data_time}']

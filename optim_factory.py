@@ -8,8 +8,9 @@ What this module gives `main.py`:
   names ending in `.bias` and the names in `model.no_weight_decay()`. Every group has an
   `lr_scale` (1.0 without layer decay), so the training loop may always set
   `group['lr'] = lr_schedule[it] * group['lr_scale']`.
-* `layer_decay_assigner(model_name, layer_decay)` -- the layer-id maps of the UniRepLKNet release
-  (ConvNeXt-style, 14 ids) and of RepLKNet-pytorch (14 ids), scale `layer_decay ** (13 - id)`.
+* `layer_decay_assigner(model_name, layer_decay, backbone_prefix)` -- the layer-id maps of the UniRepLKNet
+  release (ConvNeXt-style, 14 ids) and of RepLKNet-pytorch (14 ids), scale `layer_decay ** (13 - id)`; in a
+  model that wraps the backbone (a modality adapter) the backbone's parameters are those under `backbone_prefix`.
 * `cosine_scheduler(...)` -- per-iteration cosine schedule with linear warmup, identical in values
   to the release, with the `warmup_steps > 0, warmup_epochs == 0` length bug fixed.
 """
@@ -71,8 +72,13 @@ def replknet_layer_id(name):
     return NUM_LAYER_IDS - 1
 
 
-def layer_decay_assigner(model_name, layer_decay):
-    """The LayerDecayValueAssigner for `model_name`, or None when `layer_decay` is 1.0 (off)."""
+def layer_decay_assigner(model_name, layer_decay, backbone_prefix=''):
+    """The LayerDecayValueAssigner for `model_name`, or None when `layer_decay` is 1.0 (off).
+
+    `backbone_prefix`: where the backbone's parameters sit in the trained model ('backbone.' inside a modality
+    adapter); they get the backbone map's ids, every other parameter (the adapter's input and output layers, new
+    for the task like a fine-tuning head) the last id, i.e. the full learning rate.
+    """
     if layer_decay == 1.0:
         return None
     family = model_name.lower()
@@ -86,6 +92,9 @@ def layer_decay_assigner(model_name, layer_decay):
             "Layer-wise decay is defined for unireplknet_* and replknet_* / RepLKNet-* models; "
             "use one of those or pass --layer_decay 1.0.")
     values = [layer_decay ** (NUM_LAYER_IDS - 1 - i) for i in range(NUM_LAYER_IDS)]
+    if backbone_prefix:
+        return LayerDecayValueAssigner(values, lambda name: get_layer_id(name[len(backbone_prefix):])
+                                       if name.startswith(backbone_prefix) else NUM_LAYER_IDS - 1)
     return LayerDecayValueAssigner(values, get_layer_id)
 
 

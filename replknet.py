@@ -256,6 +256,9 @@ def _bn_running_stats_restored(module: nn.Module):
                 buffer.copy_(value)
 
 
+# TorchDynamo cannot trace checkpoint with a context_fn: under torch.compile this frame runs eagerly (the rest of the
+# model is compiled) instead of failing, without suppressing compile errors elsewhere.
+@torch.compiler.disable
 def checkpointed_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """module(x) under non-reentrant activation checkpointing.
 

@@ -3,7 +3,7 @@
 main.py and engine.py run one training loop for every data set and ask the run's task (`build_task(args)`):
 
 - `criterion(args, mixup_fn)`: the training loss (main.build_criterion's cross-entropy, or MSE);
-- `uses_mixup`, `tracks_train_accuracy`: whether Mixup/CutMix and the training class accuracy apply;
+- `tracks_train_accuracy`: whether the training class accuracy applies;
 - `evaluate(...)`: the evaluation metrics, from sums all-reduced over ranks (so --dist_eval equals one process);
 - `score(stats)` (higher is better) and `initial_best`: what the best checkpoint is (highest top-1 accuracy, or
   lowest MSE);
@@ -11,32 +11,23 @@ main.py and engine.py run one training loop for every data set and ask the run's
   Tensorboard show.
   log.txt records every key of `evaluate`'s stats with main.py's `test_` prefix.
 
-Classification is the default; a modality module (modalities.adapter_module) that defines `build_task(args)` supplies
-its own task, e.g. modalities.time_series builds a `ForecastingTask` with its persistence and training-mean baselines.
+Classification is the default; a data set's spec (specs.py) may name its own task builder, e.g. the time-series
+data sets build a `ForecastingTask` with their persistence and training-mean baselines. This module knows no data
+set: the modality modules import it, not the other way round.
 """
 import math
 
 import torch
 import torch.distributed as dist
 
-import modalities
 import metric_logging
 import utils
 from engine import evaluate as evaluate_classification
 
 
-def build_task(args, classification_criterion):
-    """The task of args.data_set; classification_criterion(args, mixup_fn) is main.py's classification loss."""
-    adapter = modalities.adapter_module(args.data_set)
-    if hasattr(adapter, 'build_task'):
-        return adapter.build_task(args)
-    return ClassificationTask(classification_criterion)
-
-
 class ClassificationTask:
     """main.py's classification loss (cross-entropy with --smoothing, --mixup/--cutmix), top-1/top-5 accuracy
     (engine.evaluate), best = highest top-1."""
-    uses_mixup = True
     tracks_train_accuracy = True
     initial_best = 0.0
 
@@ -73,7 +64,6 @@ class ForecastingTask:
     split the evaluation measures ('val', 'test'); it is in the stats (log.txt: `test_split`), the console line and
     the TensorBoard tags, since main.py's `test_` prefix alone would not say which split it was.
     """
-    uses_mixup = False
     tracks_train_accuracy = False
     initial_best = -math.inf
 

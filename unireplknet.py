@@ -330,10 +330,17 @@ class UniRepLKNetBlock(nn.Module):
 
     def forward(self, x):
         if self.with_cp and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(
-                self.residual_forward, x, use_reentrant=False,
-                context_fn=lambda: (contextlib.nullcontext(), _batch_norm_statistics_restored(self)))
+            return self.checkpointed_forward(x)
         return self.residual_forward(x)
+
+    # TorchDynamo cannot trace checkpoint with a context_fn: under torch.compile this frame runs eagerly (the rest of
+    # the model is compiled) instead of failing, without suppressing compile errors elsewhere.
+    @torch.compiler.disable
+    def checkpointed_forward(self, x):
+        """residual_forward under non-reentrant checkpointing; the recomputation restores BatchNorm statistics."""
+        return torch.utils.checkpoint.checkpoint(
+            self.residual_forward, x, use_reentrant=False,
+            context_fn=lambda: (contextlib.nullcontext(), _batch_norm_statistics_restored(self)))
 
     def residual_forward(self, x):
         """The block as the paper draws it."""

@@ -218,7 +218,7 @@ class RepeatedAugmentationSampler(ResumableTrainSampler):
         return iter(copies[self.rank:total:self.num_replicas][:self.samples_per_epoch][self.start_sample:])
 
 
-class RepeatedInBatchSampler(ResumableTrainSampler):
+class RepeatedInBatchSampler(RepeatedAugmentationSampler):
     """Repeated augmentation as the release's video recipe (`num_sample` in Video/dataset/datasets.py, batches
     flattened by `multiple_samples_collate`), over a datasets.RepeatedSamples (index i * repeats + k = copy k of
     sample i), resumable like ResumableTrainSampler.
@@ -226,13 +226,8 @@ class RepeatedInBatchSampler(ResumableTrainSampler):
     Each epoch shuffles the samples (seed + epoch) and splits them over the ranks as DistributedSampler does; a rank
     yields each of its samples' `repeats` copies one after another, so with batches of batch_size x repeats the
     copies of a sample share one batch and an epoch covers every sample (repeats x as many copies). timm's sampler
-    (RepeatedAugmentationSampler) has no such order, hence this one.
+    (RepeatedAugmentationSampler, whose options this one takes) has no such order, hence this one.
     """
-
-    def __init__(self, dataset, num_replicas, rank, seed, samples_per_epoch, repeats):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, seed=seed,
-                         samples_per_epoch=samples_per_epoch)
-        self.repeats = repeats
 
     def __iter__(self):
         generator = torch.Generator()

@@ -140,13 +140,13 @@ def measure(args, cli):
     return images / seconds, waiting / seconds, loader_alone_images_per_second(loader)
 
 
-def replace_section(path, body):
-    """Put `body` under SECTION_HEADING in the markdown file, replacing that section only
+def replace_section(path, body, heading=SECTION_HEADING):
+    """Put `body` under `heading` in the markdown file, replacing that section only
     (up to the next '## ' or '### ' heading); other sections are left exactly as they are."""
     text = open(path).read() if os.path.exists(path) else ''
-    section = f'{SECTION_HEADING}\n\n{body.strip()}\n'
-    if SECTION_HEADING in text:
-        before, after = text.split(SECTION_HEADING, 1)
+    section = f'{heading}\n\n{body.strip()}\n'
+    if heading in text:
+        before, after = text.split(heading, 1)
         match = re.search(r'\n#{2,3} ', after)
         rest = after[match.start() + 1:] if match else ''
         text = before + section + ('\n' + rest if rest else '')

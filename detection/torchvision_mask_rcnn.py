@@ -18,17 +18,22 @@ import collections
 import os
 import sys
 
-import numpy as np
-import pycocotools.mask
-import timm
-import torch
-import torchvision
-from pycocotools.cocoeval import COCOeval
-from torchvision.models.detection import FasterRCNN, MaskRCNN
-from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
-from torchvision.transforms import v2
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import specs  # noqa: E402
+
+# A missing extra stops here with the pip command, before its packages are imported.
+specs.exit_unless_installed('dense', 'detection/torchvision_mask_rcnn.py', modules=('pycocotools',))
+
+import numpy as np  # noqa: E402
+import pycocotools.mask  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from pycocotools.cocoeval import COCOeval  # noqa: E402
+from torchvision.models.detection import FasterRCNN, MaskRCNN  # noqa: E402
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool  # noqa: E402
+from torchvision.transforms import v2  # noqa: E402
+
 import unireplknet  # noqa: E402,F401  (registers the unireplknet_* models with timm)
 from replk_mm.plain_training import add_training_arguments, train_iterations  # noqa: E402
 

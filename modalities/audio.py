@@ -37,11 +37,11 @@ import random
 import warnings
 
 import numpy as np
-import soundfile
 import torch
 from scipy.signal import resample_poly
 
 import datasets
+import specs
 
 SAMPLE_RATE = 16000
 NUM_MEL_BINS = 128
@@ -55,7 +55,6 @@ MAX_ROLL_FRAMES = 10
 MIXUP_BETA = 10.0
 BACKGROUND_NOISE_FOLDER = '_background_noise_'
 LIST_FILES = {'validation': 'validation_list.txt', 'testing': 'testing_list.txt'}
-SOFT_TARGETS = True  # training targets are probability vectors (main.build_criterion picks a loss that takes them)
 
 
 class KaldiFbank:
@@ -86,6 +85,7 @@ class KaldiFbank:
 def read_wav(path):
     """Mono float32 waveform at 16 kHz. Other rates are resampled (scipy's polyphase filter); multi-channel files
     keep channel 0, as the release's kaldi.fbank does."""
+    import soundfile  # the 'audio' extra (specs.require checks it before any data is read)
     fix = 'Replace or delete the file, or pass --skip_corrupt true to skip unreadable samples.'
     try:
         samples, rate = soundfile.read(path, dtype='float32', always_2d=True)
@@ -249,14 +249,20 @@ def eval_list(args):
     return 'testing' if args.eval else 'validation'
 
 
-def backbone_kwargs(args):
-    return {'in_chans': 1}
+def add_arguments(parser):
+    """main.py options of --data_set SPEECHCOMMANDS (their own block; --label_map is KINETICS400's too)."""
+    group = parser.add_argument_group('audio (--data_set SPEECHCOMMANDS)')
+    group.add_argument('--label_map', default=None, type=str, metavar='FILE',
+                       help='class order of SPEECHCOMMANDS / KINETICS400: one class name per line (or AST\'s '
+                            'label CSV); default: sorted names')
+    group.add_argument('--audio_mixup_prob', type=float, default=0.6,
+                       help='probability of mixing a training waveform with another one (lambda ~ Beta(10, 10))')
+    group.add_argument('--audio_eval_list', default='auto', choices=['auto', 'validation', 'testing'],
+                       help='evaluation list: auto = validation_list.txt while training, testing_list.txt with '
+                            '--eval true')
 
 
 def build_dataset(is_train, args):
-    if is_train and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None):
-        raise ValueError('--data_set SPEECHCOMMANDS mixes raw waveforms itself (--audio_mixup_prob); pass '
-                         '--mixup 0 --cutmix 0 (timm\'s image mixup/cutmix would mix spectrogram pixels).')
     split = 'training' if is_train else eval_list(args)
     dataset = SpeechCommands(args.data_path, split, train=is_train,
                              mixup_prob=args.audio_mixup_prob if is_train else 0.0, label_map=args.label_map,
@@ -265,3 +271,17 @@ def build_dataset(is_train, args):
         raise ValueError(f"'{args.data_path}' has {len(dataset.classes)} word classes but --nb_classes is "
                          f"{args.nb_classes}. Pass --nb_classes {len(dataset.classes)}.")
     return dataset, len(dataset.classes)
+
+
+# The release's Speech Commands recipe (Audio/egs/speechcommands/run_sc.sh, configs/audio/): Adam with betas
+# (0.95, 0.999), lr 2.5e-4 times 0.85 per epoch from epoch 5, BCE without smoothing, 100 epochs of batch 128.
+# The spectrogram is not an image: timm's image augmentations, mixup/cutmix (it mixes waveforms itself, with
+# --audio_mixup_prob) and the image input size and normalisation do not apply.
+SPECS = {'SPEECHCOMMANDS': specs.DataSetSpec(
+    'SPEECHCOMMANDS', build_dataset, extra='audio',
+    defaults={'nb_classes': 35, 'batch_size': 128, 'epochs': 100, 'opt': 'adam', 'opt_betas': [0.95, 0.999],
+              'lr': 2.5e-4, 'lr_schedule': 'step', 'lr_step_gamma': 0.85, 'lr_step_first_epoch': 5,
+              'weight_decay': 5e-7, 'loss': 'bce', 'smoothing': 0.0},
+    unused={**specs.IMAGE_AUGMENTATION_OFF, **specs.IMAGE_EVALUATION_OFF, **specs.IMAGE_INPUT_OFF},
+    add_arguments=add_arguments,
+    backbone_kwargs=lambda args: {'in_chans': 1}, mixup=False, soft_targets=True, image_input=False)}

@@ -11,8 +11,8 @@ longer recording is cut to its first 1.28 s, as the recipe cuts), and in trainin
 unreadable file is an error naming it, or with --skip_corrupt true skipped and counted.
 """
 import datasets
+import specs
 from modalities import audio
-from modalities.audio import SOFT_TARGETS, backbone_kwargs  # noqa: F401  (the same model and loss as audio)
 
 AUDIO_EXTENSIONS = ('.wav', '.flac')
 
@@ -30,10 +30,17 @@ class AudioFiles(audio.SpeechCommands):
 
 
 def build_dataset(is_train, args):
-    if is_train and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None):
-        raise ValueError('--data_set audio_folder mixes raw waveforms itself (--audio_mixup_prob); pass --mixup 0 '
-                         "--cutmix 0 (timm's image mixup/cutmix would mix spectrogram pixels).")
     samples, classes = datasets.class_folder_split(args, is_train, AUDIO_EXTENSIONS)
     dataset = AudioFiles(samples, classes, train=is_train, mixup_prob=args.audio_mixup_prob if is_train else 0.0,
                          skip_corrupt=args.skip_corrupt_images)
     return dataset, len(classes)
+
+
+# The Speech Commands recipe and model (modalities/audio.py's spec) on class folders: the same defaults but the class
+# count (the folders say it), the same options unused; of SPEECHCOMMANDS' own options only --audio_mixup_prob applies.
+_SPEECH = audio.SPECS['SPEECHCOMMANDS']
+SPECS = {'audio_folder': specs.DataSetSpec(
+    'audio_folder', build_dataset, extra='audio',
+    defaults={option: value for option, value in _SPEECH.defaults.items() if option != 'nb_classes'},
+    unused=_SPEECH.unused, options=('audio_mixup_prob',), backbone_kwargs=_SPEECH.backbone_kwargs, mixup=False,
+    soft_targets=True, image_input=False)}

@@ -14,8 +14,8 @@ naming it, or with --skip_corrupt true skipped and counted.
 import numpy as np
 
 import datasets
+import specs
 from modalities import point_cloud
-from modalities.point_cloud import backbone_kwargs, build_model  # noqa: F401  (the same model as MODELNET40)
 
 POINT_EXTENSIONS = ('.txt', '.npy', '.ply')
 
@@ -68,8 +68,16 @@ def point_files_dataset(samples, classes, is_train, args):
 
 
 def build_dataset(is_train, args):
-    if is_train and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None):
-        raise ValueError('--data_set point_folder trains on point clouds, which mixup/cutmix cannot mix: pass '
-                         '--mixup 0 --cutmix 0')
     samples, classes = datasets.class_folder_split(args, is_train, POINT_EXTENSIONS)
     return point_files_dataset(samples, classes, is_train, args), len(classes)
+
+
+# The ModelNet-40 recipe and model (modalities/point_cloud.py's spec) on class folders: the same defaults but the
+# class count (the folders say it), the same unused options, and all of MODELNET40's own --pc_* options.
+_MODELNET = point_cloud.SPECS['MODELNET40']
+SPECS = {'point_folder': specs.DataSetSpec(
+    'point_folder', build_dataset, extra='points',
+    defaults={option: value for option, value in _MODELNET.defaults.items() if option != 'nb_classes'},
+    unused=_MODELNET.unused, options=tuple(specs.own_options(_MODELNET)),
+    backbone_kwargs=_MODELNET.backbone_kwargs, build_model=_MODELNET.build_model, mixup=False,
+    backbone_prefix=_MODELNET.backbone_prefix, eval_views=_MODELNET.eval_views, image_input=False)}

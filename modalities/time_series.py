@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 import datasets
+import specs
 import tasks
 
 INPUT_HOURS = 48
@@ -272,6 +273,8 @@ def build_task(args):
 def backbone_kwargs(args):
     """A single-channel backbone without classifier; the recipe's kernel sizes come from --model_overrides."""
     return dict(in_chans=1, num_classes=0)
+
+
 
 
 def build_model(args, backbone):
@@ -594,3 +597,18 @@ class SeriesForecaster(nn.Module):
             return self.affine_weight, self.affine_bias
         return tuple(parameter.repeat(self.num_nodes)[:self.num_stations]
                      for parameter in (self.affine_weight, self.affine_bias))
+
+
+# The release's Global Temp / Global Wind recipe (Time-Series/scripts, configs/time_series/): Adam, lr 1e-4 for two
+# epochs then halved every epoch, no weight decay, 10 epochs with early stopping (patience 3), one window per batch.
+# Forecasting takes MSE: no class count, label smoothing, loss choice, mixup or image augmentation, and the model sets
+# its own input.
+SPECS = {name: specs.DataSetSpec(
+    name, build_dataset, extra='timeseries',
+    defaults={'batch_size': 1, 'epochs': 10, 'opt': 'adam', 'lr': 1e-4, 'weight_decay': 0.0, 'warmup_epochs': 0,
+              'lr_schedule': 'step', 'lr_step_gamma': 0.5, 'lr_step_first_epoch': 2, 'early_stop_patience': 3},
+    unused={**specs.IMAGE_AUGMENTATION_OFF, **specs.IMAGE_EVALUATION_OFF, **specs.IMAGE_INPUT_OFF,
+            **specs.CLASSIFICATION_OFF},
+    add_arguments=add_arguments,
+    backbone_kwargs=backbone_kwargs, build_model=build_model, build_task=build_task, mixup=False,
+    backbone_prefix='backbone.', image_input=False) for name in SERIES_PREFIXES}

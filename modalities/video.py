@@ -39,7 +39,6 @@ import math
 import os
 import random
 
-import av
 import numpy as np
 import torch
 from timm.data.auto_augment import rand_augment_transform
@@ -50,6 +49,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 
 import datasets
+import specs
 from modalities.audio import read_label_map
 
 LIST_FILES = {'train': 'train.csv', 'val': 'val.csv'}
@@ -101,6 +101,7 @@ def frames_to_image(clip, layout):
 
 def decode_frames(path):
     """All frames of the first video stream of `path` as PyAV frames (converted to pixels only when used)."""
+    import av  # the 'video' extra (specs.require checks it before any data is read)
     try:
         with av.open(path) as container:
             frames = list(container.decode(video=0))
@@ -359,7 +360,7 @@ class FrameMixing:
 
 
 def batch_mixing(mixup, args):
-    """main.build_mixup's hook: the Mixup/CutMix of --video_mix."""
+    """The spec's batch mixing (main.build_mixup): the Mixup/CutMix of --video_mix."""
     return FrameMixing(mixup, args.video_frames, args.video_layout) if args.video_mix == 'frame' else mixup
 
 
@@ -372,6 +373,24 @@ class NormaliseFrames:
 
     def __call__(self, clip):
         return (clip.float() / 255.0 - self.mean) / self.std
+
+
+def add_arguments(parser):
+    """main.py options of --data_set KINETICS400 (their own block; --label_map is declared with the audio options)."""
+    group = parser.add_argument_group('video (--data_set KINETICS400; --input_size is the size of one frame)')
+    group.add_argument('--video_frames', type=int, default=16, help='frames per clip (a square)')
+    group.add_argument('--video_frame_stride', type=int, default=4, help='take every n-th frame')
+    group.add_argument('--video_layout', default='grid', choices=LAYOUTS,
+                       help="frames -> image: 'grid' tiles (the paper) or 'reshape' (the release)")
+    group.add_argument('--video_test_segments', type=int, default=5, help='test windows per clip')
+    group.add_argument('--video_test_crops', type=int, default=3, help='test crops per window')
+    group.add_argument('--video_train_transform', default='release', choices=['release', 'image'],
+                       help="training augmentation: 'release' (Video/dataset/datasets.py: RandAugment on the full "
+                            "frames, then RandomResizedCrop (bilinear), flip, erasing) or 'image' (the image "
+                            'pipeline: RandomResizedCrop with --train_interpolation first, RandAugment after)')
+    group.add_argument('--video_mix', default='frame', choices=['frame', 'canvas'],
+                       help="Mixup/CutMix: 'frame' (the release: on the (B, C*T, H, W) clips, a CutMix box is the "
+                            "same region of every frame) or 'canvas' (on the whole frame image)")
 
 
 def build_dataset(is_train, args):
@@ -389,3 +408,17 @@ def build_dataset(is_train, args):
     else:
         frame_transform = NormaliseFrames(*datasets.normalization(args))
     return VideoClips(samples, args.nb_classes, is_train, frame_transform, args), args.nb_classes
+
+
+# The release's Kinetics-400 fine-tuning recipe (Video/scripts, configs/video/): 90 epochs, lr 1e-3 down to 2.5e-7
+# after 5 warm-up epochs, layer decay 0.75, RandAugment rand-m7-n4-mstd0.5-inc1, every clip twice per step
+# (--repeated_aug 2 in one batch), 4 clips x 2 accumulation steps per GPU; the image recipe's mixup/cutmix (per frame,
+# --video_mix), smoothing and random erasing. The test views set their own sizes (no --crop_pct).
+SPECS = {'KINETICS400': specs.DataSetSpec(
+    'KINETICS400', build_dataset, extra='video',
+    defaults={'nb_classes': 400, 'batch_size': 4, 'update_freq': 2, 'epochs': 90, 'lr': 1e-3, 'min_lr': 2.5e-7,
+              'warmup_epochs': 5, 'layer_decay': 0.75, 'aa': 'rand-m7-n4-mstd0.5-inc1', 'repeated_aug': 2},
+    unused={**specs.IMAGE_EVALUATION_OFF, 'data_format': 'folder'},
+    options=('label_map',),
+    add_arguments=add_arguments, batch_mixing=batch_mixing,
+    eval_views=lambda args: args.video_test_segments * args.video_test_crops, image_input=False)}

@@ -15,13 +15,18 @@ import math
 import os
 import sys
 
-import numpy as np
-import segmentation_models_pytorch as smp
-import torch
-import torch.nn.functional as F
-from PIL import Image
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import specs  # noqa: E402
+
+# A missing extra stops here with the pip command, before its packages are imported.
+specs.exit_unless_installed('dense', 'segmentation/smp_upernet.py', modules=('segmentation_models_pytorch',))
+
+import numpy as np  # noqa: E402
+import segmentation_models_pytorch as smp  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+
 import unireplknet  # noqa: E402,F401  (registers the unireplknet_* models with timm)
 from replk_mm.plain_training import add_training_arguments, train_iterations  # noqa: E402
 

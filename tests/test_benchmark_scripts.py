@@ -50,3 +50,14 @@ def test_gpu_check_runs_its_checks_on_cpu_and_catches_a_wrong_path(capsys, monke
     monkeypatch.setattr(unireplknet_cpu, 'grn_then_linear', lambda grn, linear, x: linear(x))
     with pytest.raises(SystemExit, match='differ from the plain computation'):
         gpu_check.main(tiny_run)
+
+
+def test_training_step_benchmarks_run_on_cpu():
+    """benchmarks/gpu_step_check.py (TF32, AMP, host waits per step; its GPU parts are skipped on CPU) and the
+    engine A/B benchmarks/bench_step.py against HEAD."""
+    out = run_script('benchmarks/gpu_step_check.py', '--device', 'cpu', '--tiny', '--batch', '2', '--img_size', '32',
+                     '--updates', '2', '--repeats', '1', '--warmup', '0')
+    assert '| AMP bfloat16 (--use_amp true --amp_dtype bfloat16) |' in out
+    out = run_script('benchmarks/bench_step.py', '--before', 'HEAD', '--batch_size', '2', '--updates', '2',
+                     '--repeats', '1', '--warmup', '0')
+    assert '| engine.py at HEAD |' in out and '| working tree |' in out

@@ -44,12 +44,23 @@ def compiled_and_eager_step(backend):
     return eager, compiled_source, eager_ema, compiled_ema
 
 
-def test_compiled_training_keeps_state_dict_keys_and_updates_the_ema():
+def test_compiled_training_step_equals_eager_and_updates_the_ema():
     eager, compiled_source, eager_ema, compiled_ema = compiled_and_eager_step('eager')
-    assert list(compiled_source.state_dict()) == list(eager.state_dict())  # no `_orig_mod.` prefix
     assert max_abs_difference(compiled_source.state_dict(), eager.state_dict()) == 0
     assert max_abs_difference(compiled_ema.module.state_dict(), eager_ema.module.state_dict()) == 0
     assert max_abs_difference(compiled_ema.module.state_dict(), blockless_model().state_dict()) > 0  # it moved
+
+
+def test_compiled_run_saves_the_eager_model_keys(tmp_path):
+    """main.py checkpoints the model under --compile, not the torch.compile wrapper (whose keys carry `_orig_mod.`):
+    the saved keys are an eager model's, so the files load without --compile and into the release's code."""
+    data = make_tiny_dataset(str(tmp_path / 'data'))
+    args = main.parse_args(['--model', 'unireplknet_a', '--model_overrides', BATCH_INDEPENDENT_UNIREPLKNET,
+                            *tiny_data_args(*data), '--batch_size', '16', '--epochs', '1', '--warmup_steps', '1',
+                            '--model_ema', 'true', '--compile', 'eager', '--output_dir', str(tmp_path / 'run')])
+    main.main(args)
+    checkpoint = load_checkpoint(str(tmp_path / 'run' / 'checkpoint-0.pth'))
+    assert list(checkpoint['model']) == list(checkpoint['model_ema']) == list(blockless_model().state_dict())
 
 
 def test_compile_option_values_and_throughput(tmp_path):
@@ -120,3 +131,24 @@ def test_compiled_ddp_run_with_accumulation_equals_eager(tmp_path):
     expected, actual = (load_checkpoint(os.path.join(folder, 'checkpoint-0.pth')) for folder in (eager, compiled))
     assert max_abs_difference(actual['model'], expected['model']) < 1e-6
     assert max_abs_difference(actual['model_ema'], expected['model_ema']) < 1e-6
+
+
+@pytest.mark.parametrize('model, overrides', [
+    ('unireplknet_a', ONE_BLOCK_UNIREPLKNET),
+    ('replknet_31b', '{"layers": [1, 1, 1, 1], "channels": [8, 16, 24, 32], "large_kernel_sizes": [7, 7, 7, 7], '
+                     '"small_kernel": 3}')])
+def test_checkpointed_blocks_run_eagerly_inside_a_compiled_model_without_hiding_compile_errors(model, overrides):
+    """torch.compiler.disable on the checkpointed blocks (Dynamo cannot trace checkpoint with a context_fn), not a
+    process-wide suppress_errors: the compiled model with activation checkpointing trains as the eager one."""
+    args = main.parse_args(['--model', model, '--model_overrides', overrides, '--nb_classes', '3',
+                            '--use_checkpoint', 'true', '--compile', 'eager', '--device', 'cpu'])
+    main.check_options(args, torch.device('cpu'))
+    assert not torch._dynamo.config.suppress_errors
+    torch.manual_seed(0)
+    eager = main.build_model(args)
+    compiled_source = copy.deepcopy(eager)
+    images = torch.randn(2, 3, 32, 32)
+    eager(images).square().sum().backward()
+    main.compiled(compiled_source, 'eager')(images).square().sum().backward()
+    for (name, expected), actual in zip(eager.named_parameters(), compiled_source.parameters()):
+        torch.testing.assert_close(actual.grad, expected.grad, rtol=0, atol=0, msg=name)

@@ -86,14 +86,26 @@ def test_unireplknet_s_weight_decay_groups_match_the_release_counts():
     assert {'stages.2.0.gamma', 'stages.2.0.pwconv1.1.bias', 'norm.weight'} <= set(no_decay['param_names'])
 
 
+class PositionEmbedded(torch.nn.Module):
+    """A 3-D parameter that the "1-D or bias" filter would decay, exempted by name (as ViT's pos_embed); the
+    UniRepLKNet and RepLKNet models name none."""
+
+    def __init__(self):
+        super().__init__()
+        self.pos_embed = torch.nn.Parameter(torch.zeros(1, 4, 8))
+        self.proj = torch.nn.Linear(8, 8)
+
+    def no_weight_decay(self):
+        return {'pos_embed'}
+
+
 def test_model_no_weight_decay_names_move_to_the_no_decay_group():
-    model = meta_model('unireplknet_s')
-    skip = model.no_weight_decay() if hasattr(model, 'no_weight_decay') else set()
-    groups = {g['group_name']: g for g in param_groups(model, 0.05, skip)}
-    skipped_params = sum(p.numel() for name, p in model.named_parameters() if name in skip)
-    assert group_sizes(groups.values()) == {'decay': (333 - len(skip), 56_234_928 - skipped_params),
-                                            'no_decay': (486 + len(skip), 221_776 + skipped_params)}
-    assert skip <= set(groups['no_decay']['param_names'])
+    model = PositionEmbedded()
+    optimizer = create_optimizer(optimizer_args(weight_decay=0.05), model)  # main.py's call: no skip_list
+    decay_of = {id(p): group['weight_decay'] for group in optimizer.param_groups for p in group['params']}
+    assert decay_of[id(model.pos_embed)] == 0.0
+    assert decay_of[id(model.proj.weight)] == 0.05 and decay_of[id(model.proj.bias)] == 0.0
+    assert meta_model('unireplknet_s').no_weight_decay() == set() == meta_model('replknet_31b').no_weight_decay()
 
 
 def test_groups_with_layer_decay_carry_scale_and_wd():
@@ -175,3 +187,20 @@ def test_schedule_errors_say_what_to_change():
         cosine_scheduler(1.0, 0.0, epochs=3, niter_per_ep=0)
     with pytest.raises(ValueError, match='--warmup_epochs'):
         cosine_scheduler(1.0, 0.0, epochs=1, niter_per_ep=4, warmup_epochs=2)
+
+
+def test_layer_decay_is_refused_for_a_wrapper_that_declares_no_backbone_prefix(monkeypatch):
+    """A data set whose model wraps the backbone must say where (its spec's backbone_prefix), or every backbone
+    parameter would silently get the last layer id (no decay)."""
+    import dataclasses
+    import main
+    import specs
+    wrapper = torch.nn.Module()
+    wrapper.trunk = torch.nn.Linear(2, 2)
+    spec = dataclasses.replace(specs.get('MODELNET40'), backbone_prefix='')
+    monkeypatch.setattr(specs, 'get', lambda name: spec)
+    with pytest.raises(ValueError, match='declares no backbone_prefix.*--layer_decay 1.0'):
+        main.backbone_parameter_prefix(argparse.Namespace(data_set='MODELNET40'), wrapper)
+    spec = dataclasses.replace(spec, backbone_prefix='backbone.')  # declared, but naming no parameter of the model
+    with pytest.raises(ValueError, match="found 'backbone.'"):
+        main.backbone_parameter_prefix(argparse.Namespace(data_set='MODELNET40'), wrapper)

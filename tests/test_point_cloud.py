@@ -18,11 +18,13 @@ import torch
 import datasets
 import engine
 import main as train_main
+from conftest import skip_unless_ci
 from modalities import point_cloud
 from tools import make_modelnet_from_meshes
-from train_helpers import (REPO_ROOT, TINY_UNIREPLKNET, assert_bitwise_equal, assert_optimizer_states_equal,
+from train_helpers import (REPO_ROOT, TINY_UNIREPLKNET, assert_bitwise_equal,
+                           assert_layer_decay_and_sync_bn_reach_the_backbone_inside, assert_optimizer_states_equal,
                            assert_succeeded, load_checkpoint, randomise_batch_norms, read_log, run_killed_after_each,
-                           run_main)
+                           run_main, run_plain_command)
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 
@@ -43,7 +45,7 @@ TINY_ARGS = ['--model', 'unireplknet_a', '--model_overrides', TINY_UNIREPLKNET, 
 def modelnet(tmp_path_factory):
     """Both ModelNet-40 layouts of the same real-mesh samples: {'text': dir, 'hdf5': dir}."""
     if not all(os.path.isfile(os.path.join(MESH_DIR, f'{name}.off')) for name in MESHES):
-        pytest.skip(f'libcgal-demo meshes missing in {MESH_DIR}; .ci/run unpacks them (see this module docstring)')
+        skip_unless_ci(f'libcgal-demo meshes missing in {MESH_DIR}; .ci/run unpacks them (see this module docstring)')
     samples = make_modelnet_from_meshes.make_samples(
         make_modelnet_from_meshes.load_meshes(MESH_DIR, MESHES), {'train': TRAIN_PER_CLASS, 'test': TEST_PER_CLASS},
         RAW_POINTS, extra_test=1)   # 21 test samples: uneven over 2 ranks and over the classes
@@ -137,6 +139,18 @@ def test_reported_accuracy_is_the_releases_per_rotation_mean(modelnet, score):
     assert stats['num_images'] == len(dataset)
 
 
+def test_recipe_evaluates_on_the_releases_schedule():
+    """Point/tool/train_adaptor_lkv.py: with epoch_log = epoch + 1, evaluate if (epoch_log % eval_freq == 0 and
+    val_epoch <= epoch_log < epochs - last_epochs) or epoch_log >= epochs - last_epochs (config: 5, 100, 30)."""
+    args = train_main.parse_args(['--config', os.path.join(REPO_ROOT, 'configs', 'point_cloud',
+                                                           'unireplknet_s_modelnet40.yaml')])
+    ours = [epoch for epoch in range(args.epochs) if train_main.evaluates_after(epoch, args)]
+    release = [epoch for epoch in range(300) if ((epoch + 1) % 5 == 0 and 100 <= epoch + 1 < 270) or epoch + 1 >= 270]
+    assert ours == release and len(ours) == 65
+    every_epoch = train_main.parse_args([])
+    assert all(train_main.evaluates_after(epoch, every_epoch) for epoch in range(every_epoch.epochs))
+
+
 class AlwaysClassZero(torch.nn.Module):
     def forward(self, samples):
         return torch.tensor([[1.0, 0.0, 0.0]]).expand(len(samples), -1)
@@ -226,13 +240,17 @@ def test_throughput_times_the_adapter_on_a_real_cloud(modelnet, capsys):
     assert f'input (2, {points}, 3)' in capsys.readouterr().out  # [placed points, un-augmented points] of one view
 
 
-def test_options_the_adapter_cannot_honour_are_errors(modelnet):
-    args = tiny_args(modelnet['hdf5'], '--layer_decay', '0.8')
-    args.nb_classes = len(MESHES)
-    with pytest.raises(ValueError, match='no layer-id map'):
-        train_main.build_model(args)
-    with pytest.raises(ValueError, match='--mixup 0 --cutmix 0'):
-        point_cloud.build_dataset(True, tiny_args(modelnet['hdf5'], '--mixup', '0.8'))
+def test_layer_decay_and_sync_bn_reach_the_backbone_and_the_adapter(modelnet):
+    synced = assert_layer_decay_and_sync_bn_reach_the_backbone_inside(
+        [*TINY_ARGS, '--data_path', modelnet['hdf5'], '--nb_classes', str(len(MESHES))])
+    assert any(isinstance(module, torch.nn.SyncBatchNorm) for name, module in synced.named_modules()
+               if not name.startswith('backbone.'))  # the point encoder's ResNet blocks
+
+
+def test_options_the_adapter_cannot_honour_are_errors(modelnet, capsys):
+    with pytest.raises(SystemExit):
+        train_main.parse_args(['--data_set', 'MODELNET40', '--data_path', modelnet['hdf5'], '--mixup', '0.8'])
+    assert 'does not use --mixup; drop it or pass --mixup 0.0' in capsys.readouterr().err
 
 
 def test_point_file_with_wrong_columns_is_named(tmp_path):
@@ -387,3 +405,10 @@ def test_killed_and_resumed_run_is_bitwise_equal(modelnet, tmp_path):
     assert_optimizer_states_equal(resumed['optimizer'], expected['optimizer'])
     assert [line['test_acc1'] for line in read_log(interrupted)] == [line['test_acc1'] for line in read_log(uninterrupted)]
 
+@pytest.mark.slow
+def test_plain_command_trains_with_the_modelnet_recipe(modelnet, tmp_path):
+    stdout = run_plain_command('MODELNET40', modelnet['hdf5'],
+                               ['--nb_classes', str(len(MESHES)), '--input_size', '32', '--pc_points', '128',
+                                '--pc_fps_points', '160', '--pc_knn', '16', '--pc_encoder_dim', '16',
+                                '--pc_fusion_dim', '16', '--pc_test_rotations', '2'], str(tmp_path / 'run'))
+    assert '"smoothing": 0.2' in stdout and '"mixup": 0.0' in stdout and '"lr": 0.0005' in stdout

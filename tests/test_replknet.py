@@ -21,8 +21,8 @@ from replknet import RepLKNet
 
 pytestmark = pytest.mark.usefixtures('single_thread')  # see tests/conftest.py
 
-REFERENCE_DIR = '/work/shared/reference/state_dict_keys'
-needs_reference = pytest.mark.skipif(not os.path.isdir(REFERENCE_DIR), reason='reference key lists not available')
+# The original release's RepLKNet-31B state_dict keys and shapes (name, shape, dtype per line), training and merged.
+REFERENCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'replknet_keys')
 
 TINY_31B = dict(large_kernel_sizes=(31, 29, 27, 13), layers=(1, 1, 2, 1), channels=(8, 8, 16, 16), small_kernel=5)
 TINY_XL = dict(large_kernel_sizes=(27, 27, 27, 13), layers=(1, 1, 2, 1), channels=(8, 8, 16, 16), small_kernel=None,
@@ -73,7 +73,6 @@ def reference_key_shapes(name):
 
 # ---- compatibility with the original release ----------------------------------------------------------------------
 
-@needs_reference
 def test_31b_keys_and_shapes_equal_the_original_in_training_and_merged_form():
     with torch.device('meta'):
         assert key_shapes(replknet.create_RepLKNet31B()) == reference_key_shapes('replknet_31b_train.txt')

@@ -24,6 +24,7 @@ import submitit
 import torch
 
 import run_with_submitit
+from conftest import skip_unless_ci
 from slurm_cluster import LocalSlurmCluster, why_slurm_unavailable
 
 TINY_MODEL = "{depths: [1, 1, 1, 1], dims: [8, 16, 32, 64], kernel_sizes: [[3], [7], [7], [3]]}"
@@ -131,11 +132,11 @@ def test_dry_run_shows_tasks_gpus_and_batches_of_the_readme_commands(
 
 
 @pytest.mark.parametrize("command, nodes", [(README_22K_S, 2), (README_22K_XL, 4)])
-@pytest.mark.skipif(shutil.which("srun") is None,
-                    reason="submitit's SLURM executor needs srun (SLURM client tools: apt-get install slurm-client)")
 def test_readme_commands_become_the_right_sbatch_parameters(command, nodes, tmp_path):
     """The parameters are accepted by submitit and become the right sbatch options; a generic cluster
     gets no partition and no constraint unless asked."""
+    if shutil.which("srun") is None:
+        skip_unless_ci("submitit's SLURM executor needs srun (SLURM client tools: apt-get install slurm-client)")
     launcher_args, _ = run_with_submitit.parse_args(shlex.split(command))
     executor = submitit.AutoExecutor(folder=tmp_path / "%j", cluster="slurm")
     executor.update_parameters(**run_with_submitit.executor_parameters(launcher_args))
@@ -217,7 +218,7 @@ def slurm_cluster(tmp_path_factory):
     reason = why_slurm_unavailable()
     if reason:
         print(f"SLURM test skipped: {reason}")
-        pytest.skip(reason)
+        skip_unless_ci(reason)
     cluster = LocalSlurmCluster(tmp_path_factory.mktemp("slurm"))
     try:
         cluster.start()

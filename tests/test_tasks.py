@@ -1,6 +1,5 @@
 """tasks.py: what classification and forecasting decide (loss, metrics, best checkpoint), and the main.py/engine
 pieces that ask them (step schedule, early stopping, training without a class accuracy)."""
-import argparse
 import json
 import math
 
@@ -9,6 +8,7 @@ import pytest
 import torch
 
 import main
+import specs
 import tasks
 from engine import Precision, train_one_epoch
 from optim_factory import step_scheduler
@@ -86,12 +86,11 @@ def test_each_task_chooses_its_loss():
     assert isinstance(tasks.ForecastingTask(persistence).criterion(args, None), torch.nn.MSELoss)
     classification = tasks.ClassificationTask(main.build_criterion)
     assert type(classification.criterion(args, None)).__name__ == 'LabelSmoothingCrossEntropy'
-    assert classification.uses_mixup and not tasks.ForecastingTask(persistence).uses_mixup
 
 
-def test_image_data_sets_are_classification():
-    task = tasks.build_task(argparse.Namespace(data_set='DIGITS'), classification_criterion=main.build_criterion)
-    assert isinstance(task, tasks.ClassificationTask)
+def test_image_data_sets_are_classification_with_mixup_and_forecasting_is_neither():
+    assert specs.get('DIGITS').build_task is None and specs.get('DIGITS').mixup
+    assert specs.get('GLOBAL_TEMP').build_task is not None and not specs.get('GLOBAL_TEMP').mixup
 
 
 def test_training_a_regression_model_records_no_class_accuracy():

@@ -18,8 +18,9 @@ import unireplknet
 from modalities import time_series
 from modalities.time_series import INPUT_HOURS, PREDICT_HOURS, WINDOW_HOURS
 from train_helpers import (BATCH_INDEPENDENT_UNIREPLKNET, REPO_ROOT, TINY_UNIREPLKNET, CreatesFileWhenUnpickled,
-                           assert_same_training_state, assert_succeeded, load_checkpoint, randomise_batch_norms,
-                           read_log, run_killed_after_each, run_main)
+                           assert_layer_decay_and_sync_bn_reach_the_backbone_inside, assert_same_training_state,
+                           assert_succeeded, load_checkpoint, randomise_batch_norms, read_log, run_killed_after_each,
+                           run_main, run_plain_command)
 from weather_data import QUICKSTART_SPLIT_HOURS, read_stations, write_corrformer_layout, write_quickstart_folder
 
 pytestmark = pytest.mark.usefixtures('single_thread')
@@ -384,6 +385,10 @@ def main_args(folder, data_set='GLOBAL_TEMP'):
             '--device', 'cpu', '--num_workers', '0', '--seed', '0']
 
 
+def test_layer_decay_and_sync_bn_reach_the_backbone_inside_the_forecaster(weather_folder):
+    assert_layer_decay_and_sync_bn_reach_the_backbone_inside([*main_args(weather_folder), '--nb_classes', '0'])
+
+
 def test_finetune_loads_an_image_checkpoint_into_the_backbone(weather_folder, tmp_path):
     """--finetune with a plain UniRepLKNet checkpoint (keys without the adapter's `backbone.` prefix)."""
     args = train_main.parse_args([*main_args(weather_folder), '--nb_classes', '0'])
@@ -504,3 +509,11 @@ def test_early_stopping_ends_training_and_a_resumed_run_stays_stopped(short_weat
         assert_succeeded(completed)
         assert 'Early stopping: no better evaluation in the last 1 epochs' in completed.stdout
         assert [line['epoch'] for line in read_log(output_dir)] == [0, 1]
+
+
+@pytest.mark.slow
+def test_plain_command_trains_with_the_forecasting_recipe(weather_folder, tmp_path):
+    stdout = run_plain_command('GLOBAL_WIND', weather_folder,
+                               ['--series_d_model', str(TINY_D_MODEL), '--series_stations_per_node', '3',
+                                '--series_heads', '4', '--batch_size', '32'], str(tmp_path / 'run'))
+    assert '"lr_schedule": "step"' in stdout and '"opt": "adam"' in stdout and '"smoothing": 0.0' in stdout

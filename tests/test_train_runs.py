@@ -115,13 +115,13 @@ def test_two_process_ddp_equals_one_process_with_twice_the_batch(split_runs):
 
 def test_update_freq_equals_one_batch_of_the_combined_size(split_runs):
     """Loss / update_freq summed over micro-batches is the mean over the combined batch, the LR is set
-    once per update, and only the last micro-batch steps the optimizer."""
+    once per update, and only the last micro-batch steps the optimizer (plain SGD: an undivided loss doubles each
+    update, a step per micro-batch moves the second one's gradient)."""
     accumulated = load_checkpoint(os.path.join(split_runs['accumulate'], 'checkpoint-0.pth'))
     single = load_checkpoint(os.path.join(split_runs['single'], 'checkpoint-0.pth'))
     assert max_abs_difference(accumulated['model'], single['model']) < 1e-6
     assert read_log(split_runs['accumulate'])[0]['train_grad_norm'] == \
         pytest.approx(read_log(split_runs['single'])[0]['train_grad_norm'], rel=1e-5)
-    assert accumulated['optimizer']['state'][0]['step'] == single['optimizer']['state'][0]['step'] == 6
 
 
 def test_distributed_evaluation_equals_single_process(split_runs, tiny_data):

@@ -418,10 +418,18 @@ def test_with_cp_keeps_no_stem_activations_for_backward():
     assert stem_activation not in saved_shapes(model)
 
 
-def test_with_cp_is_skipped_without_grad():
+def test_with_cp_is_skipped_without_grad(monkeypatch):
+    calls = []
+    checkpoint = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, 'checkpoint',
+                        lambda *args, **kwargs: calls.append(args[0]) or checkpoint(*args, **kwargs))
     model = tiny_model(with_cp=True).eval()
+    x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 1000)
+        output = model(x)
+    assert calls == []
+    torch.testing.assert_close(model(x), output)  # with gradients: every block and the stem are checkpointed
+    assert len(calls) == 1 + sum(1 for _ in model.blocks())
 
 
 def test_sync_bn_runs_in_a_single_cpu_process():

@@ -18,6 +18,8 @@ from unireplknet_cpu import (
     FastGRN, convert_to_fast_cpu, dilated_depthwise_conv_by_space_to_batch, grn_then_linear, same_depthwise_conv,
 )
 
+BFLOAT16_EPS = torch.finfo(torch.bfloat16).eps  # 2**-7: the spacing of bfloat16 numbers at 1
+
 DILATED_BRANCHES = sorted({(k, r) for branches in unireplknet.DRB_BRANCHES.values() for k, r in branches if r > 1})
 # Every depthwise conv of a training-form DRB: the large kernels (dilation 1) and all branches.
 DRB_CONVS = sorted({(k, 1) for k in unireplknet.DRB_BRANCHES} | {
@@ -98,11 +100,14 @@ def test_training_drb_runs_under_cpu_bfloat16_autocast_like_the_plain_convs():
         out, expected = drb(x), reference_drb_forward(reference, x)
     assert out.dtype == expected.dtype
     torch.testing.assert_close(out, expected, rtol=0.05, atol=0.05)
-    out.float().sum().backward()
-    expected.float().sum().backward()
+    # A random-weighted sum: through training-mode BatchNorm the gradient of out.sum() is ~0, which zeros would match.
+    weights = torch.randn(out.shape)
+    (out.float() * weights).sum().backward()
+    (expected.float() * weights).sum().backward()
     for (name, p), p_ref in zip(drb.named_parameters(), reference.parameters()):
         assert p.grad.dtype == p.dtype, name
-        torch.testing.assert_close(p.grad, p_ref.grad, rtol=0.1, atol=0.5, msg=name)
+        # Both computed in bfloat16 in a different order: a few bfloat16 roundings apart (measured: <= 0.45 eps).
+        assert (p.grad - p_ref.grad).norm() <= 4 * BFLOAT16_EPS * p_ref.grad.norm(), name
 
 
 @pytest.mark.parametrize('kernel_size', sorted(unireplknet.DRB_BRANCHES))
@@ -316,12 +321,14 @@ def test_a_changed_drb_branch_conv_takes_effect_in_training_and_eval(change):
 
 
 def test_model_trains_under_cpu_bfloat16_autocast_close_to_float32():
-    """The custom autograd paths (DRB convs, GRN norm and fold) keep autocast's dtypes in forward and backward."""
-    def gradients(autocast):
+    """The custom autograd paths (DRB convs, GRN norm and fold) keep autocast's dtypes in forward and backward, and
+    their bfloat16 gradients are as close to float32 as the plain computation's in bfloat16 (the release's): the bound
+    is that computation's own error on this machine, not a number tuned to one CPU."""
+    def gradients(autocast, fast_cpu_kernels=True):
         torch.manual_seed(0)
         model = unireplknet.UniRepLKNet(depths=(2, 2, 2, 2), dims=(8, 16, 32, 64), num_classes=5,
                                         kernel_sizes=((3, 3), (13, 13), (13, 3), (13, 13)), layer_scale_init_value=1.0,
-                                        fast_cpu_kernels=True)
+                                        fast_cpu_kernels=fast_cpu_kernels)
         x, labels = torch.randn(4, 3, 96, 96), torch.randint(0, 5, (4,))
         with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
             logits = model(x)
@@ -329,11 +336,14 @@ def test_model_trains_under_cpu_bfloat16_autocast_close_to_float32():
         F.cross_entropy(logits.float(), labels).backward()
         return {name: p.grad for name, p in model.named_parameters()}
 
-    low, full = gradients(True), gradients(False)
+    low, plain_low, full = gradients(True), gradients(True, fast_cpu_kernels=False), gradients(False, False)
     for name, grad in full.items():
         assert low[name].dtype == torch.float32 and torch.isfinite(low[name]).all(), name
         if grad.norm() > 1e-4 * grad.numel() ** 0.5:  # BN-cancelled parameters have ~0 gradient: nothing to compare
-            assert (low[name] - grad).norm() <= 0.3 * grad.norm(), name  # the release computation in bf16: <= 0.2
+            # Measured: the fast path's error is at most 1.07 times the plain path's (up to 0.26 relative, on the SE
+            # bias of the last block); a few bfloat16 roundings of slack.
+            plain_error = (plain_low[name] - grad).norm()
+            assert (low[name] - grad).norm() <= plain_error + 4 * BFLOAT16_EPS * grad.norm(), name
 
 
 def test_fast_cpu_kernels_chosen_by_argument_then_environment_then_auto(monkeypatch):

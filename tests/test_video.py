@@ -25,7 +25,7 @@ import utils
 from datasets import RepeatedSamples, SeededAugmentation
 from modalities import video
 from train_helpers import (TINY_UNIREPLKNET, assert_same_training_state, assert_succeeded,
-                           read_log, run_killed_after_each, run_main)
+                           read_log, run_killed_after_each, run_main, run_plain_command)
 
 RECIPE = os.path.join(os.path.dirname(__file__), '..', 'configs', 'video', 'unireplknet_b_kinetics400.yaml')
 # Video/run_class_finetuning.py's default_kernel_sizes (the release's video architecture), copied by hand.
@@ -483,3 +483,11 @@ def test_quickstart_learns_and_predict_matches_its_evaluation(clip_folder, tmp_p
     assert [row['path'] for row in rows] == [os.path.join(clip_folder, path) for path, _ in val]
     predicted = 100.0 * sum(row['label'] == label for row, (_, label) in zip(rows, val)) / len(val)
     assert predicted == pytest.approx(final)
+
+
+@pytest.mark.slow
+def test_plain_command_trains_with_the_kinetics_recipe(clip_folder, tmp_path):
+    stdout = run_plain_command('KINETICS400', clip_folder,
+                               ['--nb_classes', '3', '--video_frames', str(FRAMES), '--video_frame_stride', str(STRIDE),
+                                '--input_size', str(FRAME_SIZE), '--batch_size', '4'], str(tmp_path / 'run'))
+    assert '"repeated_aug": 2' in stdout and '"layer_decay": 0.75' in stdout and '"mixup": 0.8' in stdout

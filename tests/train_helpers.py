@@ -116,6 +116,19 @@ def assert_succeeded(completed):
     assert completed.returncode == 0, completed.stdout[-4000:]
 
 
+def run_plain_command(data_set, data_path, sizes, output_dir):
+    """`main.py --data_set X --data_path D` with only a tiny model, one epoch on CPU and the data set's sizes (no
+    recipe option): it must train and evaluate with the data set's own defaults. Returns main.py's output.
+    A one-epoch run has no warm-up: the image and video recipes warm up longer than that (main.py refuses it)."""
+    completed = run_main(['--data_set', data_set, '--data_path', data_path, '--model_overrides', TINY_UNIREPLKNET,
+                          '--epochs', '1', '--warmup_epochs', '0', '--device', 'cpu', '--num_workers', '0',
+                          '--output_dir', output_dir,
+                          *sizes], timeout=600)
+    assert_succeeded(completed)
+    assert 'test_loss' in read_log(output_dir)[-1]
+    return completed.stdout
+
+
 def load_checkpoint(path):
     """Checkpoints must load with the safe loader of torch >= 2.6."""
     return torch.load(path, map_location='cpu', weights_only=True)
@@ -191,3 +204,34 @@ def assert_same_training_state(checkpoint_a, checkpoint_b):
     if 'model_ema' in state_a:
         assert_bitwise_equal(state_a['model_ema'], state_b['model_ema'])
     assert_optimizer_states_equal(state_a['optimizer'], state_b['optimizer'])
+
+
+def assert_layer_decay_and_sync_bn_reach_the_backbone_inside(argv):
+    """For a modality adapter's model (main.py's `argv`): --layer_decay gives the backbone's parameters inside the
+    wrapper the backbone map's ids and every other parameter the last id (full rate); --sync_bn turns every
+    BatchNorm of the model into a SyncBatchNorm, keeping the state_dict's keys. Returns the converted model."""
+    import main
+    import optim_factory
+    args = main.parse_args([*argv, '--layer_decay', '0.8'])
+    model = main.build_model(args)
+    prefix = main.backbone_parameter_prefix(args, model)
+    assigner = optim_factory.layer_decay_assigner(main.canonical_model_name(args.model), 0.8, prefix)
+    backbone_ids = set()
+    for name, _ in model.named_parameters():
+        inside = name.startswith('backbone.')
+        expected = optim_factory.unireplknet_layer_id(name[len('backbone.'):]) if inside \
+            else optim_factory.NUM_LAYER_IDS - 1
+        assert assigner.get_layer_id(name) == expected, name
+        backbone_ids.update([expected] if inside else [])
+    assert {0, 1, 2, 12} <= backbone_ids  # stem, stages: not every parameter at the last id
+    groups = optim_factory.param_groups(model, 0.05, get_num_layer=assigner.get_layer_id,
+                                        get_layer_scale=assigner.get_scale)
+    assert min(group['lr_scale'] for group in groups) == 0.8 ** 13
+
+    synced = main.build_model(main.parse_args([*argv, '--sync_bn', 'true']))
+    norms = [type(module) for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+    synced_norms = [type(module) for module in synced.modules()
+                    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and len(synced_norms) == len(norms) and set(synced_norms) == {torch.nn.SyncBatchNorm}
+    assert list(synced.state_dict()) == list(model.state_dict())
+    return synced

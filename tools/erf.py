@@ -18,11 +18,18 @@ erf_area_ratio.md (the table, also printed). Each image is processed on its own,
 import argparse
 import os
 import re
+import sys
 
-import matplotlib
-import numpy as np
-import torch
-from tqdm import tqdm
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import specs  # noqa: E402
+
+# A missing extra stops here with the pip command, before its packages are imported.
+specs.exit_unless_installed('analysis', 'tools/erf.py')
+
+import matplotlib  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 matplotlib.use('Agg')  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402

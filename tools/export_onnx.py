@@ -13,15 +13,23 @@ exceeds --tolerance times max(1, largest |logit|). Finally both runtimes are tim
 """
 import argparse
 import copy
+import os
+import sys
 
-import numpy as np
-import onnx
-import onnxruntime
-import torch
-from timm.utils import reparameterize_model
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import specs  # noqa: E402
 
-# named_model puts the repository root on sys.path, for benchmarks.timing
-from named_model import BUILTIN_IMAGES, add_use_ema_argument, build_named_model, load_images, parse_model_kwargs
+# A missing extra stops here with the pip command, before its packages are imported.
+specs.exit_unless_installed('export', 'tools/export_onnx.py')
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import onnxruntime  # noqa: E402
+import torch  # noqa: E402
+from timm.utils import reparameterize_model  # noqa: E402
+
+from named_model import (BUILTIN_IMAGES, add_use_ema_argument, build_named_model, load_images,  # noqa: E402
+                         parse_model_kwargs)
 from benchmarks.timing import interleaved_medians  # noqa: E402
 from checkpoint import CheckpointError  # noqa: E402
 

@@ -10,10 +10,17 @@ The meshes of Debian's libcgal-demo (see README "Point clouds") are the default 
 """
 import argparse
 import os
+import sys
 
-import h5py
-import numpy as np
-import trimesh
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import specs  # noqa: E402
+
+# A missing extra stops here with the pip command, before its packages are imported.
+specs.exit_unless_installed('points', 'tools/make_modelnet_from_meshes.py')
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+import trimesh  # noqa: E402
 
 DEFAULT_MESHES = ('anchor', 'cactus', 'knot1', 'rotor')
 TEXT_DECIMALS = 6   # the text layout's precision; samples are rounded to it so both layouts hold equal values

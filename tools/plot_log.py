@@ -10,8 +10,15 @@ skipped for that log; a key missing from every log is an error that lists the ke
 import argparse
 import json
 import os
+import sys
 
-import matplotlib
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import specs  # noqa: E402
+
+# A missing extra stops here with the pip command, before its packages are imported.
+specs.exit_unless_installed('analysis', 'tools/plot_log.py', modules=('matplotlib',))
+
+import matplotlib  # noqa: E402
 
 matplotlib.use('Agg')  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402

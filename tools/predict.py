@@ -41,7 +41,7 @@ from tqdm import tqdm  # noqa: E402
 
 import datasets  # noqa: E402
 import main as train_main  # noqa: E402
-import modalities  # noqa: E402
+import specs  # noqa: E402
 from checkpoint import CheckpointError, load_checkpoint_file, load_weights_for_tool  # noqa: E402
 from modalities import time_series  # noqa: E402
 from modalities.audio import read_label_map  # noqa: E402
@@ -50,9 +50,10 @@ from modalities.point_folder import POINT_EXTENSIONS, point_files_dataset  # noq
 from modalities.video import VIDEO_EXTENSIONS, NormaliseFrames, VideoClips  # noqa: E402
 from tools.named_model import IMAGE_EXTENSIONS  # noqa: E402
 
-# The kind of input each modality module reads; image data sets have no module.
-INPUT_KINDS = {None: 'image', 'audio': 'audio', 'audio_folder': 'audio', 'video': 'video',
-               'point_cloud': 'points', 'point_folder': 'points', 'time_series': 'forecast'}
+# The kind of input read by the module that defines each data set's spec (specs.SPEC_MODULES).
+INPUT_KINDS = {'datasets': 'image', 'modalities.audio': 'audio', 'modalities.audio_folder': 'audio',
+               'modalities.video': 'video', 'modalities.point_cloud': 'points', 'modalities.point_folder': 'points',
+               'modalities.time_series': 'forecast'}
 EXTENSIONS = {'image': IMAGE_EXTENSIONS, 'audio': AUDIO_EXTENSIONS, 'video': VIDEO_EXTENSIONS,
               'points': POINT_EXTENSIONS}
 NO_LABEL = -1
@@ -133,7 +134,7 @@ def trained_model(cli):
     model = train_main.build_model(args)
     load_weights_for_tool(model, checkpoint, cli.checkpoint, use_ema=cli.use_ema)
     names = None
-    if INPUT_KINDS[adapter_name(args.data_set)] != 'forecast':
+    if input_kind(args.data_set) != 'forecast':
         names = class_names(checkpoint.get('class_names'), args.nb_classes, cli.label_map)
     return deployed(model, cli.device), args, names
 
@@ -157,9 +158,8 @@ def released_model(cli):
     return deployed(model, cli.device), create_transform(**config, is_training=False), names
 
 
-def adapter_name(data_set):
-    module = modalities.adapter_module(data_set)
-    return None if module is None else module.__name__.rsplit('.', 1)[-1]
+def input_kind(data_set):
+    return INPUT_KINDS[specs.SPEC_MODULES[data_set]]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -293,7 +293,7 @@ def main(cli):
         kind, args = 'image', None
     else:
         model, args, names = trained_model(cli)
-        kind, transform = INPUT_KINDS[adapter_name(args.data_set)], None
+        kind, transform = input_kind(args.data_set), None
     if kind == 'forecast':
         if cli.inputs:
             raise ValueError(f'--data_set {args.data_set} checkpoints forecast the windows of a split: drop --inputs '
