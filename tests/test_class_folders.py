@@ -14,10 +14,12 @@ import torch
 import trimesh
 
 import datasets
+import main as train_main
 from modalities import audio, audio_folder, point_folder
 from tools import make_modelnet_from_meshes, predict
 from train_helpers import assert_same_training_state, assert_succeeded, read_log, run_killed_after_each, run_main
-from test_audio import ESPEAK_VOICES, FLITE_VOICES, WORDS, build_spoken_commands, needs_speech_tools
+from conftest import skip_unless_ci
+from test_audio import ESPEAK_VOICES, FLITE_VOICES, WORDS, build_spoken_commands, speech_tools  # noqa: F401 (fixture)
 from test_point_cloud import MESH_DIR, MESHES, RAW_POINTS, TINY_ARGS
 
 pytestmark = pytest.mark.usefixtures('single_thread')
@@ -45,7 +47,7 @@ def write_point_folder(root, samples, class_names):
 @pytest.fixture(scope='module')
 def point_samples():
     if not all(os.path.isfile(os.path.join(MESH_DIR, f'{name}.off')) for name in MESHES):
-        pytest.skip(f'libcgal-demo meshes missing in {MESH_DIR}; .ci/run unpacks them (see tests/test_point_cloud.py)')
+        skip_unless_ci(f'libcgal-demo meshes missing in {MESH_DIR}; .ci/run unpacks them (see tests/test_point_cloud.py)')
     return make_modelnet_from_meshes.make_samples(make_modelnet_from_meshes.load_meshes(MESH_DIR, MESHES),
                                                   {'train': 20, 'test': 5}, RAW_POINTS)
 
@@ -86,13 +88,26 @@ def test_class_folder_errors_are_image_folders(point_tree, tmp_path):
         point_folder.build_dataset(True, point_args(str(tmp_path / 'nowhere')))
     with pytest.raises(ValueError, match='has 4 class folders but --nb_classes is 40. Pass --nb_classes 4'):
         point_folder.build_dataset(False, point_args(point_tree, nb_classes=40))
-    with pytest.raises(ValueError, match='--data_set point_folder trains on point clouds'):
-        point_folder.build_dataset(True, point_args(point_tree, mixup=0.8))
     extra = tmp_path / 'extra'
     shutil.copytree(point_tree, extra)
     os.makedirs(extra / 'val' / 'teapot')
     with pytest.raises(ValueError, match=r"class folder\(s\) \['teapot'\] that the training set does not have"):
         point_folder.build_dataset(False, point_args(str(extra)))
+
+
+@pytest.mark.parametrize('data_set', ['point_folder', 'audio_folder'])
+def test_specs_take_their_recipes_and_refuse_image_options(data_set, capsys):
+    """Each class-folder data set takes its modality's recipe defaults (not its class count) and refuses timm's
+    image mixup, as MODELNET40 and SPEECHCOMMANDS do."""
+    recipe = {'point_folder': 'MODELNET40', 'audio_folder': 'SPEECHCOMMANDS'}[data_set]
+    args = train_main.parse_args(['--data_set', data_set, '--nb_classes', '4'])
+    reference = train_main.parse_args(['--data_set', recipe])
+    for option in ('lr', 'batch_size', 'smoothing', 'mixup', 'cutmix', 'aa', 'opt'):
+        assert getattr(args, option) == getattr(reference, option), option
+    assert args.nb_classes == 4
+    with pytest.raises(SystemExit):
+        train_main.parse_args(['--data_set', data_set, '--nb_classes', '4', '--mixup', '0.8'])
+    assert f'--data_set {data_set} does not use --mixup' in capsys.readouterr().err
 
 
 def test_unreadable_point_file_is_named_or_skipped_and_counted(point_tree, tmp_path):
@@ -204,7 +219,7 @@ def test_point_folder_resumes_bitwise_after_sigkill_with_skipped_files(point_tre
 
 
 @pytest.fixture(scope='module')
-def spoken_word_tree(tmp_path_factory):
+def spoken_word_tree(speech_tools, tmp_path_factory):
     """The synthesised Speech Commands words as class folders: training voices in train/, the others in val/."""
     layout = build_spoken_commands(str(tmp_path_factory.mktemp('spoken')))
     held_out = set()
@@ -221,7 +236,6 @@ def spoken_word_tree(tmp_path_factory):
 
 
 @pytest.mark.slow
-@needs_speech_tools
 def test_audio_folder_recognises_unheard_voices_and_predicts_like_eval(spoken_word_tree, tmp_path):
     argv = ['--config', os.path.join(os.path.dirname(__file__), '..', 'configs', 'audio', 'quickstart_speech.yaml'),
             '--data_set', 'audio_folder', '--data_path', spoken_word_tree, '--nb_classes', str(len(WORDS)),
