@@ -41,6 +41,7 @@ import pickle
 import random
 import re
 import signal
+import socket
 import urllib.parse
 
 import numpy as np
@@ -143,20 +144,50 @@ def find_latest_checkpoint(output_dir):
     return found[-1][1] if found else None
 
 
-def prune_checkpoints(output_dir, keep_epochs):
-    """Keep the newest `keep_epochs` epoch checkpoints and only a step checkpoint newer than all of them."""
+def prune_checkpoints(output_dir, keep_epochs, just_written):
+    """Keep the newest `keep_epochs` epoch checkpoints and only a step checkpoint newer than all of them; never
+    the file `just_written` (the run's resume point, even if files of later positions, say from before a
+    restart at an older checkpoint, sort above it)."""
     found = list_periodic_checkpoints(output_dir)
     epoch_files = [path for position, path in found if position[1] == float('inf')]
     doomed = epoch_files[:-keep_epochs] if keep_epochs > 0 else epoch_files
     doomed += [path for position, path in found[:-1] if position[1] != float('inf')]
     for path in doomed:
-        os.remove(path)
+        if os.path.abspath(path) != os.path.abspath(just_written):
+            os.remove(path)
+
+
+# Temporary names carry the writer's host and process id (".NAME.tmp.HOST.PID"), so that a later start can tell a
+# dead writer's leftover from a file another process (a training run on another node, say) is still writing.
+_TEMPORARY_NAME = re.compile(r'^\..+\.pth\.tmp\.(?P<host>.+)\.(?P<pid>\d+)$')
+
+
+def temporary_path(path):
+    """Where save_on_master writes `path` before renaming it into place."""
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f'.{name}.tmp.{socket.gethostname()}.{os.getpid()}')
 
 
 def remove_stale_temporaries(output_dir):
-    """Delete half-written checkpoint files left by a process killed while saving."""
-    for path in glob.glob(os.path.join(glob.escape(output_dir), '.*.pth.tmp*')):
-        os.remove(path)
+    """Delete half-written checkpoint files whose writer (on this host) is no longer running.
+
+    Files of a live process, or written on another host (whose processes this one cannot see), are kept.
+    """
+    host = socket.gethostname()
+    for path in glob.glob(os.path.join(glob.escape(output_dir), '.*.pth.tmp.*')):
+        match = _TEMPORARY_NAME.match(os.path.basename(path))
+        if match and match.group('host') == host and not process_is_running(int(match.group('pid'))):
+            os.remove(path)
+
+
+def process_is_running(pid):
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
 
 
 def save_on_master(obj, path):
@@ -168,7 +199,7 @@ def save_on_master(obj, path):
     if not utils.is_main_process():
         return
     directory, name = os.path.split(path)
-    tmp_path = os.path.join(directory, f'.{name}.tmp{os.getpid()}')
+    tmp_path = temporary_path(path)
     try:
         with open(tmp_path, 'wb') as f:
             torch.save(obj, f)
@@ -266,28 +297,34 @@ def load_checkpoint_file(path, unsafe=False):
 def load_newest_intact_checkpoint(output_dir, unsafe=False):
     """(path, checkpoint) of the newest periodic checkpoint in output_dir that loads, or (None, None).
 
-    Each candidate is verified by loading it. A truncated or unreadable one is reported by name, then
-    (by rank 0, after every rank has checked) renamed to `<name>.corrupt` so that pruning and later
-    resumes skip it, and the previous checkpoint is tried. Collective when distributed: every rank
-    must call it.
+    Rank 0 chooses: each candidate is verified by loading it; a truncated or unreadable one is reported
+    by name, renamed to `<name>.corrupt` so that pruning and later resumes skip it, and the previous
+    checkpoint is tried. The other ranks load the file rank 0 chose (so all ranks resume the same one).
+    Collective when distributed: every rank must call it.
     """
     if not output_dir:
         return None, None
-    corrupt, found = [], (None, None)
-    for _, path in reversed(list_periodic_checkpoints(output_dir)):
-        try:
-            found = path, load_checkpoint_file(path, unsafe)
-            break
-        except UnreadableCheckpointError as error:
-            print(f'Auto-resume: skipping the unreadable checkpoint {path}: {error}', flush=True)
-            corrupt.append(path)
-    utils.barrier()
-    if corrupt and utils.is_main_process():
+    found = None, None
+    if utils.is_main_process():
+        corrupt = []
+        for _, path in reversed(list_periodic_checkpoints(output_dir)):
+            try:
+                found = path, load_checkpoint_file(path, unsafe)
+                break
+            except UnreadableCheckpointError as error:
+                print(f'Auto-resume: skipping the unreadable checkpoint {path}: {error}', flush=True)
+                corrupt.append(path)
         for path in corrupt:
             os.replace(path, f'{path}.corrupt')
             print(f'Auto-resume: renamed {path} to {path}.corrupt', flush=True)
-    if corrupt:
-        print(f'Auto-resume: continuing from {found[0] or "scratch (no intact checkpoint)"}', flush=True)
+        if corrupt:
+            print(f'Auto-resume: continuing from {found[0] or "scratch (no intact checkpoint)"}', flush=True)
+    chosen = utils.broadcast_object(found[0])
+    if chosen is not None and not utils.is_main_process():
+        if not os.path.isfile(chosen):
+            raise CheckpointError(f'rank 0 resumes from {chosen}, which this rank (rank {utils.get_rank()}) '
+                                  'cannot see: --output_dir must be on a file system that all nodes share')
+        found = chosen, load_checkpoint_file(chosen, unsafe)
     return found
 
 
@@ -432,7 +469,8 @@ class Checkpointer:
         self.save(checkpoint_name(epoch, step), epoch,
                   self.steps_per_epoch if step is None else step, epoch_done=step is None)
         if utils.is_main_process():
-            prune_checkpoints(self.args.output_dir, self.args.save_ckpt_num)
+            prune_checkpoints(self.args.output_dir, self.args.save_ckpt_num,
+                              just_written=os.path.join(self.args.output_dir, checkpoint_name(epoch, step)))
 
     def save_best(self, epoch, suffix):
         if self.enabled:
@@ -444,8 +482,9 @@ class Checkpointer:
         Returns (start_epoch, start_step); (args.start_epoch, 0) when there is nothing to resume.
         """
         args = self.args
-        if args.resume:
-            return self.restore(args.resume, weights_only=args.eval)
+        resume = utils.broadcast_object(args.resume)  # rank 0's (run_with_submitit.py decides it per task)
+        if resume:
+            return self.restore(resume, weights_only=args.eval)
         if args.auto_resume:
             path, checkpoint = load_newest_intact_checkpoint(args.output_dir, args.unsafe_load_checkpoint)
             if path is not None:

@@ -61,6 +61,7 @@ from torchvision.transforms import InterpolationMode
 
 import shards
 import specs
+import utils
 
 DATA_SETS_READ_FROM_DATA_PATH = ('IMNET', 'image_folder', 'CIFAR')
 FOLDER_DATA_SETS = ('IMNET', 'image_folder')   # also readable as shards (--data_format shards)
@@ -154,20 +155,62 @@ class CheckedImageFolder(datasets.ImageFolder):
         return self.transform(image), target
 
 
-def collate_skipping_corrupt(batch):
+def collate_skipping_corrupt(batch, keep_even=True):
     """default_collate after dropping skipped (None) samples.
 
-    If dropping leaves an odd number of samples out of an even batch, one more sample is dropped:
-    timm's Mixup/CutMix needs even batches.
+    With keep_even (training), if dropping leaves an odd number of samples out of an even batch, one more
+    sample is dropped: timm's Mixup/CutMix needs even batches. Evaluation (keep_even=False) keeps every
+    readable sample.
     """
     kept = [sample for sample in batch if sample is not None]
-    if len(kept) % 2 == 1 and len(batch) % 2 == 0:
+    if keep_even and len(kept) % 2 == 1 and len(batch) % 2 == 0:
         kept = kept[:-1]
     if not kept:
-        raise RuntimeError(
+        raise UnreadableBatchError(
             f"All {len(batch)} images of a batch were unreadable; the data set looks broken "
             "(see the 'Skipping unreadable image' messages above).")
     return default_collate(kept)
+
+
+class UnreadableBatchError(RuntimeError):
+    """collate_skipping_corrupt: no sample of a batch could be read."""
+
+
+class RankAgreedBatches:
+    """A DataLoader whose UnreadableBatchError stops every rank, not only the one that met it (the others would
+    wait in the next collective). Training (`every_batch`: all ranks run the same steps) agrees after each
+    batch, one tiny all-reduce; evaluation (ranks may have a batch more or fewer) skips the batch and agrees
+    once, at the end. Used with --skip_corrupt_images in distributed runs; other attributes are the loader's."""
+
+    def __init__(self, loader, device, every_batch):
+        self.loader, self.device, self.every_batch = loader, device, every_batch
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        error = None
+        batches = iter(self.loader)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except UnreadableBatchError as unreadable:
+                error, batch = unreadable, None
+            if self.every_batch:
+                self._stop_if_any_rank_failed(error)
+            if batch is not None:
+                yield batch
+        self._stop_if_any_rank_failed(error)
+
+    def _stop_if_any_rank_failed(self, error):
+        if utils.any_rank_true([error is not None], self.device)[0]:
+            raise error or UnreadableBatchError('another rank met a batch of unreadable images (see its error)')
+
 
 
 class SkipsUnreadable(Dataset):
@@ -456,8 +499,11 @@ class Digits(Dataset):
 
 @contextlib.contextmanager
 def seeded_random_state(seed):
-    """Seed python `random`, numpy and torch; restore the previous states on exit."""
+    """Seed python `random`, numpy and torch (whose manual_seed also seeds every CUDA generator); restore the
+    previous states on exit, the CUDA generators' included."""
     saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    saved_cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() \
+        else None
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -467,6 +513,8 @@ def seeded_random_state(seed):
         random.setstate(saved[0])
         np.random.set_state(saved[1])
         torch.set_rng_state(saved[2])
+        if saved_cuda is not None:
+            torch.cuda.set_rng_state_all(saved_cuda)
 
 
 class DatasetWrapper(Dataset):

@@ -16,6 +16,7 @@ those of an uninterrupted run.
 import argparse
 import copy
 import datetime
+import functools
 import json
 import os
 import random
@@ -30,7 +31,7 @@ import torch.backends.cudnn as cudnn
 import yaml
 from timm.data import Mixup
 from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.utils import ModelEmaV3, reparameterize_model
+from timm.utils import reparameterize_model
 
 import metric_logging
 import replknet  # registers replknet_* with timm; REPLKNET_ALIASES maps the original names
@@ -38,7 +39,7 @@ import unireplknet  # noqa: F401  (registers unireplknet_* with timm)
 import utils
 from checkpoint import (CheckpointError, Checkpointer, load_checkpoint_file, load_model_state,
                         remove_stale_temporaries, select_model_state, to_plain_data)
-from datasets import build_dataset, class_names, collate_skipping_corrupt, count_skipped
+from datasets import RankAgreedBatches, build_dataset, class_names, collate_skipping_corrupt, count_skipped
 from engine import Precision, train_one_epoch
 from mesa import Mesa
 from optim_factory import cosine_scheduler, create_optimizer, layer_decay_assigner, step_scheduler
@@ -219,7 +220,9 @@ def get_args_parser():
                         help='Pin CPU memory in DataLoader for more efficient (sometimes) transfer to GPU.')
 
     # distributed training parameters
-    parser.add_argument('--world_size', default=1, type=int, help='number of distributed processes')
+    parser.add_argument('--world_size', default=None, type=int,
+                        help='number of distributed processes (default: as the launcher started: torchrun, srun, '
+                             'run_with_submitit.py; 1 without one); a different value is an error')
     parser.add_argument('--local_rank', '--local-rank', dest='local_rank', default=-1, type=int)
     parser.add_argument('--dist_on_itp', type=str2bool, default=False)
     parser.add_argument('--dist_url', default='env://', help='url used to set up distributed training')
@@ -469,12 +472,29 @@ def evaluate_and_keep_best(task, model, data_loader_val, args, device, precision
         ('model', 'max_accuracy', 'best')
     stats = task.evaluate(data_loader_val, inference_model(model, args.reparam, args.compile), device, precision,
                           distributed=args.dist_eval, channels_last=args.channels_last)
+    # Rank 0's numbers on every rank: all ranks then take the same decision and enter Checkpointer.save (collective)
+    # together, also with --dist_eval false (each rank evaluated alone) and in float ties.
+    stats = utils.broadcast_object(stats)
     print(task.summary(what, stats))
     if task.score(stats) > getattr(checkpointer, best_attr):
         setattr(checkpointer, best_attr, task.score(stats))
         checkpointer.save_best(epoch, best_name)
     print(task.best_summary(what, getattr(checkpointer, best_attr)))
     return stats
+
+
+def stop_if_requested(device, where, checkpointer=None, epoch=None, steps_done=None):
+    """A stop request (preemption, utils.request_stop) between training steps: the ranks agree on it (one tiny
+    all-reduce); with a checkpointer, a step checkpoint at (epoch, steps_done) is written first; then every
+    rank raises utils.TrainingInterrupted. Training steps check on their own (engine.py)."""
+    if not utils.any_rank_true([utils.stop_requested()], device)[0]:
+        return
+    if checkpointer is not None:
+        checkpointer.save_periodic(epoch, steps_done)
+    utils.barrier()
+    print(f'Stop requested: stopping {where}' + ('' if checkpointer is None or not checkpointer.enabled else
+                                                 f', checkpoint written at epoch {epoch}, step {steps_done}.'))
+    raise utils.TrainingInterrupted(f'stopped {where}')
 
 
 def evaluates_after(epoch, args):
@@ -505,11 +525,7 @@ def logged_scores(task, log_path):
             lines = [json.loads(line) for line in f if line.strip()]
         scores = [task.score({key[len('test_'):]: value for key, value in line.items() if key.startswith('test_')})
                   for line in lines if 'test_loss' in line]
-    if utils.is_dist_avail_and_initialized():
-        shared = [scores]
-        torch.distributed.broadcast_object_list(shared, src=0)
-        scores = shared[0]
-    return scores
+    return utils.broadcast_object(scores)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -616,7 +632,8 @@ def build_train_loader(dataset_train, args, world_size, rank, generator, pin_mem
         sampler = utils.RepeatedAugmentationSampler(dataset_train, repeats=args.repeated_aug, **sampler_options)
     loader = torch.utils.data.DataLoader(
         dataset_train, sampler=sampler, batch_size=loader_batch_size, num_workers=args.num_workers,
-        pin_memory=pin_memory, drop_last=True, collate_fn=collate_fn, generator=generator)
+        pin_memory=pin_memory, drop_last=True, collate_fn=collate_fn, generator=generator,
+        worker_init_fn=utils.ignore_stop_signals)
     return loader, steps_per_epoch
 
 
@@ -698,6 +715,7 @@ def main(args):
     check_device(args)
     utils.init_distributed_mode(args)
     device = select_device(args)
+    stop_if_requested(device, 'after the distributed start')  # nothing trained yet: nothing to save
     check_options(args, device)
     spec = specs.get(args.data_set)
     print(json.dumps(to_plain_data(args), indent=1))
@@ -712,7 +730,8 @@ def main(args):
 
     if args.output_dir and utils.is_main_process():
         os.makedirs(args.output_dir, exist_ok=True)
-        remove_stale_temporaries(args.output_dir)
+        if not args.eval:  # --eval may look at a directory that a running training writes into
+            remove_stale_temporaries(args.output_dir)
     world_size, rank = utils.get_world_size(), utils.get_rank()
 
     # ---------------- data ----------------
@@ -726,6 +745,8 @@ def main(args):
         dataset_val, args.nb_classes = build_dataset(is_train=False, args=args)
 
     collate_fn = collate_skipping_corrupt if args.skip_corrupt_images else None
+    eval_collate_fn = functools.partial(collate_skipping_corrupt, keep_even=False) if args.skip_corrupt_images \
+        else None  # evaluation keeps every readable sample (no even batches needed: no mixup)
     pin_memory = args.pin_mem and device.type == 'cuda'
     loader_generator = torch.Generator()
     total_batch_size = args.batch_size * args.update_freq * world_size
@@ -742,8 +763,13 @@ def main(args):
             sampler_val = torch.utils.data.SequentialSampler(dataset_val)
         data_loader_val = torch.utils.data.DataLoader(
             dataset_val, sampler=sampler_val, batch_size=int(1.5 * args.batch_size),
-            num_workers=args.num_workers, pin_memory=pin_memory, drop_last=False, collate_fn=collate_fn,
-            generator=loader_generator)
+            num_workers=args.num_workers, pin_memory=pin_memory, drop_last=False, collate_fn=eval_collate_fn,
+            generator=loader_generator, worker_init_fn=utils.ignore_stop_signals)
+    if args.skip_corrupt_images and args.distributed:  # a batch of only unreadable images stops every rank
+        if dataset_train is not None:
+            data_loader_train = RankAgreedBatches(data_loader_train, device, every_batch=True)
+        if dataset_val is not None:
+            data_loader_val = RankAgreedBatches(data_loader_val, device, every_batch=False)
     task = ClassificationTask(build_criterion) if spec.build_task is None else spec.build_task(args)
     mixup_fn = build_mixup(args) if not args.eval and spec.mixup else None
 
@@ -754,14 +780,8 @@ def main(args):
     model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    model_ema = None
     # --model_ema_force_cpu: the EMA stays on the CPU and is evaluated there (CUDA autocast leaves CPU ops in float32).
     ema_device = torch.device('cpu') if args.model_ema_force_cpu else device
-    if args.model_ema:
-        # After .to(device) and before DDP, like the original.
-        model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
-                               device=ema_device if args.model_ema_force_cpu else None)
-        print(f'Using EMA with decay = {args.model_ema_decay:.8f}')
     model_without_ddp = model
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f'Model = {args.model}')
@@ -777,6 +797,13 @@ def main(args):
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[args.gpu] if device.type == 'cuda' else None, find_unused_parameters=False)
         model_without_ddp = model.module
+    # After the DDP wrap (which broadcasts rank 0's weights), so that every rank starts the same EMA (the original
+    # built it before, from each rank's own initialisation); utils.ModelEma keeps the ranks' EMAs equal.
+    model_ema = None
+    if args.model_ema:
+        model_ema = utils.ModelEma(model_without_ddp, decay=args.model_ema_decay,
+                                   device=ema_device if args.model_ema_force_cpu else None)
+        print(f'Using EMA with decay = {args.model_ema_decay:.8f}')
     if args.compile:  # training only; model_without_ddp (checkpointed, evaluated, EMA source) stays un-compiled
         print(f'Training with torch.compile (backend {args.compile}, static shapes)')
         model = compiled(model, args.compile)
@@ -858,11 +885,13 @@ def main(args):
             save_every_steps=args.save_ckpt_every_steps if checkpointer.enabled else 0,
             save_step_checkpoint=checkpointer.save_periodic if checkpointer.enabled else None)
 
+        stop_if_requested(device, 'before the evaluation', checkpointer, epoch, steps_per_epoch)
         log_stats = {**{f'train_{k}': v for k, v in train_stats.items()}, 'epoch': epoch,
                      'n_parameters': n_parameters}
         if args.skip_corrupt_images:  # cumulative over the run, as counted by this rank's loader
             log_stats['train_skipped_images'] = count_skipped(dataset_train)
         if dataset_val is not None and evaluates_after(epoch, args):
+            utils.broadcast_buffers(model_without_ddp)  # rank 0's BatchNorm statistics: one model is evaluated
             test_stats = evaluate_and_keep_best(task, model_without_ddp, data_loader_val, args, device, precision,
                                                 checkpointer, epoch, ema=False)
             scores.append(task.score(test_stats))
@@ -871,6 +900,7 @@ def main(args):
                 log_writer.update(head='perf', step=epoch,
                                   **{f'test_{k}': v for k, v in task.tensorboard_values(test_stats).items()})
             if model_ema is not None and args.model_ema_eval:
+                stop_if_requested(device, 'before the EMA evaluation', checkpointer, epoch, steps_per_epoch)
                 ema_stats = evaluate_and_keep_best(task, model_ema.module, data_loader_val, args, ema_device,
                                                    precision, checkpointer, epoch, ema=True)
                 log_stats.update({f'test_{k}_ema': v for k, v in ema_stats.items()})
@@ -887,8 +917,11 @@ def main(args):
                 log_writer.flush()
             if wandb_logger is not None:
                 wandb_logger.log_epoch(log_stats, epoch)
-        if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
+        # A stop requested during the evaluation gets this epoch's checkpoint, also between --save_ckpt_freq epochs.
+        stop = utils.any_rank_true([utils.stop_requested()], device)[0]
+        if stop or (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
             checkpointer.save_periodic(epoch)
+        stop_if_requested(device, f'after the checkpoint of epoch {epoch}')
 
     if wandb_logger is not None:
         if args.wandb_ckpt and args.output_dir:

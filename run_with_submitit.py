@@ -196,23 +196,26 @@ class Trainer:
         self.rendezvous_id = uuid.uuid4().hex
 
     def __call__(self):
-        # Until main.py is imported, a preemption signal is only noted: nothing has been trained yet.
+        # Until main.py is imported, a preemption signal is only noted. It becomes a stop request, which main.py's
+        # ranks agree on right after they have joined the process group: every rank stops there (a rank that left
+        # on its own would leave the others waiting in init_process_group).
         early_signals = []
         submitit_handler = signal.signal(PREEMPTION_SIGNAL, lambda signum, frame: early_signals.append(signum))
         import main as training
         import utils
 
         signal.signal(PREEMPTION_SIGNAL, utils.request_stop)
+        if early_signals:
+            utils.request_stop()
         job_env = submitit.JobEnvironment()
         args = self._task_args(job_env)
         print(f"[run_with_submitit] {job_env}: SLURM_RESTART_COUNT={os.environ.get('SLURM_RESTART_COUNT', 0)} "
-              f"requeues_by_launcher={self.requeues} pid={os.getpid()} output_dir={args.output_dir}", flush=True)
-        if not early_signals:
-            try:
-                return training.main(args)
-            except utils.TrainingInterrupted:
-                pass
-        self._hand_over_to_submitit(submitit_handler, job_env.global_rank)
+              f"requeues_by_launcher={self.requeues} pid={os.getpid()} output_dir={args.output_dir} "
+              f"resume={args.resume or '(auto)'}", flush=True)
+        try:
+            return training.main(args)
+        except utils.TrainingInterrupted:
+            self._hand_over_to_submitit(submitit_handler, job_env.global_rank)
 
     def _hand_over_to_submitit(self, submitit_handler, global_rank):
         """Requeue through submitit's own handler once training stopped (and rank 0 wrote the step checkpoint)."""
@@ -237,19 +240,36 @@ class Trainer:
         args.dist_url = (job_dir / f"rendezvous_{self.rendezvous_id}_{restart}").as_uri()
         # main.py (utils.init_distributed_mode) reads the torchrun-style variables on every cluster type.
         os.environ.update(RANK=str(args.rank), WORLD_SIZE=str(args.world_size), LOCAL_RANK=str(args.gpu))
+        if self.requeues > 0 or int(restart) > 0:  # requeued by this launcher, or by SLURM itself (node failure)
+            args.auto_resume = True
+            newer = checkpoint_written_after(args.resume, args.output_dir) if args.resume else None
+            if newer is not None:
+                print(f"[run_with_submitit] requeued: {args.output_dir} holds checkpoints newer than --resume "
+                      f"{args.resume}; resuming from the newest written, {newer}", flush=True)
+                args.resume = newer
         return args
 
     def checkpoint(self):
-        """Called by submitit on global rank 0 after the step checkpoint is written: resubmit to resume."""
-        from checkpoint import find_latest_checkpoint
+        """Called by submitit on global rank 0 after the step checkpoint is written: resubmit to resume (the
+        requeued tasks replace a stale --resume, see _task_args)."""
+        return submitit.helpers.DelayedSubmission(Trainer(self.train_args, self.job_dir, self.requeues + 1))
 
-        train_args = copy.deepcopy(self.train_args)
-        train_args.auto_resume = True
-        # An explicit --resume would take precedence over auto-resume and restart from that older file.
-        output_dir = expand_job_id(train_args.output_dir or self.job_dir, submitit.JobEnvironment().job_id)
-        if find_latest_checkpoint(output_dir):
-            train_args.resume = ""
-        return submitit.helpers.DelayedSubmission(Trainer(train_args, self.job_dir, self.requeues + 1))
+
+def checkpoint_written_after(resume, output_dir):
+    """The periodic checkpoint of output_dir written last, if it was written after the --resume file (any, for a URL),
+    else None: a requeued job continues from its own checkpoints instead of restarting from --resume. '' (auto-resume,
+    which also falls back past a damaged file) when that file is also the newest position; the path itself when files
+    of later positions, from before the job restarted at an older checkpoint, sort above it. The job's first start
+    always takes --resume, which may name an older checkpoint on purpose."""
+    from checkpoint import list_periodic_checkpoints
+
+    found = list_periodic_checkpoints(output_dir)
+    if not found:
+        return None
+    last_written = max((path for _, path in found), key=os.path.getmtime)
+    if os.path.isfile(resume) and os.path.getmtime(last_written) <= os.path.getmtime(resume):
+        return None
+    return "" if last_written == found[-1][1] else last_written
 
 
 def describe_job(launcher_args, train_args):

@@ -97,10 +97,17 @@ class ForecastingTask:
                                        [torch.tensor(float(targets.numel()), dtype=torch.float64, device=device)])
             totals += batch_totals
             metric_logger.update(mse=batch_totals[0].item() / targets.numel())
+        if distributed and utils.is_dist_avail_and_initialized():
+            # A rank without windows (fewer windows than ranks) still enters the all-reduce, with zeros.
+            every_rank_names = [None] * dist.get_world_size()
+            dist.all_gather_object(every_rank_names, names)
+            names = next((rank_names for rank_names in every_rank_names if rank_names is not None), None)
+            if names is not None:
+                if totals is None:
+                    totals = torch.zeros(2 * len(names) + 1, dtype=torch.float64, device=device)
+                dist.all_reduce(totals)
         if totals is None:
             raise ValueError('the evaluation set yielded no windows')
-        if distributed and utils.is_dist_avail_and_initialized():
-            dist.all_reduce(totals)
         return self.metrics(names, totals.tolist())
 
     def metrics(self, names, totals):

@@ -4,20 +4,30 @@ Used by main.py, engine.py and run_with_submitit.py. Metric logging lives in met
 checkpoint files and RNG states in checkpoint.py.
 
 Distributed setup follows the original release (DeiT/ConvNeXt lineage): OpenMPI variables with
-``--dist_on_itp``, else RANK/WORLD_SIZE from torchrun or torch.distributed.launch, else SLURM_PROCID
-(as set by SLURM and submitit), else a single process. CUDA devices use NCCL, CPU uses gloo.
+``--dist_on_itp``, else RANK/WORLD_SIZE from torchrun or torch.distributed.launch, else SLURM's task
+variables under ``srun`` (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, the master from SLURM_JOB_NODELIST),
+else a single process. CUDA devices use NCCL, CPU uses gloo.
+
+One model state on every rank: DDP broadcasts rank 0's weights when it wraps the model, but each rank's
+forward then updates its own BatchNorm statistics. `broadcast_buffers` gives every rank rank 0's, and
+`ModelEma` (the EMA, also MESA's teacher) is built after the DDP wrap and takes rank 0's buffers before
+each update, so every rank holds the EMA that rank 0 checkpoints.
 
 Stop requests (preemption): a signal handler calls ``request_stop()``; the training loop checks
-``stop_requested()`` at every optimizer update, agrees on it across ranks, writes a step checkpoint and
-raises ``TrainingInterrupted``.
+``stop_requested()`` at every optimizer update and main.py between the long parts of an epoch (after the
+distributed start, before each evaluation, after the epoch checkpoint); the ranks agree on it, write a step
+checkpoint and raise ``TrainingInterrupted``.
 """
 import argparse
 import builtins
 import datetime
 import os
+import random
+import signal
 
 import torch
 import torch.distributed as dist
+from timm.utils import ModelEmaV3
 
 
 def str2bool(value):
@@ -73,11 +83,13 @@ def setup_for_distributed(is_master):
 def init_distributed_mode(args):
     """Set args.distributed, args.rank, args.world_size, args.gpu and join the process group.
 
-    Priority: --dist_on_itp (OpenMPI), RANK/WORLD_SIZE (torchrun, torch.distributed.launch),
-    SLURM_PROCID (srun / submitit; world size from args.world_size, which the launcher sets), else
-    single process. dist_url may be 'env://', 'tcp://host:port' or 'file:///shared/path'.
+    Priority: --dist_on_itp (OpenMPI), RANK/WORLD_SIZE (torchrun, torch.distributed.launch, run_with_submitit.py),
+    SLURM's task variables (`srun python main.py`, see slurm_task_layout), else single process. dist_url may
+    be 'env://', 'tcp://host:port' or 'file:///shared/path'. --world_size (default: unset) must agree with
+    the launcher's world size when given.
     """
     env = os.environ
+    requested_world_size = args.world_size
     if args.dist_on_itp:
         args.rank = int(env['OMPI_COMM_WORLD_RANK'])
         args.world_size = int(env['OMPI_COMM_WORLD_SIZE'])
@@ -87,17 +99,20 @@ def init_distributed_mode(args):
         args.rank = int(env['RANK'])
         args.world_size = int(env['WORLD_SIZE'])
         args.gpu = int(env.get('LOCAL_RANK', 0))
-    elif 'SLURM_PROCID' in env and args.world_size > 1:
-        args.rank = int(env['SLURM_PROCID'])
-        if 'SLURM_LOCALID' in env:
-            args.gpu = int(env['SLURM_LOCALID'])
-        else:
-            args.gpu = args.rank % max(torch.cuda.device_count(), 1)
+    elif 'SLURM_PROCID' in env and int(env.get('SLURM_NTASKS', requested_world_size or 1)) > 1:
+        args.rank, args.world_size, args.gpu = slurm_task_layout(requested_world_size)
     else:
+        if requested_world_size not in (None, 1):
+            raise ValueError(f'--world_size {requested_world_size}, but no launcher started this process: '
+                             'start the ranks with torchrun, srun or run_with_submitit.py (which set each '
+                             'rank), or drop --world_size')
         print('Not using distributed mode')
         args.distributed = False
         args.rank, args.world_size, args.gpu = 0, 1, 0
         return
+    if requested_world_size is not None and requested_world_size != args.world_size:
+        raise ValueError(f'--world_size {requested_world_size} disagrees with the launcher, which started '
+                         f'{args.world_size} processes; drop --world_size (the launcher sets it)')
 
     os.environ['RANK'] = str(args.rank)
     os.environ['LOCAL_RANK'] = str(args.gpu)
@@ -119,6 +134,64 @@ def init_distributed_mode(args):
     else:
         dist.barrier()
     setup_for_distributed(args.rank == 0)
+
+
+def slurm_task_layout(requested_world_size):
+    """(rank, world size, local rank) of a task started by `srun` (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID);
+    also exports MASTER_ADDR (the first node of SLURM_JOB_NODELIST) and MASTER_PORT (derived from the job id)
+    for dist_url env://, unless they are set. SLURM_NTASKS is missing only in a job step that did not say how
+    many tasks it runs; --world_size gives it then."""
+    from submitit.slurm.slurm import SlurmJobEnvironment  # parses SLURM's node lists (node[01-04,07])
+
+    env = os.environ
+    if 'SLURM_NTASKS' not in env and requested_world_size is None:
+        raise ValueError('SLURM_PROCID is set but SLURM_NTASKS is not: run the ranks with `srun --ntasks N`, '
+                         'or pass --world_size N')
+    env.setdefault('MASTER_ADDR', SlurmJobEnvironment().hostnames[0])
+    # The same port on every task of the job, different for other jobs (submitit's TorchDistributedEnvironment
+    # rule, which needs a job that submitit started).
+    env.setdefault('MASTER_PORT', str(random.Random(env.get('SLURM_JOB_ID', '0')).randint(20000, 60000)))
+    world_size = int(env['SLURM_NTASKS']) if 'SLURM_NTASKS' in env else requested_world_size
+    local_rank = int(env['SLURM_LOCALID']) if 'SLURM_LOCALID' in env \
+        else int(env['SLURM_PROCID']) % max(torch.cuda.device_count(), 1)
+    return int(env['SLURM_PROCID']), world_size, local_rank
+
+
+def broadcast_object(value, src=0):
+    """`value` as rank `src` holds it, on every rank (any picklable value; collective)."""
+    if not is_dist_avail_and_initialized():
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+def broadcast_buffers(model):
+    """Give every rank rank 0's buffers of `model` (BatchNorm statistics), one broadcast per dtype.
+
+    Each rank's forward updates the statistics from its own batch; DDP only broadcasts rank 0's at the start
+    of the next training forward. Evaluations and the EMA must see rank 0's (the checkpointed) ones now.
+    """
+    if not is_dist_avail_and_initialized():
+        return
+    by_dtype = {}
+    for buffer in model.buffers():
+        by_dtype.setdefault(buffer.dtype, []).append(buffer)
+    for buffers in by_dtype.values():
+        flat = torch.cat([buffer.reshape(-1) for buffer in buffers])
+        dist.broadcast(flat, src=0)
+        for buffer, value in zip(buffers, flat.split([buffer.numel() for buffer in buffers])):
+            buffer.copy_(value.view_as(buffer))
+
+
+class ModelEma(ModelEmaV3):
+    """timm's ModelEmaV3, identical on every rank: it takes rank 0's buffers before each update (see
+    broadcast_buffers). Build it from the model after DDP has wrapped it (DDP broadcasts rank 0's weights)."""
+
+    @torch.no_grad()
+    def update(self, model, step=None):
+        broadcast_buffers(model)
+        super().update(model, step)
 
 
 def any_rank_true(flags, device):
@@ -148,6 +221,15 @@ def request_stop(*_signal_args):
 
 def stop_requested():
     return _stop_requested
+
+
+def ignore_stop_signals(_worker_id=None):
+    """DataLoader `worker_init_fn`: workers ignore the preemption signal (SIGUSR2, or submitit's
+    SUBMITIT_PREEMPT_SIGNAL). SLURM signals every process of the job; the training process stops at a step
+    boundary and ends its workers, but a worker started by spawn or forkserver (fork copies the handler) would
+    die of the signal's default action and fail the step before that."""
+    for name in {'USR2', os.environ.get('SUBMITIT_PREEMPT_SIGNAL', 'USR2')}:
+        signal.signal(getattr(signal, f'SIG{name}'), signal.SIG_IGN)
 
 
 def clear_stop_request():

@@ -4,6 +4,7 @@ import argparse
 import errno
 import http.server
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -106,15 +107,37 @@ def test_checkpoint_of_another_model_lists_the_differences():
     assert 'shape mismatches' in message and 'checkpoint (40,) vs model (32,)' in message
 
 
+def dead_process_id():
+    process = subprocess.Popen([sys.executable, '-c', 'pass'])
+    process.wait()
+    return process.pid
+
+
 def test_latest_checkpoint_ignores_best_files_and_temporaries(tmp_path):
+    host = socket.gethostname()
+    dead_writer = f'.checkpoint-3.pth.tmp.{host}.{dead_process_id()}'
+    live_writer = f'.checkpoint-3.pth.tmp.{host}.{os.getpid()}'
+    other_host = f'.checkpoint-3.pth.tmp.{host}-other-node.{dead_process_id()}'
     for name in ('checkpoint-1.pth', 'checkpoint-2-step3.pth', 'checkpoint-best.pth', 'checkpoint-best-ema.pth',
-                 '.checkpoint-3.pth.tmp123', 'checkpoint-10.pth', 'checkpoint-10-step1.pth'):
+                 dead_writer, live_writer, other_host, 'checkpoint-10.pth', 'checkpoint-10-step1.pth'):
         (tmp_path / name).write_bytes(b'')
     assert find_latest_checkpoint(str(tmp_path)) == str(tmp_path / 'checkpoint-10.pth')
     assert find_latest_checkpoint('') is None
-    prune_checkpoints(str(tmp_path), keep_epochs=1)
+    prune_checkpoints(str(tmp_path), keep_epochs=1, just_written=str(tmp_path / 'checkpoint-10.pth'))
     remove_stale_temporaries(str(tmp_path))
-    assert sorted(os.listdir(tmp_path)) == ['checkpoint-10.pth', 'checkpoint-best-ema.pth', 'checkpoint-best.pth']
+    # Only the dead writer's temporary goes: a live process, or one on another host, may still be writing.
+    assert sorted(os.listdir(tmp_path)) == sorted(['checkpoint-10.pth', 'checkpoint-best-ema.pth',
+                                                   'checkpoint-best.pth', live_writer, other_host])
+
+
+def test_pruning_keeps_the_checkpoint_just_written_below_older_runs_files(tmp_path):
+    """A run restarted from checkpoint-5 while checkpoint-7..9 of the abandoned run remain: its checkpoint-6 stays."""
+    for epoch in (5, 7, 8, 9):
+        (tmp_path / f'checkpoint-{epoch}.pth').write_bytes(b'')
+    (tmp_path / 'checkpoint-6.pth').write_bytes(b'')
+    prune_checkpoints(str(tmp_path), keep_epochs=3, just_written=str(tmp_path / 'checkpoint-6.pth'))
+    assert sorted(os.listdir(tmp_path)) == ['checkpoint-6.pth', 'checkpoint-7.pth', 'checkpoint-8.pth',
+                                            'checkpoint-9.pth']
 
 
 KILL_DURING_SAVE = """

@@ -87,7 +87,7 @@ def test_defaults_match_the_original_release():
                     nb_classes=1000, imagenet_default_mean_and_std=True, data_set='IMNET', output_dir='',
                     device='cuda', seed=0, resume='', auto_resume=True, save_ckpt=True, save_ckpt_freq=1,
                     save_ckpt_num=3, start_epoch=0, eval=False, dist_eval=True, disable_eval=False,
-                    num_workers=10, pin_mem=True, world_size=1, local_rank=-1, dist_on_itp=False,
+                    num_workers=10, pin_mem=True, world_size=None, local_rank=-1, dist_on_itp=False,
                     dist_url='env://', use_amp=False, enable_wandb=False, wandb_ckpt=False,
                     use_checkpoint=False, amp_dtype='float16', channels_last=False, sync_bn=False,
                     reparam=False, throughput=False, save_ckpt_every_steps=0, skip_corrupt_images=False)
