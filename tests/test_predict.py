@@ -130,24 +130,21 @@ def test_bad_inputs_are_named(image_run, tmp_path):
                                  '--out', str(tmp_path / 'p.csv')))
 
 
-def test_released_name_uses_its_weights_transform_and_imagenet_names(tmp_path):
+def test_released_name_uses_its_weights_transform_and_imagenet_names(tmp_path, monkeypatch):
     """A released name: the file in the torch hub cache (here random weights of the real architecture), timm's data
     config (resize 256, centre crop 224, bicubic) and ImageNet-1K's class names."""
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / 'hub'))
-    try:
-        os.makedirs(tmp_path / 'hub' / 'checkpoints')
-        model = unireplknet.unireplknet_a().eval()
-        torch.save({'model': model.state_dict()}, tmp_path / 'hub' / 'checkpoints' / 'unireplknet_a_in1k_224_acc77.03.pth')
-        photos = tmp_path / 'photos'
-        os.makedirs(photos)
-        for name, image in zip(('a.png', 'b.png'), named_model.skimage_photos()):
-            image.save(photos / name)
-        out = str(tmp_path / 'p.csv')
-        predict.main(predict_cli('--checkpoint', 'unireplknet_a.in1k', '--inputs', str(photos), '--out', out,
-                                 '--batch_size', '2'))
-    finally:
-        torch.hub.set_dir(previous)
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))   # torch.hub.get_dir() follows it
+    os.makedirs(tmp_path / 'torch_home' / 'hub' / 'checkpoints')
+    model = unireplknet.unireplknet_a().eval()
+    torch.save({'model': model.state_dict()},
+               tmp_path / 'torch_home' / 'hub' / 'checkpoints' / 'unireplknet_a_in1k_224_acc77.03.pth')
+    photos = tmp_path / 'photos'
+    os.makedirs(photos)
+    for name, image in zip(('a.png', 'b.png'), named_model.skimage_photos()):
+        image.save(photos / name)
+    out = str(tmp_path / 'p.csv')
+    predict.main(predict_cli('--checkpoint', 'unireplknet_a.in1k', '--inputs', str(photos), '--out', out,
+                             '--batch_size', '2'))
     rows = read_rows(out)
     from timm.data import ImageNetInfo, create_transform, resolve_data_config
     transform = create_transform(**resolve_data_config(model=model), is_training=False)
