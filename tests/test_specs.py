@@ -120,3 +120,12 @@ def test_plain_digits_command_trains_and_evaluates(tmp_path):
     output_dir = str(tmp_path / 'run')
     stdout = run_plain_command('DIGITS', str(tmp_path), [], str(tmp_path / 'run'))
     assert '"input_size": 32' in stdout and '"nb_classes": 10' in stdout
+
+
+def test_training_docs_list_every_recipe_default():
+    """docs/training.md's table of per-data-set defaults names each option a spec sets."""
+    lines = open(os.path.join(REPO_ROOT, 'docs', 'training.md')).read().splitlines()
+    for name in specs.names():
+        row = next(line for line in lines if line.startswith('| ') and f'`{name}`' in line.split('|')[1])
+        missing = [option for option in specs.get(name).defaults if f'`{option} ' not in row]
+        assert not missing, f'docs/training.md: the {name} row lacks {missing}'
