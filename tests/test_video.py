@@ -194,6 +194,12 @@ def test_recipe_builds_the_releases_kernel_sizes():
     assert sum(size == 13 for size in large) == 9 and [b.dwconv.kernel_size for b in model.stages[3]] == [11] * 3
 
 
+def test_recipe_and_default_lay_frames_out_as_the_release_does():
+    """The release's engine reshapes (B, C, T, H, W) to (B, C, 4H, 4W); its checkpoints and 54.8% need that layout."""
+    assert recipe_args().video_layout == 'reshape'
+    assert main.parse_args(['--data_set', 'KINETICS400', '--data_path', '/path/to/kinetics400']).video_layout == 'reshape'
+
+
 def argparse_namespace(args, **overrides):
     copied = main.argparse.Namespace(**vars(args))
     vars(copied).update(overrides)
@@ -362,8 +368,8 @@ def test_training_clip_gets_one_augmentation_for_all_its_frames(clip_folder, tmp
     still = np.asarray(video.decode_frames(os.path.join(clip_folder, 'clips', 'bikes_0.mp4'))[0].to_image())
     write_clip(str(tmp_path / 'still.mp4'), [still] * 8)
     (tmp_path / 'train.csv').write_text('still.mp4 0\n')
-    dataset, _ = video.build_dataset(True, video_args(str(tmp_path), nb_classes=1, aa='rand-m7-n4-mstd0.5-inc1',
-                                                      reprob=0.25))
+    dataset, _ = video.build_dataset(True, video_args(str(tmp_path), nb_classes=1, video_layout='grid',
+                                                      aa='rand-m7-n4-mstd0.5-inc1', reprob=0.25))
     seeded = SeededAugmentation(dataset, seed=0)
     image, label = seeded[0]
     assert image.shape == (3, 2 * FRAME_SIZE, 2 * FRAME_SIZE) and label == 0
