@@ -11,6 +11,8 @@ downstream adapters (segmentation/, detection/) use it. Public API:
   strict, source)`: pick the weights inside a checkpoint and load them, reporting every key or shape
   mismatch in one message (the framework's one mismatch reporter; the model files keep their own
   small helper so that each stands alone).
+- `load_weights_for_tool(model, checkpoint, path, use_ema)`: what the tools (predict, export, ERF) load: the trained
+  weights, or the EMA only when asked, saying which.
 - `save_on_master`, `checkpoint_name`, `list_periodic_checkpoints`, `find_latest_checkpoint`,
   `prune_checkpoints`, `remove_stale_temporaries`: the files themselves.
 - `capture_rng_state`, `restore_rng_state`, `gather_rng_states`: per-rank random-number states.
@@ -326,6 +328,33 @@ def load_newest_intact_checkpoint(output_dir, unsafe=False):
     return found
 
 
+# Where released files and timm keep their weights: main.py's checkpoints 'model' (and 'model_ema'), timm's
+# training script 'state_dict' (and 'state_dict_ema'), a bare state_dict none of these.
+TRAINED_WEIGHT_KEYS = ('model', 'state_dict', 'module')
+EMA_WEIGHT_KEYS = ('model_ema', 'state_dict_ema')
+
+
+def load_weights_for_tool(model, checkpoint, path, use_ema=False):
+    """Load the weights of a checkpoint (read by load_checkpoint_file from path) into model, for a tool.
+
+    The trained weights by default; the EMA weights only with use_ema (an error when the file has none). The choice
+    is printed either way, so a tool never analyses or exports the EMA without saying so.
+    """
+    keys = EMA_WEIGHT_KEYS if use_ema else TRAINED_WEIGHT_KEYS
+    key = next((key for key in keys if isinstance(checkpoint, dict) and key in checkpoint), None)
+    if use_ema and key is None:
+        raise CheckpointError(f'{path} has no EMA weights (no {" or ".join(EMA_WEIGHT_KEYS)} entry; main.py writes '
+                              'model_ema with --model_ema true); drop --use_ema to use its trained weights')
+    state_dict = checkpoint[key] if key is not None else checkpoint
+    # DataParallel/DDP files of other code prefix every key with 'module.'.
+    if state_dict and all(name.startswith('module.') for name in state_dict):
+        state_dict = {name[len('module.'):]: value for name, value in state_dict.items()}
+    load_model_state(model, state_dict, strict=True, source=path)
+    what = 'EMA weights' if use_ema else 'trained weights (not the EMA)' if any(
+        name in checkpoint for name in EMA_WEIGHT_KEYS) else 'trained weights'
+    print(f"Loaded the {what} of {path}{f' (entry {key!r})' if key else ''}")
+
+
 def _limited(items, limit=10):
     shown = ', '.join(str(item) for item in items[:limit])
     return shown + (f', ... ({len(items) - limit} more)' if len(items) > limit else '')
@@ -393,6 +422,7 @@ class Checkpointer:
         self.steps_per_epoch = steps_per_epoch
         self.max_accuracy = 0.0
         self.max_accuracy_ema = 0.0
+        self.class_names = None  # saved when set (main.py: the data set's), read by tools/predict.py
 
     @property
     def enabled(self):
@@ -422,6 +452,8 @@ class Checkpointer:
             }
             if self.model_ema is not None:
                 state['model_ema'] = self.model_ema.module.state_dict()
+            if self.class_names is not None:
+                state['class_names'] = list(self.class_names)
             try:
                 save_on_master(state, os.path.join(self.args.output_dir, name))
             except CheckpointWriteError as error:

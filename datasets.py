@@ -254,6 +254,56 @@ class SkipsUnreadable(Dataset):
             return None
 
 
+def class_names(dataset, label_map=None):
+    """The data set's class names in label order, as strings (checkpoints record them for tools/predict.py); None
+    for a data set without classes (forecasting). Data sets that only know class indices (video list files with
+    integer labels) take the names of --label_map when one is given."""
+    classes = getattr(dataset, 'classes', None)
+    if classes is None:
+        return None
+    if label_map and all(isinstance(name, int) for name in classes):
+        from modalities.audio import read_label_map
+        names = read_label_map(label_map)
+        if len(names) == len(classes):
+            return names
+    return [str(name) for name in classes]
+
+
+def class_folder_files(root, extensions, what, classes=None):
+    """([(path, label)], classes) of a class-folder tree root/<class>/<file> (files with one of `extensions`, sorted),
+    as ImageFolder reads images: classes = the sorted sub-folder names, unless `classes` (the training split's) is
+    given; a sub-folder that is not one of those is an error naming it."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{what} folder not found: expected '{root}' (one sub-folder per class).")
+    found = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith('.'))
+    classes = found if classes is None else classes
+    index = {name: label for label, name in enumerate(classes)}
+    unknown = [name for name in found if name not in index]
+    if unknown:
+        raise ValueError(f"{what} '{root}' has class folder(s) {unknown} that the training set does not have "
+                         f"(its classes: {classes}); rename or remove them.")
+    samples = [(os.path.join(root, name, file), index[name]) for name in found
+               for file in sorted(os.listdir(os.path.join(root, name))) if file.lower().endswith(extensions)]
+    if not samples:
+        raise FileNotFoundError(f"{what} '{root}' has no {'/'.join(extensions)} files in class sub-folders "
+                                f"(expected {root}/<class>/<file>).")
+    return samples, classes
+
+
+def class_folder_split(args, is_train, extensions):
+    """([(path, label)], classes) of --data_path/train or --data_path/val (audio_folder, point_folder), in the
+    training split's class order; the class count must equal --nb_classes (image_folder's error)."""
+    train_root = os.path.join(args.data_path, 'train')
+    samples, classes = class_folder_files(train_root, extensions, 'Training (--data_path/train)')
+    if not is_train:
+        samples, classes = class_folder_files(os.path.join(args.data_path, 'val'), extensions,
+                                              'Evaluation (--data_path/val)', classes)
+    if len(classes) != args.nb_classes:
+        raise ValueError(f"'{train_root}' has {len(classes)} class folders but --nb_classes is {args.nb_classes}. "
+                         f"Pass --nb_classes {len(classes)} (or point --data_path at the right folder).")
+    return samples, classes
+
+
 def count_skipped(dataset):
     """Number of unreadable samples skipped so far (0 for datasets that cannot skip)."""
     return getattr(dataset, 'skipped_count', 0)

@@ -39,7 +39,7 @@ import unireplknet  # noqa: F401  (registers unireplknet_* with timm)
 import utils
 from checkpoint import (CheckpointError, Checkpointer, load_checkpoint_file, load_model_state,
                         remove_stale_temporaries, select_model_state, to_plain_data)
-from datasets import RankAgreedBatches, build_dataset, collate_skipping_corrupt, count_skipped
+from datasets import RankAgreedBatches, build_dataset, class_names, collate_skipping_corrupt, count_skipped
 from engine import Precision, train_one_epoch
 from mesa import Mesa
 from optim_factory import cosine_scheduler, create_optimizer, layer_decay_assigner, step_scheduler
@@ -827,6 +827,9 @@ def main(args):
     precision = Precision(device, args.use_amp, args.amp_dtype)
     checkpointer = Checkpointer(args, model_without_ddp, optimizer, precision, model_ema, steps_per_epoch)
     checkpointer.max_accuracy = checkpointer.max_accuracy_ema = task.initial_best
+    # With args (model, input size, data set and its options) the names make a checkpoint usable by tools/predict.py.
+    checkpointer.class_names = class_names(dataset_train if dataset_train is not None else dataset_val,
+                                           args.label_map)
 
     # ---------------- resume ----------------
     start_epoch, start_step = checkpointer.resume()

@@ -40,6 +40,8 @@ SPEC_MODULES = {
     'MODELNET40': 'modalities.point_cloud',
     'GLOBAL_TEMP': 'modalities.time_series',
     'GLOBAL_WIND': 'modalities.time_series',
+    'audio_folder': 'modalities.audio_folder',
+    'point_folder': 'modalities.point_folder',
 }
 
 # pyproject.toml extra -> the modules it installs that the code imports (import names, checked without importing).

@@ -60,14 +60,17 @@ class ForecastingTask:
 
     baselines(samples) -> {name: forecast shaped like the targets} (forecasts that need no training, e.g.
     persistence); each gets `{name}_mse` and `{name}_mae` in the stats. units_per_physical: data-set units per
-    physical unit (MSE is divided by its square, MAE by it, for the `_physical` metrics).
+    physical unit (MSE is divided by its square, MAE by it, for the `_physical` metrics). split: the name of the
+    split the evaluation measures ('val', 'test'); it is in the stats (log.txt: `test_split`), the console line and
+    the TensorBoard tags, since main.py's `test_` prefix alone would not say which split it was.
     """
     tracks_train_accuracy = False
     initial_best = -math.inf
 
-    def __init__(self, baselines, units_per_physical=1.0):
+    def __init__(self, baselines, units_per_physical=1.0, split='val'):
         self.baselines = baselines
         self.units_per_physical = units_per_physical
+        self.split = split
 
     def criterion(self, args, mixup_fn):
         return torch.nn.MSELoss()
@@ -119,6 +122,7 @@ class ForecastingTask:
         stats['mse_physical'] = stats['mse'] / self.units_per_physical ** 2
         stats['mae_physical'] = stats['mae'] / self.units_per_physical
         stats['num_values'] = int(count)
+        stats['split'] = self.split
         return stats
 
     def score(self, stats):
@@ -128,11 +132,13 @@ class ForecastingTask:
         baselines = '  '.join(f"{name[:-4]} MSE {value:.4f} MAE {stats[name[:-4] + '_mae']:.4f}"
                               for name, value in stats.items() if name.endswith('_mse'))
         return (f"Forecasts of the {what}: MSE {stats['mse']:.6f} MAE {stats['mae']:.6f} on {stats['num_values']} "
-                f"values (physical units: MSE {stats['mse_physical']:.4f} MAE {stats['mae_physical']:.4f}); "
+                f"values of the {stats['split']} split (physical units: MSE {stats['mse_physical']:.4f} MAE {stats['mae_physical']:.4f}); "
                 f"baselines: {baselines}")
 
     def best_summary(self, what, best):
         return f'Lowest MSE of the {what}: {-best:.4f}'
 
     def tensorboard_values(self, stats):
-        return {key: stats[key] for key in ('mse', 'mae', 'persistence_mse', 'persistence_mae') if key in stats}
+        """The model's and every baseline's MSE/MAE, tagged with the split (e.g. perf/test_mse_val)."""
+        return {f'{key}_{stats["split"]}': value for key, value in stats.items()
+                if key.endswith(('mse', 'mae')) and not key.startswith('num_')}

@@ -27,7 +27,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 import main  # noqa: E402
 from datasets import build_dataset  # noqa: E402
-from timing import machine_summary, markdown_table, utc_now  # noqa: E402  (this folder is sys.path[0])
+from timing import machine_summary, markdown_table, replace_section, utc_now  # noqa: E402  (this folder is sys.path[0])
 
 SECTION_HEADING = '### Audio and video data loading (`bench_data_loading.py`)'
 
@@ -130,7 +130,7 @@ def main_cli():
     parser.add_argument('--batches', type=int, default=4, help='timed batches per worker count')
     parser.add_argument('--steps', type=int, default=3, help='timed training steps')
     parser.add_argument('--video_input_size', type=int, default=64, help='pixels per frame (the recipe: 224)')
-    parser.add_argument('--write_markdown', default=None, metavar='FILE', help='append the results to FILE')
+    parser.add_argument('--write_markdown', default=None, metavar='FILE', help='write the results into their section of FILE (replacing an earlier run)')
     opts = parser.parse_args()
     device = torch.device(opts.device)
     common = ['--model', opts.model, '--device', opts.device, '--seed', '0']
@@ -149,11 +149,11 @@ def main_cli():
     table = markdown_table(['data set', 'DataLoader workers / model step', 'samples/s'], rows)
     print(table)
     if opts.write_markdown:
-        with open(opts.write_markdown, 'a') as f:
-            f.write(f'\n{SECTION_HEADING}\n\n`python benchmarks/bench_data_loading.py {" ".join(sys.argv[1:])}` '
-                    f'on {machine_summary()}, {utc_now()}. Batch {opts.batch_size}; audio: 1 s 16 kHz WAVs, '
-                    f'mixup p = 0.6; video: 72-frame 340 x 256 H.264 clips, 16 frames every 4th at '
-                    f'{opts.video_input_size} px.\n\n{table}\n')
+        replace_section(opts.write_markdown,
+                        f'`python benchmarks/bench_data_loading.py {" ".join(sys.argv[1:])}` on {machine_summary()}, '
+                        f'{utc_now()}. Batch {opts.batch_size}; audio: 1 s 16 kHz WAVs, mixup p = 0.6; video: 72-frame '
+                        f'340 x 256 H.264 clips, 16 frames every 4th at {opts.video_input_size} px.\n\n{table}',
+                        SECTION_HEADING)
 
 
 if __name__ == '__main__':

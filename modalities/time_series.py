@@ -56,6 +56,9 @@ def add_arguments(parser):
     group = parser.add_argument_group('time-series forecasting (--data_set GLOBAL_TEMP / GLOBAL_WIND)')
     group.add_argument('--series_eval_split', default='val', choices=['val', 'test'],
                        help='split evaluated after each epoch and by --eval (best checkpoint: lowest MSE on it)')
+    group.add_argument('--series_season_hours', default=24, type=int, metavar='HOURS',
+                       help='period of the seasonal-naive baseline (the forecast repeats the last HOURS known hours; '
+                            f'24: the daily cycle of hourly data; 1 to {INPUT_HOURS})')
     group.add_argument('--series_units_per_physical', default=10.0, type=float,
                        help='data-set units per physical unit (Corrformer stores x10 values: MSE/100 and MAE/10 '
                             'are degrees C or m/s); metrics are reported in both')
@@ -235,19 +238,32 @@ def training_mean(args):
     return torch.from_numpy(np.nanmean(np.where(np.isfinite(series), series, np.nan), axis=0))
 
 
-def baseline_forecasts(samples, station_means):
-    """Forecasts that need no training, shaped like the targets (B, PREDICT_HOURS, stations)."""
+def seasonal_naive_hours(period):
+    """Input hours the seasonal-naive forecast repeats: forecast hour h is the known hour one period (or a multiple
+    of it) earlier, INPUT_HOURS - period + h mod period."""
+    if not 1 <= period <= INPUT_HOURS:
+        raise ValueError(f'--series_season_hours {period}: the seasonal-naive baseline repeats known hours, so the '
+                         f'period must be 1 to {INPUT_HOURS} (the input window); 24 for the daily cycle')
+    return torch.tensor([INPUT_HOURS - period + hour % period for hour in range(PREDICT_HOURS)])
+
+
+def baseline_forecasts(samples, station_means, season_hours=24):
+    """Forecasts that need no training, shaped like the targets (B, PREDICT_HOURS, stations): persistence (the last
+    known hour), seasonal naive (the last season_hours known hours, repeated) and the training mean."""
     values, _ = unpack_window(samples)
     last_known = values[:, -1:, :].expand(-1, PREDICT_HOURS, -1)
     return {'persistence': last_known,
+            'seasonal_naive': values[:, seasonal_naive_hours(season_hours).to(samples.device), :],
             'train_mean': station_means.to(samples)[None, None, :].expand_as(last_known)}
 
 
 def build_task(args):
-    """The forecasting task of these data sets (tasks.ForecastingTask) with its two baselines."""
+    """The forecasting task of these data sets (tasks.ForecastingTask) with its three baselines, on the evaluated
+    split (--series_eval_split; its name goes into what the evaluation logs)."""
+    seasonal_naive_hours(args.series_season_hours)  # a bad period fails before training
     station_means = training_mean(args)
-    return tasks.ForecastingTask(lambda samples: baseline_forecasts(samples, station_means),
-                                 units_per_physical=args.series_units_per_physical)
+    return tasks.ForecastingTask(lambda samples: baseline_forecasts(samples, station_means, args.series_season_hours),
+                                 units_per_physical=args.series_units_per_physical, split=args.series_eval_split)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,11 +5,11 @@ A clip becomes one image: `--video_frames` T (16) frames taken every `--video_fr
 `--input_size` S pixels square, laid out on a sqrt(T) x sqrt(T) canvas (S = 224: 896 x 896), `in_chans=3`.
 
 `--video_layout`:
-* `grid` (default, the paper's "side by side"): frame t is the tile at row t // sqrt(T), column t % sqrt(T).
-* `reshape` (what the release's code does and its 54.8% was trained with, `engine_for_finetuning.py`): a raw
+* `reshape` (default; what the release's code does and its 54.8% was trained with, `engine_for_finetuning.py`): a raw
   `reshape(C, sqrt(T) H, sqrt(T) W)` of the (C, T, H, W) clip. Row r of the image holds the rows
   sqrt(T) r .. sqrt(T) r + sqrt(T) - 1 of one frame side by side, so each frame is a (H / sqrt(T)) x (sqrt(T) W)
-  strip (56 x 896 at S = 224) of interleaved rows. Use it to evaluate or fine-tune the release's checkpoints.
+  strip (56 x 896 at S = 224) of interleaved rows. The release's checkpoints need it.
+* `grid` (the paper's "side by side"): frame t is the tile at row t // sqrt(T), column t % sqrt(T).
 
 Training (as `Video/dataset/datasets.py`): a random window of T * stride frames (indices clamped to the clip's
 last frame when it is shorter), then the image pipeline of `datasets.build_transform` (RandomResizedCrop,
@@ -380,8 +380,9 @@ def add_arguments(parser):
     group = parser.add_argument_group('video (--data_set KINETICS400; --input_size is the size of one frame)')
     group.add_argument('--video_frames', type=int, default=16, help='frames per clip (a square)')
     group.add_argument('--video_frame_stride', type=int, default=4, help='take every n-th frame')
-    group.add_argument('--video_layout', default='grid', choices=LAYOUTS,
-                       help="frames -> image: 'grid' tiles (the paper) or 'reshape' (the release)")
+    group.add_argument('--video_layout', default='reshape', choices=LAYOUTS,
+                       help="frames -> image: 'reshape' (the release's code, default) or 'grid' tiles (the paper's "
+                            'side-by-side description)')
     group.add_argument('--video_test_segments', type=int, default=5, help='test windows per clip')
     group.add_argument('--video_test_crops', type=int, default=3, help='test crops per window')
     group.add_argument('--video_train_transform', default='release', choices=['release', 'image'],

