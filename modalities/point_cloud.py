@@ -380,11 +380,17 @@ def add_arguments(parser):
 
 def build_dataset(is_train, args):
     """(dataset, number of classes) for --data_set MODELNET40."""
-    reader = open_modelnet40(args.data_path, 'train' if is_train else 'test')
+    dataset = point_cloud_dataset(open_modelnet40(args.data_path, 'train' if is_train else 'test'), is_train, args)
+    return dataset, len(dataset.classes)
+
+
+def point_cloud_dataset(reader, is_train, args):
+    """ModelNet40's samples of any reader (this module's layouts, point_folder's class folders) with main.py's options:
+    unreadable samples named or skipped and counted, the test rotations scored as --pc_test_score says."""
     dataset = ModelNet40(reader, is_train, args.pc_points, args.pc_test_rotations,
                          skip_corrupt=getattr(args, 'skip_corrupt_images', False))
     dataset.eval_views_scored = 'each' if args.pc_test_score == 'per_rotation' else 'together'  # engine.evaluate
-    return dataset, len(dataset.classes)
+    return dataset
 
 
 # ----------------------------------------------------------------------------------------------

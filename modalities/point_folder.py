@@ -59,12 +59,8 @@ class PointFiles(point_cloud.ModelNet40Text):
 
 
 def point_files_dataset(samples, classes, is_train, args):
-    """ModelNet40's samples (normalisation, sampling, augmentation or test rotations) of the listed files, unreadable
-    ones named or skipped and counted, the rotations scored as --pc_test_score says."""
-    dataset = point_cloud.ModelNet40(PointFiles(samples, classes), is_train, args.pc_points, args.pc_fps_points,
-                                     args.pc_test_rotations, skip_corrupt=args.skip_corrupt_images)
-    dataset.eval_views_scored = 'each' if args.pc_test_score == 'per_rotation' else 'together'  # engine.evaluate
-    return dataset
+    """ModelNet40's samples (normalisation, sampling, augmentation or test rotations) of the listed files."""
+    return point_cloud.point_cloud_dataset(PointFiles(samples, classes), is_train, args)
 
 
 def build_dataset(is_train, args):

@@ -79,7 +79,8 @@ def test_point_folder_classes_samples_and_views(point_tree):
     val, _ = point_folder.build_dataset(False, point_args(point_tree))
     assert nb_classes == 4 and train.classes == val.classes == sorted(MESHES)
     assert len(train) == 80 and len(val) == 20
-    assert train[0][0].shape == (2, 128, 3) and val.eval_views == 2 and val[0][0].shape == (2, 2, 128, 3)
+    every_point = point_folder.read_points(train.reader.items[0][0])   # training: the model samples them in its step
+    assert train[0][0].shape == (len(every_point), 7) and val.eval_views == 2 and val[0][0].shape == (2, 128, 7)
     assert torch.equal(val[3][0], val[3][0])  # evaluation samples are fixed
 
 
