@@ -11,16 +11,18 @@ A clip becomes one image: `--video_frames` T (16) frames taken every `--video_fr
   strip (56 x 896 at S = 224) of interleaved rows. The release's checkpoints need it.
 * `grid` (the paper's "side by side"): frame t is the tile at row t // sqrt(T), column t % sqrt(T).
 
-Training (as `Video/dataset/datasets.py`): a random window of T * stride frames (indices clamped to the clip's
-last frame when it is shorter), then the image pipeline of `datasets.build_transform` (RandomResizedCrop,
-flip, RandAugment `--aa`, random erasing `--reprob`, ImageNet mean/std) applied with the SAME random draws to
-every frame of the clip: one seed is drawn from python's global RNG (seeded per sample by
+Training (as `Video/dataset/datasets.py`): T frame indices spread by linspace over a random window of
+T * stride frames (clamped to the clip's last frame when it is shorter), then `--video_train_transform release`
+(default: RandAugment `--aa` on the full frames, RandomResizedCrop (bilinear), flip, random erasing `--reprob`) or
+`image` (the image pipeline of `datasets.build_transform`, RandomResizedCrop first), applied with the SAME random
+draws to every frame of the clip: one seed is drawn from python's global RNG (seeded per sample by
 `datasets.SeededAugmentation`) and every frame is transformed inside `datasets.seeded_random_state(that seed)`.
 Evaluation: `--video_test_segments` (5) windows evenly spread over the clip x `--video_test_crops` (3) crops
 along the long side after resizing the short side to S; the sample is a (views, C, H, W) stack and
 `engine.evaluate` averages the views' class probabilities (the data set's `eval_views` says how many).
-Repeated augmentation (the release's x2) is `--repeated_aug 2`: `datasets.RepeatedSamples` and
-`utils.RepeatedAugmentationSampler`, in timm's RepeatAugSampler order and resumable mid-epoch.
+Repeated augmentation (the release's x2) is `--repeated_aug 2`: with `--repeated_aug_scope batch` (default, the
+release's `num_sample`) a video's copies share one batch (`utils.RepeatedInBatchSampler`); `ranks` spreads them in
+timm's RepeatAugSampler order. Both resume mid-epoch.
 
 Data layouts under `--data_path` (checked in this order):
 1. `train.csv` / `val.csv` as VideoMAE list files: `<path> <label>` per line, no header, paths relative to
