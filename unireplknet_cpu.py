@@ -266,17 +266,39 @@ class _GRNThenLinear(torch.autograd.Function):
         return grad_x, grad_gamma, grad_beta, grad_weight, grad_bias
 
 
-def grn_then_linear(grn: GRNwithNHWC, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """linear(grn(x)) for NHWC x, with GRN's per-sample scale folded into a per-sample copy of the Linear weight.
+def _records_autograd(*tensors) -> bool:
+    """Whether autograd would record an op on these tensors (None entries are skipped)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
-    (x * s + beta) @ W.T + b == x @ (W * s).T + (W @ beta + b): one batched matmul instead of two elementwise passes
-    over the 4C-channel tensor (the largest in the block) and a matmul. That pays off when a sample has more pixels
-    than the Linear has outputs (at 224: stages 0-1, and stage 2 of unireplknet_a and _f); elsewhere the per-sample
-    weights cost more than they save, so the plain order is used. (B, H, W, 4C) -> (B, H, W, C).
+
+def _grn_then_linear_in_place(grn: GRNwithNHWC, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """linear(grn(x)) without autograd, scaling x in place: GRN's per-sample scale is one pass over x, its beta is
+    folded into the bias, and the Linear runs as a 1x1 conv (`pointwise_linear_as_conv`). Overwrites x."""
+    batch, height, width, channels = x.shape
+    norm = per_channel_l2_norm(x.reshape(batch, height * width, channels)).reshape(batch, 1, 1, channels)
+    x.mul_(grn_response_scale(norm, grn.gamma))
+    bias = linear.bias
+    if grn.beta is not None:
+        bias = linear.weight @ grn.beta.reshape(-1) + (0 if bias is None else bias)
+    return F.conv2d(x.permute(0, 3, 1, 2), linear.weight[:, :, None, None], bias).permute(0, 2, 3, 1)
+
+
+def grn_then_linear(grn: GRNwithNHWC, linear: nn.Linear, x: torch.Tensor, overwrite_input: bool = False
+                    ) -> torch.Tensor:
+    """linear(grn(x)) for NHWC x by the fastest CPU computation measured for its shape (BENCHMARKS.md).
+
+    Without autograd and with `overwrite_input`: x scaled in place, then the Linear as a 1x1 conv
+    (`_grn_then_linear_in_place`). With autograd, where a sample has at least 4x more pixels than the Linear has
+    outputs (at 224: stages 0-1): GRN's per-sample scale folded into a per-sample copy of the Linear weight,
+    (x * s + beta) @ W.T + b == x @ (W * s).T + (W @ beta + b), one batched matmul instead of writing out the scaled
+    4C-channel tensor, the block's largest (`_GRNThenLinear`). Elsewhere the per-sample weights cost more than they
+    save: GRN, then the Linear as a 1x1 conv. (B, H, W, 4C) -> (B, H, W, C).
     """
     batch, height, width, channels = x.shape
-    if height * width <= linear.out_features:
-        return linear(grn(x))
+    if overwrite_input and not _records_autograd(x, grn.gamma, grn.beta, linear.weight, linear.bias):
+        return _grn_then_linear_in_place(grn, linear, x)
+    if height * width < 4 * linear.out_features:
+        return pointwise_linear_as_conv(linear, grn(x).permute(0, 3, 1, 2))
     out = _GRNThenLinear.apply(x.reshape(batch, height * width, channels), grn.gamma, grn.beta, linear.weight,
                                linear.bias)
     return out.reshape(batch, height, width, linear.out_features)
@@ -352,7 +374,8 @@ class FastUniRepLKNetBlock(UniRepLKNetBlock):
         y = self.se(self.norm(self.dwconv(x)))
         gelu, grn = self.act
         y = pointwise_linear_as_conv(self.pwconv1[1], y)  # pwconv1 = NCHW -> NHWC, then Linear
-        y = grn_then_linear(grn, self.pwconv2[0], _gelu_in_place_without_autograd(gelu, y))
+        y = _gelu_in_place_without_autograd(gelu, y)
+        y = grn_then_linear(grn, self.pwconv2[0], y, overwrite_input=not y.requires_grad)
         for layer in self.pwconv2[1:]:  # NHWC -> NCHW, then (training form) BatchNorm
             y = layer(y)
         y = self.drop_path(self.layer_scale(y))

@@ -149,7 +149,7 @@ def test_eval_drb_is_one_fused_conv_with_the_branches_result(kernel_size, monkey
     assert all(p.grad is not None for name, p in drb.named_parameters() if 'conv' in name or 'lk_origin' in name)
 
 
-@pytest.mark.parametrize('size', [3, 2], ids=['folded', 'plain order'])  # 9 pixels > 5 outputs >= 4 pixels
+@pytest.mark.parametrize('size', [5, 4], ids=['folded', 'GRN then 1x1 conv'])  # 25 pixels >= 4 x 5 outputs > 16
 @pytest.mark.parametrize('training_form', [True, False], ids=['beta, no bias', 'deploy: bias, no beta'])
 def test_grn_then_linear_equals_grn_followed_by_linear_with_gradients(training_form, size):
     torch.manual_seed(0)
@@ -167,6 +167,28 @@ def test_grn_then_linear_equals_grn_followed_by_linear_with_gradients(training_f
     ref_grads = torch.autograd.grad(expected, [x_ref, *grn.parameters(), *linear.parameters()], torch.ones_like(out))
     for fast, ref in zip(fast_grads, ref_grads):
         torch.testing.assert_close(fast, ref)
+
+
+@pytest.mark.parametrize('training_form', [True, False], ids=['beta, no bias', 'deploy: bias, no beta'])
+def test_grn_then_linear_overwriting_its_input_only_without_autograd(training_form):
+    torch.manual_seed(0)
+    grn = GRNwithNHWC(12, use_bias=training_form).double()
+    linear = nn.Linear(12, 5, bias=not training_form).double()
+    with torch.no_grad():
+        for p in grn.parameters():
+            p.uniform_(-0.5, 0.5)
+    x = torch.randn(3, 4, 6, 12, dtype=torch.float64)
+    x[0, :, :, 1] = 0
+    expected = linear(grn(x)).detach()
+    with torch.no_grad():
+        overwritten = x.clone()
+        torch.testing.assert_close(grn_then_linear(grn, linear, overwritten, overwrite_input=True), expected)
+        assert not torch.equal(overwritten, x)  # the scale was applied in place
+    # With autograd recording (parameters that require grad), the input is left alone and gradients flow.
+    kept = x.clone()
+    out = grn_then_linear(grn, linear, kept, overwrite_input=True)
+    torch.testing.assert_close(out, expected)
+    assert torch.equal(kept, x) and out.requires_grad
 
 
 @pytest.mark.parametrize('memory_format', [torch.channels_last, torch.contiguous_format], ids=['NHWC', 'NCHW'])
