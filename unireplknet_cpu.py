@@ -19,8 +19,8 @@ The fast paths (measured gains in BENCHMARKS.md, "Ideas kept and dropped"):
   * channels_last from the stem on (`ChannelsLastStemConv2d`): oneDNN's depthwise convs are several times faster in
     channels_last, and the NCHW <-> NHWC permutes around the Linear layers become free views;
   * the DRB's large and dilated depthwise convs in training (`FastDepthwiseConv2d`, `same_depthwise_conv`): a custom
-    backward that avoids oneDNN's slow kernels (weight gradient as one grouped forward conv; dilated convs padded by
-    more than 4 by space-to-batch or the dense kernel);
+    backward that avoids oneDNN's slow kernels (weight gradient as one grouped forward conv; on machines without
+    AVX-512, dilated convs padded by more than 4 with the padding written out first);
   * an eval-mode training-form DRB as one conv with its fused kernel (`FastDilatedReparamBlock`);
   * GRN's norm in cache-sized chunks with a one-pass backward (`FastGRN`), and GRN's scale folded into the
     following Linear where a sample has more pixels than that Linear has outputs (`grn_then_linear`);
@@ -36,51 +36,33 @@ import torch.nn.functional as F
 from torch.nn.modules import module as module_hooks
 
 import unireplknet
-from unireplknet import DilatedReparamBlock, GRNwithNHWC, UniRepLKNetBlock, dilated_to_dense_kernel, grn_response_scale
+from unireplknet import DilatedReparamBlock, GRNwithNHWC, UniRepLKNetBlock, grn_response_scale
 
-__all__ = ['convert_to_fast_cpu', 'same_depthwise_conv', 'grn_then_linear', 'per_channel_l2_norm',
+__all__ = ['convert_to_fast_cpu', 'same_depthwise_conv', 'dilated_depthwise_conv_padded_first', 'grn_then_linear', 'per_channel_l2_norm',
            'pointwise_linear_as_conv']
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Depthwise convs: custom backward, space-to-batch
+# Depthwise convs: custom backward, explicit padding for dilated convs
 # --------------------------------------------------------------------------------------------------------------------
 
-def dilated_depthwise_conv_by_space_to_batch(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
-    """Depthwise 'same' conv with a dilated (C, 1, k, k) kernel, computed as an undilated conv (space-to-batch).
+# oneDNN's dilated depthwise conv is fast at any padding on AVX-512 machines; on AVX2 ones, padded by more than 4 it
+# takes a path 10-35x slower, which writing the zero padding out first avoids (BENCHMARKS.md, both machine classes).
+ONEDNN_DILATED_CONV_FAST_AT_ANY_PADDING = torch.backends.cpu.get_cpu_capability().startswith('AVX512')
 
-    A dilated conv only mixes pixels of the same phase (row % r, column % r), so the r * r phases of the zero-padded
-    input are moved into the batch dimension, convolved with the undilated kernel and moved back. Same values as
-    F.conv2d(x, weight, padding=r * (k - 1) // 2, dilation=r, groups=C) up to float rounding; on CPU several times
-    faster because oneDNN has no fast dilated depthwise kernel. Works in NHWC internally (free for channels_last
-    input). (B, C, H, W) -> (B, C, H, W).
-    """
-    batch, channels, height, width = x.shape
-    r, pad = dilation, dilation * (weight.shape[-1] - 1) // 2
-    # Pad to the conv's padding, then up to a multiple of r so that every phase has the same size.
-    padded_h, padded_w = -(-(height + 2 * pad) // r) * r, -(-(width + 2 * pad) // r) * r
-    x = F.pad(x, (pad, padded_w - width - pad, pad, padded_h - height - pad))
-    nhwc = x.permute(0, 2, 3, 1).reshape(batch, padded_h // r, r, padded_w // r, r, channels)
-    phases = nhwc.permute(0, 2, 4, 1, 3, 5).reshape(batch * r * r, padded_h // r, padded_w // r, channels)
-    out = F.conv2d(phases.permute(0, 3, 1, 2), weight, groups=channels)
-    out_h, out_w = out.shape[-2:]
-    out = out.permute(0, 2, 3, 1).reshape(batch, r, r, out_h, out_w, channels)
-    out = out.permute(0, 3, 1, 4, 2, 5).reshape(batch, out_h * r, out_w * r, channels)
-    return out[:, :height, :width].permute(0, 3, 1, 2)
+
+def dilated_depthwise_conv_padded_first(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
+    """F.conv2d(x, weight, padding=dilation * (k - 1) // 2, dilation=dilation, groups=C) for a (C, 1, k, k) kernel,
+    with the zero padding written out by F.pad so that oneDNN runs its unpadded dilated kernel. Keeps x's layout."""
+    padding = dilation * (weight.shape[-1] - 1) // 2
+    return F.conv2d(F.pad(x, (padding,) * 4), weight, dilation=dilation, groups=x.shape[1])
 
 
 def _same_depthwise_conv_forward(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
-    """Stride-1 'same' depthwise conv by the fastest CPU computation measured: oneDNN's dilated conv is fast up to a
-    padding of 4 and falls back to a path 5-20x slower beyond it; there space-to-batch is used, or on small maps the
-    equivalent dense kernel."""
+    """Stride-1 'same' depthwise conv by the fastest CPU computation measured on this machine class."""
     padding = dilation * (weight.shape[-1] - 1) // 2
-    if dilation > 1 and padding > 4:
-        height, width = x.shape[-2:]
-        if (height + 2 * padding) * (width + 2 * padding) <= 2.5 * height * width:
-            return dilated_depthwise_conv_by_space_to_batch(x, weight, dilation)
-        # Small maps (e.g. 7x7 or 14x14 under a 13x13 reach): space-to-batch would mostly move padding; the
-        # zero-inserted dense kernel costs less there.
-        weight, dilation = dilated_to_dense_kernel(weight, dilation), 1
+    if dilation > 1 and padding > 4 and not ONEDNN_DILATED_CONV_FAST_AT_ANY_PADDING:
+        return dilated_depthwise_conv_padded_first(x, weight, dilation)
     return F.conv2d(x, weight, padding=padding, dilation=dilation, groups=x.shape[1])
 
 

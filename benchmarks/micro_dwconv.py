@@ -3,7 +3,7 @@
 Answers, with measurements, which implementation of each piece is fastest on this machine:
   1. depthwise KxK conv, NCHW vs channels_last, K = 3, 5, 7, 13;
   2. the dilated branches (k, r) of a K=13 Dilated Reparam Block (facts A.6): dilated conv in
-     NCHW / channels_last, the dense (zero-inserted) equivalent kernel, space-to-batch, and
+     NCHW / channels_last, the dense (zero-inserted) equivalent kernel, the padding written out first, and
      unireplknet_cpu.same_depthwise_conv (what ships: custom backward, see its docstring);
   3. the pointwise FFN layers: nn.Linear on NHWC vs 1x1 conv in channels_last;
 each forward only and forward+backward (grads for input and weight, as in training).
@@ -21,7 +21,7 @@ from timing import interleaved_medians, machine_summary, markdown_table, utc_now
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from unireplknet import dilated_to_dense_kernel  # noqa: E402
-from unireplknet_cpu import dilated_depthwise_conv_by_space_to_batch, same_depthwise_conv  # noqa: E402
+from unireplknet_cpu import dilated_depthwise_conv_padded_first, same_depthwise_conv  # noqa: E402
 
 # (channels, resolution) of unireplknet_a's stages at 224x224 input.
 STAGE_SHAPES = {0: (40, 56), 1: (80, 28), 2: (160, 14), 3: (320, 7)}
@@ -68,7 +68,7 @@ def dwconv_cases(batch):
 
 
 def dilated_branch_cases(batch, stage):
-    """Each dilated branch of a K=13 DRB, four ways."""
+    """Each dilated branch of a K=13 DRB, five ways."""
     channels, res = STAGE_SHAPES[stage]
     for kernel, dilation in K13_BRANCHES:
         pad = dilation * (kernel - 1) // 2
@@ -88,8 +88,8 @@ def dilated_branch_cases(batch, stage):
         yield name, shape, "dilated channels_last", dilated, (x_cl, w)
         if dilation > 1:
             yield name, shape, "dense-equivalent channels_last", dense, (x_cl, w)
-            yield name, shape, "space-to-batch channels_last", \
-                lambda x, w, d=dilation: dilated_depthwise_conv_by_space_to_batch(x, w, d), (x_cl, w)
+            yield name, shape, "padded first channels_last", \
+                lambda x, w, d=dilation: dilated_depthwise_conv_padded_first(x, w, d), (x_cl, w)
             yield name, shape, "same_depthwise_conv channels_last", \
                 lambda x, w, d=dilation: same_depthwise_conv(x, w, d), (x_cl, w)
 

@@ -15,7 +15,7 @@ import unireplknet
 import unireplknet_cpu
 from unireplknet import DilatedReparamBlock, GRNwithNHWC
 from unireplknet_cpu import (
-    FastGRN, convert_to_fast_cpu, dilated_depthwise_conv_by_space_to_batch, grn_then_linear, same_depthwise_conv,
+    FastGRN, convert_to_fast_cpu, dilated_depthwise_conv_padded_first, grn_then_linear, same_depthwise_conv,
 )
 
 BFLOAT16_EPS = torch.finfo(torch.bfloat16).eps  # 2**-7: the spacing of bfloat16 numbers at 1
@@ -68,24 +68,30 @@ def assert_equals_conv2d_with_gradients(conv, kernel, dilation, cases):
 
 @pytest.mark.parametrize('channels_last', [False, True], ids=['nchw', 'channels_last'])
 @pytest.mark.parametrize('kernel, dilation', DILATED_BRANCHES)
-def test_space_to_batch_equals_the_dilated_conv_with_gradients(kernel, dilation, channels_last):
+def test_padded_first_equals_the_dilated_conv_with_gradients(kernel, dilation, channels_last):
     # Sizes that are not multiples of the dilation, and one smaller than the dilated kernel's reach.
-    assert_equals_conv2d_with_gradients(dilated_depthwise_conv_by_space_to_batch, kernel, dilation,
+    assert_equals_conv2d_with_gradients(dilated_depthwise_conv_padded_first, kernel, dilation,
                                         [(9, 14, channels_last), (3, 5, channels_last)])
 
 
+@pytest.mark.parametrize('avx512', [True, False], ids=['AVX-512 path', 'AVX2 path'])
 @pytest.mark.parametrize('kernel, dilation', DRB_CONVS)
-def test_same_depthwise_conv_equals_conv2d_with_gradients(kernel, dilation):
-    # Odd and even sizes, one smaller than the kernel's reach; NCHW and channels_last; for dilated kernels padded by
-    # more than 4, the small maps take the dense-kernel path and the 24x26 map the space-to-batch path.
+def test_same_depthwise_conv_equals_conv2d_with_gradients(kernel, dilation, avx512, monkeypatch):
+    # Both machine classes' paths on any machine (dilated convs padded by more than 4: oneDNN's own padding, or the
+    # padding written out first). Odd and even sizes, one smaller than the kernel's reach; NCHW and channels_last.
+    monkeypatch.setattr(unireplknet_cpu, 'ONEDNN_DILATED_CONV_FAST_AT_ANY_PADDING', avx512)
+    padded_first = []
+    monkeypatch.setattr(unireplknet_cpu, 'dilated_depthwise_conv_padded_first', lambda *args, f=(
+        unireplknet_cpu.dilated_depthwise_conv_padded_first): (padded_first.append(1), f(*args))[1])
     assert_equals_conv2d_with_gradients(same_depthwise_conv, kernel, dilation,
                                         [(9, 14, True), (3, 5, False), (24, 26, True)])
+    assert bool(padded_first) == (not avx512 and dilation > 1 and dilation * (kernel - 1) // 2 > 4)
 
 
 def test_same_depthwise_conv_gradients_pass_gradcheck():
     x = torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(2, 1, 3, 3, dtype=torch.float64, requires_grad=True)
-    for dilation in (1, 2, 5):  # oneDNN's dilated conv, and space-to-batch (padding > 4)
+    for dilation in (1, 2, 5):  # oneDNN's dilated conv; padding > 4 (padded first on machines without AVX-512)
         assert torch.autograd.gradcheck(lambda a, b: same_depthwise_conv(a, b, dilation), (x, weight))
     large = torch.randn(2, 1, 7, 7, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: same_depthwise_conv(a, b), (x, large))
