@@ -11,14 +11,17 @@ each in a fresh process (peak RSS from /proc/self/status VmHWM, minus the RSS be
 
 The machine is usually shared, so the timed calls are interleaved round-robin across all
 configurations (one call of each per round) and each configuration's median is reported: a burst
-of outside load then hits every configuration alike and the ratios stay meaningful.
+of outside load then hits every configuration alike and the ratios stay meaningful. Each mode
+(training step, eval, reparameterised eval) is timed in a fresh process: the steps timed before
+change glibc malloc's state and with it every model's page faults (see `time_mode`). To time with
+an allocator that keeps freed memory (no page faults after the first step), run under
+GLIBC_TUNABLES=glibc.malloc.mmap_threshold=2147483647:glibc.malloc.trim_threshold=4294967295.
 
     python benchmarks/bench_models.py --model unireplknet_a --batch 32 --img_size 224 \
         --compare convnext_atto,convnext_pico,convnext_tiny --with_cp --out BENCHMARKS.md
     python benchmarks/bench_models.py --model unireplknet_a --memory --out BENCHMARKS.md
 """
 import argparse
-import copy
 import importlib
 import multiprocessing
 import os
@@ -92,29 +95,54 @@ def make_eval_step(model, x):
     return step
 
 
-def speed_report(args):
-    x = torch.randn(args.batch, 3, args.img_size, args.img_size)
-    labels = torch.randint(0, 1000, (args.batch,))
-    # Rows: (label, model name, channels_last). --model gets NCHW input, as users call it; its own
-    # forward decides its internal layout. Baselines run as timm builds them, and optionally in channels_last.
+def speed_rows(args):
+    """(label, model name, channels_last) per row. --model gets NCHW input, as users call it; its own forward decides
+    its internal layout. Baselines run as timm builds them, and optionally in channels_last."""
     baselines = [n for n in args.compare.split(",") if n and n != args.model]
     rows_spec = [(args.model, args.model, False)] + [(n, n, False) for n in baselines]
     if args.compare_channels_last:
         rows_spec += [(f"{n} (channels_last)", n, True) for n in baselines]
-    steps, info = {}, {}
-    for label, name, channels_last in rows_spec:
+    return rows_spec
+
+
+def time_mode(args, mode):
+    """Runs in a fresh process: {(label, mode): median seconds} of every row's `mode` step, timed interleaved.
+
+    One process per mode, because glibc's malloc adapts its thresholds to the sizes freed before: training steps
+    timed first leave a heap that serves the next eval steps without page faults, which changed the baselines'
+    inference speed up to 2x (BENCHMARKS.md). Each mode's rows still share one process, and so one allocator state.
+    """
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    register_repository_models()
+    x = torch.randn(args.batch, 3, args.img_size, args.img_size)
+    labels = torch.randint(0, 1000, (args.batch,))
+    steps = {}
+    for label, name, channels_last in speed_rows(args):
         model, model_x = as_input_layout(build_model(name), x, channels_last)
-        deployed = reparameterize_model(copy.deepcopy(model).eval())
-        info[label] = (sum(p.numel() for p in model.parameters()) / 1e6,
+        if mode == "train":
+            steps[(label, mode)] = make_train_step(model, model_x, labels)
+        else:
+            steps[(label, mode)] = make_eval_step(reparameterize_model(model.eval()) if mode == "deploy" else model,
+                                                  model_x)
+    if mode == "train" and args.with_cp:
+        steps[(args.model, "train_cp")] = make_train_step(build_model(args.model, with_cp=True), x, labels)
+    return interleaved_medians(steps, args.warmup, args.repeats)
+
+
+def speed_report(args):
+    rows_spec = speed_rows(args)
+    info = {}
+    for label, name, channels_last in rows_spec:
+        deployed = reparameterize_model(build_model(name).eval())
+        info[label] = (sum(p.numel() for p in build_model(name).parameters()) / 1e6,
                        sum(p.numel() for p in deployed.parameters()) / 1e6,
                        count_gmacs(deployed, args.img_size))
-        steps[(label, "train")] = make_train_step(model, model_x, labels)
-        steps[(label, "eval")] = make_eval_step(copy.deepcopy(model), model_x)
-        steps[(label, "deploy")] = make_eval_step(deployed, model_x)
-    if args.with_cp:
-        steps[(args.model, "train_cp")] = make_train_step(build_model(args.model, with_cp=True), x, labels)
-
-    seconds = interleaved_medians(steps, args.warmup, args.repeats)
+    seconds = {}
+    spawn = multiprocessing.get_context("spawn")
+    for mode in ("train", "eval", "deploy"):
+        with spawn.Pool(1) as pool:
+            seconds.update(pool.apply(time_mode, (args, mode)))
     img_per_s = {key: args.batch / s for key, s in seconds.items()}
     rows = []
     for label, _, _ in rows_spec:

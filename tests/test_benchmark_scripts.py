@@ -35,6 +35,23 @@ def test_micro_dwconv_times_the_shipped_depthwise_conv():
     assert 'same_depthwise_conv' in out
 
 
+def test_micro_dwconv_times_the_dilated_branch_paths():
+    out = run_script('benchmarks/micro_dwconv.py', '--batch', '1', '--repeats', '1', '--warmup', '0', '--threads', '1',
+                     '--only', 'branch k3 r5')
+    assert 'padded first channels_last' in out and 'same_depthwise_conv channels_last' in out
+
+
+def test_bench_models_times_each_mode_and_writes_its_block(tmp_path):
+    report = tmp_path / 'report.md'
+    report.write_text('# Kept\n')
+    out = run_script('benchmarks/bench_models.py', '--model', 'unireplknet_a', '--compare', 'convnext_atto',
+                     '--compare_channels_last', '--batch', '2', '--img_size', '32', '--repeats', '1', '--warmup', '0',
+                     '--threads', '1', '--out', str(report))
+    assert '| convnext_atto (channels_last) |' in out and 'unireplknet_a / convnext_atto: training step' in out
+    text = report.read_text()
+    assert text.startswith('# Kept\n') and '<!-- bench_models: speed unireplknet_a batch 2 @32 -->' in text
+
+
 def test_gpu_check_runs_its_checks_on_cpu_and_catches_a_wrong_path(capsys, monkeypatch):
     """benchmarks/gpu_check.py has not run on a GPU yet: its checks and timings run here on a tiny CPU model."""
     sys.path.insert(0, os.path.join(REPO_ROOT, 'benchmarks'))
