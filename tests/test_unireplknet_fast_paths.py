@@ -294,6 +294,30 @@ def test_fast_cpu_kernels_convert_modules_and_match_the_plain_model():
     assert layouts == [True] * 8  # every stage ran in channels_last
 
 
+@pytest.mark.parametrize('reparameterized', [False, True], ids=['training form', 'deploy form'])
+@pytest.mark.parametrize('chunk_floats', [1, 1 << 20], ids=['one sample per chunk', 'one chunk'])
+def test_block_without_autograd_matches_the_plain_block_in_float64(chunk_floats, reparameterized, monkeypatch):
+    """The no-autograd path: the MLP a few samples at a time, GELU and GRN's scale in place, the residual added in
+    place."""
+    monkeypatch.setattr(unireplknet_cpu, 'MLP_CHUNK_FLOATS', chunk_floats)
+    torch.manual_seed(0)
+    plain = randomise_batch_norms(unireplknet.UniRepLKNetBlock(8, 5, layer_scale_init_value=1.0)).double().eval()
+    with torch.no_grad():
+        plain.act[1].gamma.uniform_(-0.5, 0.5)
+        plain.act[1].beta.uniform_(-0.5, 0.5)
+    if reparameterized:
+        plain.reparameterize()
+    fast = convert_to_fast_cpu(copy.deepcopy(plain))
+    assert isinstance(fast, unireplknet_cpu.FastUniRepLKNetBlock)
+    x = torch.randn(3, 8, 6, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    calls = []
+    mlp = fast._mlp
+    monkeypatch.setattr(fast, '_mlp', lambda y: (calls.append(len(y)), mlp(y))[1])
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x.clone()), plain(x))
+    assert calls == ([1, 1, 1] if chunk_floats == 1 else [3])
+
+
 def test_fast_paths_are_taken_when_nothing_observes_them(monkeypatch):
     calls = []
     for function in (unireplknet_cpu._GRNThenLinear, unireplknet_cpu._DepthwiseConvCPU, unireplknet_cpu._SpatialL2Norm):
