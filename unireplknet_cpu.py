@@ -22,10 +22,13 @@ The fast paths (measured gains in BENCHMARKS.md, "Ideas kept and dropped"):
     backward that avoids oneDNN's slow kernels (weight gradient as one grouped forward conv; on machines without
     AVX-512, dilated convs padded by more than 4 with the padding written out first);
   * an eval-mode training-form DRB as one conv with its fused kernel (`FastDilatedReparamBlock`);
-  * GRN's norm in cache-sized chunks with a one-pass backward (`FastGRN`), and GRN's scale folded into the
-    following Linear where a sample has more pixels than that Linear has outputs (`grn_then_linear`);
-  * the block's first Linear as a 1x1 conv (`pointwise_linear_as_conv`): oneDNN fuses the bias, addmm does not;
-  * without autograd, GELU and the residual add written over fresh tensors (`FastUniRepLKNetBlock`).
+  * GRN's norm in cache-sized chunks with a one-pass backward (`FastGRN`); with autograd, GRN's scale folded into the
+    following Linear where a sample has at least 4x more pixels than that Linear has outputs (`grn_then_linear`);
+  * the block's Linears as 1x1 convs (`pointwise_linear_as_conv`): oneDNN fuses the bias, addmm does not, and on
+    AVX-512 its 1x1 conv is 2-3x faster than addmm;
+  * without autograd, the block's MLP a few samples at a time (GRN is per sample, so the 4C-channel tensor stays
+    small and is not page-faulted afresh), GELU, GRN's scale and the residual add written in place
+    (`FastUniRepLKNetBlock`).
 
 For tracing or export (ONNX, TorchScript) build the model with fast_cpu_kernels=False: the chunked GRN norm splits
 the batch into Python-counted chunks, which a trace would freeze at the example's batch size.
@@ -248,6 +251,24 @@ class _GRNThenLinear(torch.autograd.Function):
         return grad_x, grad_gamma, grad_beta, grad_weight, grad_bias
 
 
+def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
+    """F.conv2d(x, weight, bias) for an (O, C, 1, 1) weight, through oneDNN also for fewer than 16 samples on one thread,
+    which F.conv2d sends to ATen's slower native kernel by a heuristic (2.2x slower for the chunked MLP's 2-8 samples
+    on the AVX512 machine, BENCHMARKS.md). float32 outside autocast only; anything else goes through F.conv2d."""
+    if (x.dtype == weight.dtype == torch.float32 and x.device.type == 'cpu' and torch.backends.mkldnn.is_available()
+            and not torch.is_autocast_enabled('cpu')):
+        return torch.ops.aten.mkldnn_convolution(x, weight, bias, [0, 0], [1, 1], [1, 1], 1)
+    return F.conv2d(x, weight, bias)
+
+
+def pointwise_linear_as_conv(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """linear(x.permute(0, 2, 3, 1)) for (B, C, H, W) x, computed as a 1x1 conv: oneDNN writes the bias with the
+    product (nn.Linear's addmm first fills the whole output with the broadcast bias, one more pass over the block's
+    largest tensor) and runs 1.2-2x faster forward and backward on CPU (BENCHMARKS.md). For channels_last x the
+    result is a contiguous (B, H, W, O) tensor, as the Linear's. (B, C, H, W) -> (B, H, W, O)."""
+    return conv1x1(x, linear.weight[:, :, None, None], linear.bias).permute(0, 2, 3, 1)
+
+
 def _records_autograd(*tensors) -> bool:
     """Whether autograd would record an op on these tensors (None entries are skipped)."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
@@ -262,7 +283,7 @@ def _grn_then_linear_in_place(grn: GRNwithNHWC, linear: nn.Linear, x: torch.Tens
     bias = linear.bias
     if grn.beta is not None:
         bias = linear.weight @ grn.beta.reshape(-1) + (0 if bias is None else bias)
-    return F.conv2d(x.permute(0, 3, 1, 2), linear.weight[:, :, None, None], bias).permute(0, 2, 3, 1)
+    return conv1x1(x.permute(0, 3, 1, 2), linear.weight[:, :, None, None], bias).permute(0, 2, 3, 1)
 
 
 def grn_then_linear(grn: GRNwithNHWC, linear: nn.Linear, x: torch.Tensor, overwrite_input: bool = False
@@ -329,14 +350,6 @@ class FastDilatedReparamBlock(DilatedReparamBlock):
                 and _unobserved(convs + norms))
 
 
-def pointwise_linear_as_conv(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """linear(x.permute(0, 2, 3, 1)) for (B, C, H, W) x, computed as a 1x1 conv: oneDNN writes the bias with the
-    product (nn.Linear's addmm first fills the whole output with the broadcast bias, one more pass over the block's
-    largest tensor) and runs 1.2-2x faster forward and backward on CPU (BENCHMARKS.md). For channels_last x the
-    result is a contiguous (B, H, W, O) tensor, as the Linear's. (B, C, H, W) -> (B, H, W, O)."""
-    return F.conv2d(x, linear.weight[:, :, None, None], linear.bias).permute(0, 2, 3, 1)
-
-
 # Without autograd the block's MLP runs on this many floats of its 4C-channel tensor at a time (4 MB: deployed eval
 # 1.19x with glibc's default malloc, which page-faults every fresh tensor over 32 MB; 1.05x without faults).
 MLP_CHUNK_FLOATS = 1 << 20
@@ -348,8 +361,9 @@ def _gelu_in_place_without_autograd(gelu: nn.GELU, x: torch.Tensor) -> torch.Ten
 
 
 class FastUniRepLKNetBlock(UniRepLKNetBlock):
-    """The block with the first Linear as a 1x1 conv (`pointwise_linear_as_conv`), GRN's scale folded into the second
-    Linear (`grn_then_linear`) and, without autograd, GELU and the residual add written over fresh tensors (saves allocating and first-touching the block's largest tensors).
+    """The block with its Linears as 1x1 convs (`pointwise_linear_as_conv`, `grn_then_linear`) and, without autograd,
+    the MLP a few samples at a time with GELU, GRN's scale and the residual add written over fresh tensors (saves
+    allocating and first-touching the block's largest tensors).
 
     Runs the plain forward whenever pwconv1, act, pwconv2 or drop_path are not the modules the block was built with
     or carry hooks: the fused path would skip those calls or overwrite the tensors a hook received.

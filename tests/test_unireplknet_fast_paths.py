@@ -197,6 +197,24 @@ def test_grn_then_linear_overwriting_its_input_only_without_autograd(training_fo
     assert torch.equal(kept, x) and out.requires_grad
 
 
+def test_conv1x1_runs_onednn_for_small_batches_and_equals_conv2d():
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 3, 5).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(4, 6, 1, 1), torch.randn(4)
+    x_fast, w_fast, b_fast = (t.clone().requires_grad_() for t in (x, weight, bias))
+    x_ref, w_ref, b_ref = (t.clone().requires_grad_() for t in (x, weight, bias))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        out = unireplknet_cpu.conv1x1(x_fast, w_fast, b_fast)
+    assert torch.backends.mkldnn.is_available() and any(e.name == 'aten::mkldnn_convolution' for e in profile.events())
+    expected = F.conv2d(x_ref, w_ref, b_ref)
+    torch.testing.assert_close(out, expected)
+    grad = torch.randn_like(expected)
+    torch.testing.assert_close(torch.autograd.grad(out, [x_fast, w_fast, b_fast], grad),
+                               torch.autograd.grad(expected, [x_ref, w_ref, b_ref], grad))
+    with torch.autocast('cpu', dtype=torch.bfloat16):  # autocast casts for F.conv2d, which conv1x1 then uses
+        assert unireplknet_cpu.conv1x1(x, weight, bias).dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize('memory_format', [torch.channels_last, torch.contiguous_format], ids=['NHWC', 'NCHW'])
 def test_pointwise_linear_as_conv_equals_the_linear_with_gradients(memory_format):
     torch.manual_seed(0)
