@@ -41,8 +41,8 @@ from torch.nn.modules import module as module_hooks
 import unireplknet
 from unireplknet import DilatedReparamBlock, GRNwithNHWC, UniRepLKNetBlock, grn_response_scale
 
-__all__ = ['convert_to_fast_cpu', 'same_depthwise_conv', 'dilated_depthwise_conv_padded_first', 'grn_then_linear', 'per_channel_l2_norm',
-           'pointwise_linear_as_conv']
+__all__ = ['convert_to_fast_cpu', 'same_depthwise_conv', 'dilated_depthwise_conv_padded_first', 'grn_then_linear',
+           'per_channel_l2_norm', 'pointwise_linear_as_conv', 'conv1x1']
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -252,9 +252,10 @@ class _GRNThenLinear(torch.autograd.Function):
 
 
 def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
-    """F.conv2d(x, weight, bias) for an (O, C, 1, 1) weight, through oneDNN also for fewer than 16 samples on one thread,
-    which F.conv2d sends to ATen's slower native kernel by a heuristic (2.2x slower for the chunked MLP's 2-8 samples
-    on the AVX512 machine, BENCHMARKS.md). float32 outside autocast only; anything else goes through F.conv2d."""
+    """F.conv2d(x, weight, bias) for an (O, C, 1, 1) weight, through oneDNN also for fewer than 16 samples on one
+    thread, which F.conv2d sends to ATen's slower native kernel by a heuristic (2.2x slower for the chunked MLP's 2-8
+    samples on the AVX512 machine, BENCHMARKS.md). float32 outside autocast only; anything else goes through
+    F.conv2d."""
     if (x.dtype == weight.dtype == torch.float32 and x.device.type == 'cpu' and torch.backends.mkldnn.is_available()
             and not torch.is_autocast_enabled('cpu')):
         return torch.ops.aten.mkldnn_convolution(x, weight, bias, [0, 0], [1, 1], [1, 1], 1)
@@ -351,7 +352,7 @@ class FastDilatedReparamBlock(DilatedReparamBlock):
 
 
 # Without autograd the block's MLP runs on this many floats of its 4C-channel tensor at a time (4 MB: deployed eval
-# 1.19x with glibc's default malloc, which page-faults every fresh tensor over 32 MB; 1.05x without faults).
+# 1.17-1.28x with glibc's default malloc, which page-faults every fresh tensor over 32 MB; 1.05x without faults).
 MLP_CHUNK_FLOATS = 1 << 20
 
 

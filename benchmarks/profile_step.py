@@ -11,6 +11,12 @@ the ops that called it (forward ops, autograd's backward nodes, unireplknet_cpu'
 * norms: LayerNorm, BatchNorm; activations: GELU;
 * optimizer: AdamW's update; other: the rest (elementwise arithmetic, copies, reductions, layout changes).
 
+The profiler inflates some ops inside a full training step: elementwise ops on the larger tensors measured up to
+50x their unprofiled time (GRN's norm gradient at stage 2 of unireplknet_a: 48 ms per call profiled, 0.9 ms timed
+alone in the same step, BENCHMARKS.md). So the script also times each top-level part (stem, every downsampling
+layer and stage, the rest) forward and backward with module hooks over ordinary, unprofiled steps: the wall-clock
+split to trust, the op families saying what runs inside.
+
     python benchmarks/profile_step.py --models unireplknet_a convnext_atto --threads 2 --batch 32 --img_size 224
 """
 import argparse
@@ -18,8 +24,12 @@ import os
 import sys
 from collections import defaultdict
 
+import time
+import warnings
+
 import timm
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -97,6 +107,62 @@ def profile_step(model, batch, img_size, warmup, channels_last):
     return seconds
 
 
+def model_parts(model):
+    """(name, module) of the top-level parts: each element of `stages` / `downsample_layers`, other children whole."""
+    parts = []
+    for name, child in model.named_children():
+        if name in ('stages', 'downsample_layers') and isinstance(child, (nn.ModuleList, nn.Sequential)):
+            parts += [(f'{name}.{i}', sub) for i, sub in enumerate(child)]
+        else:
+            parts.append((name, child))
+    return parts
+
+
+def part_times(model, batch, img_size, steps, channels_last):
+    """{part: (forward ms, backward ms)} per training step from module hooks over `steps` unprofiled steps after one
+    warm-up, then the rest and the whole step (forward ms = the time, backward None). A part whose input needs no
+    gradient (the stem) reports its backward under the rest, with the loss and the optimizer."""
+    images = torch.randn(batch, 3, img_size, img_size)
+    targets = torch.randint(0, 1000, (batch,))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    totals, started, handles = defaultdict(float), {}, []
+    for name, part in model_parts(model):
+        def start(key):
+            return lambda *args: started.__setitem__(key, time.perf_counter())
+
+        def stop(key):
+            return lambda *args: totals.__setitem__(key, totals[key] + time.perf_counter() - started.pop(key))
+        handles += [part.register_forward_pre_hook(start((name, 'forward'))),
+                    part.register_forward_hook(stop((name, 'forward'))),
+                    part.register_full_backward_pre_hook(start((name, 'backward'))),
+                    part.register_full_backward_hook(stop((name, 'backward')))]
+
+    def step():
+        with warnings.catch_warnings():  # the stem's hook: "firing when gradients are computed with respect to ..."
+            warnings.filterwarnings('ignore', message='Full backward hook is firing')
+            F.cross_entropy(model(images), targets).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    step()
+    totals.clear()
+    begin = time.perf_counter()
+    for _ in range(steps):
+        step()
+    step_seconds = (time.perf_counter() - begin) / steps
+    for handle in handles:
+        handle.remove()
+    times = {name: (1000 * totals[(name, 'forward')] / steps, 1000 * totals[(name, 'backward')] / steps)
+             for name, _ in model_parts(model)}
+    times = {name: t for name, t in times.items() if sum(t) >= 0.05}  # parts that ran (e.g. not an Identity norm)
+    times['rest: loss, optimizer, stem backward'] = (1000 * step_seconds - sum(sum(t) for t in times.values()), None)
+    times['step (wall clock)'] = (1000 * step_seconds, None)
+    return times
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--models', nargs='+', default=['unireplknet_a', 'convnext_atto'])
@@ -106,6 +172,7 @@ def main(argv=None):
     parser.add_argument('--img_size', type=int, default=224)
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--steps', type=int, default=3, help='unprofiled steps timed per model for the part table')
     parser.add_argument('--out', default='', help='append the table to this markdown file')
     opts = parser.parse_args(argv)
     torch.set_num_threads(opts.threads)
@@ -121,6 +188,15 @@ def main(argv=None):
                        for name in opts.models]] for family in FAMILIES]
     rows.append(['total (profiled self time)', *[f'{1000 * totals[name]:.0f} ms' for name in opts.models]])
     table = markdown_table(['op family', *opts.models], rows)
+    for name in opts.models:
+        times = part_times(timm.create_model(name).train(), opts.batch, opts.img_size, opts.steps,
+                           name in opts.channels_last)
+        step_ms = times['step (wall clock)'][0]
+        part_rows = [[part, f'{forward:.1f}', '' if backward is None else f'{backward:.1f}',
+                      f'{100 * (forward + (backward or 0)) / step_ms:.0f}%']
+                     for part, (forward, backward) in times.items()]
+        table += (f'\n\n{name}, wall clock per part (module hooks, no profiler, mean of {opts.steps} steps):\n\n'
+                  + markdown_table(['part', 'forward ms', 'backward ms', 'share of step'], part_rows))
     report = (f'`python benchmarks/profile_step.py {" ".join(argv if argv is not None else sys.argv[1:])}`: one '
               f'training step at batch {opts.batch}, {opts.img_size} px, {opts.threads} threads, channels_last for '
               f'{", ".join(opts.channels_last) or "none"}; {machine_summary()}, {utc_now()}, load average '

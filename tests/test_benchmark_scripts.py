@@ -64,7 +64,7 @@ def test_gpu_check_runs_its_checks_on_cpu_and_catches_a_wrong_path(capsys, monke
     assert out.count('| ok |') == len(gpu_check.CONFIGS) and 'AMP bfloat16, channels_last' in out
     assert '| release computation (plain, float32, NCHW) |' in out
     # A fast path that computes something else is caught (here the GRN fold skipping GRN).
-    monkeypatch.setattr(unireplknet_cpu, 'grn_then_linear', lambda grn, linear, x: linear(x))
+    monkeypatch.setattr(unireplknet_cpu, 'grn_then_linear', lambda grn, linear, x, **options: linear(x))
     with pytest.raises(SystemExit, match='differ from the plain computation'):
         gpu_check.main(tiny_run)
 
@@ -106,6 +106,10 @@ def test_profile_step_splits_a_training_step_into_op_families():
     ours, atto = (float(cell.split(' ms')[0]) for cell in rows['depthwise conv'])
     assert ours > 0 and atto > 0                      # both models' depthwise convs found
     assert float(rows['GRN'][0].split(' ms')[0]) > 0 and rows['GRN'][1].strip().startswith('0 ms')   # GRN: ours only
+    # The unprofiled wall-clock split per part, for each model: its parts and the rest add up to the step.
+    tables = out.split('wall clock per part')[1:]
+    assert len(tables) == 2 and all('| stages.3 |' in table and '| step (wall clock) |' in table for table in tables)
+    assert '| downsample_layers.1 |' in tables[0] and '| stem |' in tables[1]
 
 
 def test_bench_point_cloud_times_loader_sampling_and_step():
