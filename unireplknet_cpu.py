@@ -254,10 +254,10 @@ class _GRNThenLinear(torch.autograd.Function):
 def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
     """F.conv2d(x, weight, bias) for an (O, C, 1, 1) weight, through oneDNN also for fewer than 16 samples on one
     thread, which F.conv2d sends to ATen's slower native kernel by a heuristic (2.2x slower for the chunked MLP's 2-8
-    samples on the AVX512 machine, BENCHMARKS.md). float32 outside autocast only; anything else goes through
-    F.conv2d."""
+    samples on the AVX512 machine, BENCHMARKS.md). Eager float32 outside autocast only; anything else, and
+    torch.compile (whose fake tensors the oneDNN op does not take), goes through F.conv2d."""
     if (x.dtype == weight.dtype == torch.float32 and x.device.type == 'cpu' and torch.backends.mkldnn.is_available()
-            and not torch.is_autocast_enabled('cpu')):
+            and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling()):
         return torch.ops.aten.mkldnn_convolution(x, weight, bias, [0, 0], [1, 1], [1, 1], 1)
     return F.conv2d(x, weight, bias)
 
