@@ -84,13 +84,18 @@ def classify(event):
     return 'other'
 
 
-def profile_step(model, batch, img_size, warmup, channels_last):
+def training_setup(model, batch, img_size, channels_last):
+    """(model, images, targets, AdamW) for timing training steps, model and images in channels_last if asked."""
     images = torch.randn(batch, 3, img_size, img_size)
     targets = torch.randint(0, 1000, (batch,))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    return model, images, targets, torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+
+def profile_step(model, batch, img_size, warmup, channels_last):
+    model, images, targets, optimizer = training_setup(model, batch, img_size, channels_last)
 
     def step():
         F.cross_entropy(model(images), targets).backward()
@@ -122,12 +127,7 @@ def part_times(model, batch, img_size, steps, channels_last):
     """{part: (forward ms, backward ms)} per training step from module hooks over `steps` unprofiled steps after one
     warm-up, then the rest and the whole step (forward ms = the time, backward None). A part whose input needs no
     gradient (the stem) reports its backward under the rest, with the loss and the optimizer."""
-    images = torch.randn(batch, 3, img_size, img_size)
-    targets = torch.randint(0, 1000, (batch,))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model, images, targets, optimizer = training_setup(model, batch, img_size, channels_last)
     totals, started, handles = defaultdict(float), {}, []
     for name, part in model_parts(model):
         def start(key):

@@ -155,15 +155,22 @@ def test_eval_drb_is_one_fused_conv_with_the_branches_result(kernel_size, monkey
     assert all(p.grad is not None for name, p in drb.named_parameters() if 'conv' in name or 'lk_origin' in name)
 
 
-@pytest.mark.parametrize('size', [5, 4], ids=['folded', 'GRN then 1x1 conv'])  # 25 pixels >= 4 x 5 outputs > 16
-@pytest.mark.parametrize('training_form', [True, False], ids=['beta, no bias', 'deploy: bias, no beta'])
-def test_grn_then_linear_equals_grn_followed_by_linear_with_gradients(training_form, size):
+def random_grn_and_linear(training_form):
+    """A float64 GRN (12 channels, non-trivial gamma and beta) and the Linear 12 -> 5 after it, in the training form
+    (GRN with beta, Linear without bias) or the deploy form (the other way round)."""
     torch.manual_seed(0)
     grn = GRNwithNHWC(12, use_bias=training_form).double()
     linear = nn.Linear(12, 5, bias=not training_form).double()
     with torch.no_grad():
         for p in grn.parameters():
             p.uniform_(-0.5, 0.5)
+    return grn, linear
+
+
+@pytest.mark.parametrize('size', [5, 4], ids=['folded', 'GRN then 1x1 conv'])  # 25 pixels >= 4 x 5 outputs > 16
+@pytest.mark.parametrize('training_form', [True, False], ids=['beta, no bias', 'deploy: bias, no beta'])
+def test_grn_then_linear_equals_grn_followed_by_linear_with_gradients(training_form, size):
+    grn, linear = random_grn_and_linear(training_form)
     x = torch.randn(3, size, size, 12, dtype=torch.float64)
     x[0, :, :, 1] = 0  # a zero norm: gradient 0, as torch defines the norm's gradient there
     x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -177,12 +184,7 @@ def test_grn_then_linear_equals_grn_followed_by_linear_with_gradients(training_f
 
 @pytest.mark.parametrize('training_form', [True, False], ids=['beta, no bias', 'deploy: bias, no beta'])
 def test_grn_then_linear_overwriting_its_input_only_without_autograd(training_form):
-    torch.manual_seed(0)
-    grn = GRNwithNHWC(12, use_bias=training_form).double()
-    linear = nn.Linear(12, 5, bias=not training_form).double()
-    with torch.no_grad():
-        for p in grn.parameters():
-            p.uniform_(-0.5, 0.5)
+    grn, linear = random_grn_and_linear(training_form)
     x = torch.randn(3, 4, 6, 12, dtype=torch.float64)
     x[0, :, :, 1] = 0
     expected = linear(grn(x)).detach()
