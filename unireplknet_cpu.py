@@ -28,7 +28,8 @@ The fast paths (measured gains in BENCHMARKS.md, "Ideas kept and dropped"):
     AVX-512 its 1x1 conv is 2-3x faster than addmm;
   * without autograd, the block's MLP a few samples at a time (GRN is per sample, so the 4C-channel tensor stays
     small and is not page-faulted afresh), GELU, GRN's scale and the residual add written in place
-    (`FastUniRepLKNetBlock`).
+    (`FastUniRepLKNetBlock`);
+  * the layer scale folded into the BatchNorm before it (`FastUniRepLKNetBlock._batch_norm_then_layer_scale`).
 
 For tracing or export (ONNX, TorchScript) build the model with fast_cpu_kernels=False: the chunked GRN norm splits
 the batch into Python-counted chunks, which a trace would freeze at the example's batch size.
@@ -379,10 +380,22 @@ class FastUniRepLKNetBlock(UniRepLKNetBlock):
         else:  # GRN is per sample: a few samples at a time, the 4C-channel tensor stays small and in cache
             samples = max(1, MLP_CHUNK_FLOATS // (y[0].numel() * self.pwconv1[1].out_features // y.shape[1]))
             y = torch.cat([self._mlp(chunk) for chunk in y.split(samples)]) if samples < len(y) else self._mlp(y)
-        for layer in self.pwconv2[1:]:  # NHWC -> NCHW, then (training form) BatchNorm
-            y = layer(y)
-        y = self.drop_path(self.layer_scale(y))
+        y = self.pwconv2[1](y)  # NHWC -> NCHW
+        y = self.drop_path(self._batch_norm_then_layer_scale(y))
         return x + y if y.requires_grad else y.add_(x)
+
+    def _batch_norm_then_layer_scale(self, y):
+        """layer_scale(pwconv2's BatchNorm(y)) (training form), as the BatchNorm with weight and bias scaled by the
+        layer scale: BN(y) * g == (y - mean) / std * (w * g) + b * g. One pass over y instead of two, and one tensor
+        less kept for the backward. The BatchNorm's own forward runs (statistics, momentum, train/eval), with the
+        scaled parameters substituted; gradients reach w, b and g through the products. Not under autocast, whose
+        bfloat16 BatchNorm output is rounded before the plain path's float32 scaling."""
+        norm = self.pwconv2[2] if len(self.pwconv2) == 3 else None
+        if (norm is None or self.gamma is None or norm.weight is None or norm.bias is None
+                or torch.is_autocast_enabled('cpu')):
+            return self.layer_scale(y if norm is None else norm(y))
+        scaled = {'weight': norm.weight * self.gamma, 'bias': norm.bias * self.gamma}
+        return torch.func.functional_call(norm, scaled, (y,))
 
     def _mlp(self, y):
         """pwconv1 -> GELU -> GRN -> pwconv2's Linear, (B, C, H, W) -> (B, H, W, C); without autograd in place."""

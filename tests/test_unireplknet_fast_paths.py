@@ -338,6 +338,34 @@ def test_block_without_autograd_matches_the_plain_block_in_float64(chunk_floats,
     assert calls == ([1, 1, 1] if chunk_floats == 1 else [3])
 
 
+@pytest.mark.parametrize('momentum', [0.1, None], ids=['momentum 0.1', 'cumulative average'])
+def test_block_folding_layer_scale_into_batch_norm_matches_the_plain_block_in_float64(momentum):
+    """Training form: pwconv2's BatchNorm with its weight and bias scaled by the layer scale gives the plain block's
+    output, gradients and BatchNorm statistics (train and eval mode)."""
+    torch.manual_seed(0)
+    plain = randomise_batch_norms(unireplknet.UniRepLKNetBlock(8, 5, layer_scale_init_value=0.5)).double()
+    plain.pwconv2[2].momentum = momentum
+    with torch.no_grad():
+        plain.gamma.uniform_(-1, 1)
+    fast = convert_to_fast_cpu(copy.deepcopy(plain))
+    calls = []
+    fold = fast._batch_norm_then_layer_scale
+    fast._batch_norm_then_layer_scale = lambda y: (calls.append(1), fold(y))[1]
+    x = torch.randn(3, 8, 6, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    for _ in range(2):  # twice: the cumulative average's second step divides by num_batches_tracked = 2
+        out, expected = fast.train()(x), plain.train()(x)
+        torch.testing.assert_close(out, expected)
+        grad = torch.randn_like(out)
+        params = ['gamma', 'pwconv2.2.weight', 'pwconv2.2.bias', 'pwconv2.0.weight']
+        torch.testing.assert_close(torch.autograd.grad(out, [fast.get_parameter(n) for n in params], grad),
+                                   torch.autograd.grad(expected, [plain.get_parameter(n) for n in params], grad))
+    for name, buffer in plain.pwconv2[2].named_buffers():
+        torch.testing.assert_close(fast.pwconv2[2].get_buffer(name), buffer)
+    with torch.no_grad():
+        torch.testing.assert_close(fast.eval()(x), plain.eval()(x))
+    assert len(calls) == 3
+
+
 def test_fast_paths_are_taken_when_nothing_observes_them(monkeypatch):
     calls = []
     for function in (unireplknet_cpu._GRNThenLinear, unireplknet_cpu._DepthwiseConvCPU, unireplknet_cpu._SpatialL2Norm):
