@@ -207,13 +207,16 @@ class FastGRN(GRNwithNHWC):
         return _SpatialL2Norm.apply(x)
 
 
+def _grn_folded_bias(beta, weight, bias):
+    """The bias W @ beta + b (O,) of linear(grn(x)) when GRN's beta is moved behind the Linear."""
+    folded_bias = weight.new_zeros(weight.shape[0]) if bias is None else bias
+    return folded_bias if beta is None else folded_bias + weight @ beta.reshape(-1)
+
+
 def _grn_folded_weight_and_bias(norm, gamma, beta, weight, bias):
     """Per-sample weight W * s (B, O, C) and shared bias W @ beta + b (O,) of linear(grn(x)), from x's (B, C) norms."""
     scale = grn_response_scale(norm, gamma.reshape(1, -1))
-    folded_bias = weight.new_zeros(weight.shape[0]) if bias is None else bias
-    if beta is not None:
-        folded_bias = folded_bias + weight @ beta.reshape(-1)
-    return weight.unsqueeze(0) * scale.unsqueeze(1), folded_bias
+    return weight.unsqueeze(0) * scale.unsqueeze(1), _grn_folded_bias(beta, weight, bias)
 
 
 class _GRNThenLinear(torch.autograd.Function):
@@ -282,9 +285,7 @@ def _grn_then_linear_in_place(grn: GRNwithNHWC, linear: nn.Linear, x: torch.Tens
     batch, height, width, channels = x.shape
     norm = per_channel_l2_norm(x.reshape(batch, height * width, channels)).reshape(batch, 1, 1, channels)
     x.mul_(grn_response_scale(norm, grn.gamma))
-    bias = linear.bias
-    if grn.beta is not None:
-        bias = linear.weight @ grn.beta.reshape(-1) + (0 if bias is None else bias)
+    bias = _grn_folded_bias(grn.beta, linear.weight, linear.bias)
     return conv1x1(x.permute(0, 3, 1, 2), linear.weight[:, :, None, None], bias).permute(0, 2, 3, 1)
 
 
