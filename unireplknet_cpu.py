@@ -21,6 +21,8 @@ The fast paths (measured gains in BENCHMARKS.md, "Ideas kept and dropped"):
   * the DRB's large and dilated depthwise convs in training (`FastDepthwiseConv2d`, `same_depthwise_conv`): a custom
     backward that avoids oneDNN's slow kernels (weight gradient as one grouped forward conv; on machines without
     AVX-512, dilated convs padded by more than 4 with the padding written out first);
+  * on AVX-512 machines, 13x13 depthwise convs over 64 or more channels (training, eval and deploy form) as 15x15
+    ones with a zero ring, which oneDNN runs 2.3-3x faster (`same_depthwise_conv_forward`);
   * an eval-mode training-form DRB as one conv with its fused kernel (`FastDilatedReparamBlock`);
   * GRN's norm in cache-sized chunks with a one-pass backward (`FastGRN`); with autograd, GRN's scale folded into the
     following Linear where a sample has at least 4x more pixels than that Linear has outputs (`grn_then_linear`);
@@ -42,7 +44,8 @@ from torch.nn.modules import module as module_hooks
 import unireplknet
 from unireplknet import DilatedReparamBlock, GRNwithNHWC, UniRepLKNetBlock, grn_response_scale
 
-__all__ = ['convert_to_fast_cpu', 'same_depthwise_conv', 'dilated_depthwise_conv_padded_first', 'grn_then_linear',
+__all__ = ['convert_to_fast_cpu', 'same_depthwise_conv', 'same_depthwise_conv_forward',
+           'dilated_depthwise_conv_padded_first', 'grn_then_linear',
            'per_channel_l2_norm', 'pointwise_linear_as_conv', 'conv1x1']
 
 
@@ -53,21 +56,32 @@ __all__ = ['convert_to_fast_cpu', 'same_depthwise_conv', 'dilated_depthwise_conv
 # oneDNN's dilated depthwise conv is fast at any padding on AVX-512 machines; on AVX2 ones, padded by more than 4 it
 # takes a path 10-35x slower, which writing the zero padding out first avoids (BENCHMARKS.md, both machine classes).
 ONEDNN_DILATED_CONV_FAST_AT_ANY_PADDING = torch.backends.cpu.get_cpu_capability().startswith('AVX512')
+# oneDNN's AVX-512 depthwise kernel (brdgmm_dw) runs a 13x13 kernel over 64 or more channels 2.3-3x slower than a
+# 15x15 one, in float32 and bfloat16, at any batch, on 1 and 2 threads (fewer channels: 13x13 is the faster; AVX2
+# machines: 13x13 is the faster). A zero ring around the kernel adds only zero products.
+ONEDNN_13X13_DEPTHWISE_FASTER_AS_15X15 = ONEDNN_DILATED_CONV_FAST_AT_ANY_PADDING
 
 
-def dilated_depthwise_conv_padded_first(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
-    """F.conv2d(x, weight, padding=dilation * (k - 1) // 2, dilation=dilation, groups=C) for a (C, 1, k, k) kernel,
-    with the zero padding written out by F.pad so that oneDNN runs its unpadded dilated kernel. Keeps x's layout."""
+def dilated_depthwise_conv_padded_first(x: torch.Tensor, weight: torch.Tensor, dilation: int, bias=None
+                                        ) -> torch.Tensor:
+    """F.conv2d(x, weight, bias, padding=dilation * (k - 1) // 2, dilation=dilation, groups=C) for a (C, 1, k, k)
+    kernel, with the zero padding written out by F.pad so that oneDNN runs its unpadded dilated kernel. Keeps x's
+    layout."""
     padding = dilation * (weight.shape[-1] - 1) // 2
-    return F.conv2d(F.pad(x, (padding,) * 4), weight, dilation=dilation, groups=x.shape[1])
+    return F.conv2d(F.pad(x, (padding,) * 4), weight, bias, dilation=dilation, groups=x.shape[1])
 
 
-def _same_depthwise_conv_forward(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
-    """Stride-1 'same' depthwise conv by the fastest CPU computation measured on this machine class."""
-    padding = dilation * (weight.shape[-1] - 1) // 2
+def same_depthwise_conv_forward(x: torch.Tensor, weight: torch.Tensor, bias=None, dilation: int = 1) -> torch.Tensor:
+    """F.conv2d(x, weight, bias, padding=dilation * (k - 1) // 2, dilation=dilation, groups=C), a stride-1 'same'
+    depthwise conv, by the fastest CPU computation measured on this machine class (no custom backward)."""
+    kernel_size = weight.shape[-1]
+    padding = dilation * (kernel_size - 1) // 2
     if dilation > 1 and padding > 4 and not ONEDNN_DILATED_CONV_FAST_AT_ANY_PADDING:
-        return dilated_depthwise_conv_padded_first(x, weight, dilation)
-    return F.conv2d(x, weight, padding=padding, dilation=dilation, groups=x.shape[1])
+        return dilated_depthwise_conv_padded_first(x, weight, dilation, bias)
+    if (ONEDNN_13X13_DEPTHWISE_FASTER_AS_15X15 and dilation == 1 and kernel_size == 13 and x.shape[1] >= 64
+            and x.dtype in (torch.float32, torch.bfloat16)):
+        weight, padding = F.pad(weight, (1, 1, 1, 1)), padding + 1
+    return F.conv2d(x, weight, bias, padding=padding, dilation=dilation, groups=x.shape[1])
 
 
 def depthwise_conv_weight_grad_by_batch_folding(x: torch.Tensor, grad_out: torch.Tensor, kernel_size: int,
@@ -103,7 +117,7 @@ class _DepthwiseConvCPU(torch.autograd.Function):
     def forward(ctx, x, weight, dilation):
         ctx.save_for_backward(x, weight)
         ctx.dilation = dilation
-        return _same_depthwise_conv_forward(x, weight, dilation)
+        return same_depthwise_conv_forward(x, weight, dilation=dilation)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -112,7 +126,7 @@ class _DepthwiseConvCPU(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_x = _same_depthwise_conv_forward(grad_out, weight.flip(-2, -1), ctx.dilation)
+            grad_x = same_depthwise_conv_forward(grad_out, weight.flip(-2, -1), dilation=ctx.dilation)
         if ctx.needs_input_grad[1]:
             grad_weight = depthwise_conv_weight_grad_by_batch_folding(x, grad_out, weight.shape[-1], ctx.dilation)
         return grad_x, grad_weight, None
@@ -138,13 +152,16 @@ def _is_same_depthwise_conv(conv: nn.Module) -> bool:
 
 
 class FastDepthwiseConv2d(nn.Conv2d):
-    """A DRB conv whose training forward and backward avoid oneDNN's slow cases (`same_depthwise_conv`); a conv
-    that has been given a bias or other settings runs as nn.Conv2d."""
+    """A DRB conv whose training forward and backward avoid oneDNN's slow cases (`same_depthwise_conv`); with a bias
+    (the deploy form's conv) only the forward does (`same_depthwise_conv_forward`); a conv given other settings runs
+    as nn.Conv2d."""
 
     def forward(self, x):
-        if self.bias is None and _is_same_depthwise_conv(self):
+        if not _is_same_depthwise_conv(self):
+            return super().forward(x)
+        if self.bias is None:
             return same_depthwise_conv(x, self.weight, self.dilation[0])
-        return super().forward(x)
+        return same_depthwise_conv_forward(x, self.weight, self.bias, self.dilation[0])
 
 
 class ChannelsLastStemConv2d(nn.Conv2d):
@@ -341,7 +358,7 @@ class FastDilatedReparamBlock(DilatedReparamBlock):
         if self.training or self.deploy or not self._fusable():
             return super().forward(x)
         kernel, bias = self.get_kernel_bias()
-        return F.conv2d(x, kernel, bias, padding=self.kernel_size // 2, groups=x.shape[1])
+        return same_depthwise_conv_forward(x, kernel, bias)
 
     def _fusable(self) -> bool:
         shapes = [(self.kernel_size, 1)] + list(self.branches)

@@ -88,6 +88,34 @@ def test_same_depthwise_conv_equals_conv2d_with_gradients(kernel, dilation, avx5
     assert bool(padded_first) == (not avx512 and dilation > 1 and dilation * (kernel - 1) // 2 > 4)
 
 
+@pytest.mark.parametrize('as_15x15', [True, False], ids=['AVX-512 path', 'AVX2 path'])
+def test_13x13_depthwise_conv_over_64_channels_equals_conv2d(as_15x15, monkeypatch):
+    # The AVX-512 rule (a zero ring makes it a 15x15 kernel) applies to float32 and bfloat16 convs over >= 64
+    # channels, so this compares float32 against a float64 reference: training (output, both gradients) and the
+    # deploy form's biased conv. A misplaced ring would be off by whole products, far beyond float32 rounding.
+    monkeypatch.setattr(unireplknet_cpu, 'ONEDNN_13X13_DEPTHWISE_FASTER_AS_15X15', as_15x15)
+    kernel_sizes = []
+    monkeypatch.setattr(F, 'conv2d', lambda x, weight, *args, f=F.conv2d, **kwargs: (
+        kernel_sizes.append(weight.shape[-1]), f(x, weight, *args, **kwargs))[1])
+    x = torch.randn(2, 64, 9, 14).contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight, bias = torch.randn(64, 1, 13, 13, requires_grad=True), torch.randn(64)
+    x64, weight64 = x.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+    expected = F.conv2d(x64, weight64, padding=6, groups=64)
+    result = same_depthwise_conv(x, weight)
+    grad = torch.randn_like(expected)
+    assert kernel_sizes == [13, 15 if as_15x15 else 13]
+    torch.testing.assert_close(result.double(), expected, rtol=1e-5, atol=1e-4)
+    for got, want in zip(torch.autograd.grad(result, [x, weight], grad.float()),
+                         torch.autograd.grad(expected, [x64, weight64], grad)):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-3)
+    deployed = unireplknet_cpu.FastDepthwiseConv2d(64, 64, 13, padding=6, groups=64)
+    with torch.no_grad():
+        deployed.weight.copy_(weight)
+        deployed.bias.copy_(bias)
+        torch.testing.assert_close(deployed(x).double(), expected + bias.double().view(-1, 1, 1), rtol=1e-5, atol=1e-4)
+    assert kernel_sizes[-1] == (15 if as_15x15 else 13)
+
+
 def test_same_depthwise_conv_gradients_pass_gradcheck():
     x = torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(2, 1, 3, 3, dtype=torch.float64, requires_grad=True)
