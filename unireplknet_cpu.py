@@ -19,8 +19,9 @@ The fast paths (measured gains in BENCHMARKS.md, "Ideas kept and dropped"):
   * channels_last from the stem on (`ChannelsLastStemConv2d`): oneDNN's depthwise convs are several times faster in
     channels_last, and the NCHW <-> NHWC permutes around the Linear layers become free views;
   * the DRB's large and dilated depthwise convs in training (`FastDepthwiseConv2d`, `same_depthwise_conv`): a custom
-    backward that avoids oneDNN's slow kernels (weight gradient as one grouped forward conv; on machines without
-    AVX-512, dilated convs padded by more than 4 with the padding written out first);
+    backward that avoids oneDNN's slow kernels (the weight gradient by a small C++ kernel compiled on first use, or
+    as one grouped forward conv where no compiler is found; on machines without AVX-512, dilated convs padded by
+    more than 4 with the padding written out first);
   * on AVX-512 machines, 13x13 depthwise convs over 64 or more channels (training, eval and deploy form) as 15x15
     ones with a zero ring, which oneDNN runs 2.3-3x faster (`same_depthwise_conv_forward`);
   * an eval-mode training-form DRB as one conv with its fused kernel (`FastDilatedReparamBlock`);
@@ -36,6 +37,13 @@ The fast paths (measured gains in BENCHMARKS.md, "Ideas kept and dropped"):
 For tracing or export (ONNX, TorchScript) build the model with fast_cpu_kernels=False: the chunked GRN norm splits
 the batch into Python-counted chunks, which a trace would freeze at the example's batch size.
 """
+import functools
+import logging
+import os
+import re
+import shutil
+import warnings
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -43,6 +51,8 @@ from torch.nn.modules import module as module_hooks
 
 import unireplknet
 from unireplknet import DilatedReparamBlock, GRNwithNHWC, UniRepLKNetBlock, grn_response_scale
+
+_logger = logging.getLogger(__name__)
 
 __all__ = ['convert_to_fast_cpu', 'same_depthwise_conv', 'same_depthwise_conv_forward',
            'dilated_depthwise_conv_padded_first', 'grn_then_linear',
@@ -105,11 +115,160 @@ def depthwise_conv_weight_grad_by_batch_folding(x: torch.Tensor, grad_out: torch
     return per_sample.reshape(batch, channels, kernel_size, kernel_size).sum(0).unsqueeze(1)
 
 
+# The weight gradient written out for CPUs, compiled on first use. oneDNN's own depthwise backward-weights kernel and
+# the batch folding above both run far below the FMA rate at these shapes (a 7x7 kernel dilated by 2 over 80
+# channels at 28x28: 8-19 ms for 98 M multiply-adds); no library offers a better one. This kernel keeps, for a block
+# of 16 channels of a channels_last image, a few taps' sums in registers while it walks each row once: 2.5-10x
+# faster than the batch folding at the DRB's shapes (BENCHMARKS.md). Sums run over fixed blocks of 8 samples, so the
+# result does not depend on the thread count.
+_WEIGHT_GRAD_SOURCE = r"""
+#include <ATen/Parallel.h>
+
+// acc[g] += sum_w x[w + s0 + r g] * dy[w] (B channels each) for G taps of one kernel row: x and dy are one row of a
+// channels_last image (channel stride 1, pixel stride C), zero outside [0, W).
+template <typename T, int B, int G>
+static inline void tap_group(T* acc_out, const T* xrow, const T* drow, int64_t W, int64_t C, int64_t r, int64_t s0) {
+  const int64_t lo = std::min<int64_t>(W, std::max<int64_t>(0, -s0));  // [lo, hi): every tap inside the row
+  const int64_t hi = std::max<int64_t>(lo, std::min<int64_t>(W, W - (s0 + r * (G - 1))));
+  T acc[G][B];
+  for (int g = 0; g < G; ++g)
+    for (int j = 0; j < B; ++j) acc[g][j] = acc_out[g * B + j];
+  auto edge = [&](int64_t w) {
+    for (int g = 0; g < G; ++g) {
+      const int64_t wx = w + s0 + r * g;
+      if (wx < 0 || wx >= W) continue;
+      for (int j = 0; j < B; ++j) acc[g][j] += xrow[wx * C + j] * drow[w * C + j];
+    }
+  };
+  for (int64_t w = 0; w < lo; ++w) edge(w);
+  for (int64_t w = lo; w < hi; ++w) {
+    const T* dp = drow + w * C;
+    const T* xp = xrow + (w + s0) * C;
+    for (int g = 0; g < G; ++g) {
+#pragma omp simd
+      for (int j = 0; j < B; ++j) acc[g][j] += xp[g * r * C + j] * dp[j];
+    }
+  }
+  for (int64_t w = hi; w < W; ++w) edge(w);
+  for (int g = 0; g < G; ++g)
+    for (int j = 0; j < B; ++j) acc_out[g * B + j] = acc[g][j];
+}
+
+// acc[(u k + v) B + j] += sum over samples [n0, n1) of the gradient of tap (u, v), channel c0 + j.
+template <typename T, int B>
+static void channel_block(T* acc, const T* x, const T* dy, int64_t n0, int64_t n1, int64_t C, int64_t H, int64_t W,
+                          int64_t k, int64_t r, int64_t c0) {
+  const int64_t p = r * (k - 1) / 2;
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t h = 0; h < H; ++h) {
+      const T* drow = dy + ((n * H + h) * W) * C + c0;
+      for (int64_t u = 0; u < k; ++u) {
+        const int64_t hx = h + r * u - p;
+        if (hx < 0 || hx >= H) continue;
+        const T* xrow = x + ((n * H + hx) * W) * C + c0;
+        T* acc_row = acc + u * k * B;
+        int64_t v = 0;
+        for (; v + 4 <= k; v += 4) tap_group<T, B, 4>(acc_row + v * B, xrow, drow, W, C, r, r * v - p);
+        for (; v + 2 <= k; v += 2) tap_group<T, B, 2>(acc_row + v * B, xrow, drow, W, C, r, r * v - p);
+        for (; v < k; ++v) tap_group<T, B, 1>(acc_row + v * B, xrow, drow, W, C, r, r * v - p);
+      }
+    }
+  }
+}
+
+constexpr int64_t kBlock = 16, kSamplesPerItem = 8;
+
+// grad_w[c, 0, u, v] = sum_{n,h,w} x[n, c, h + r u - p, w + r v - p] * dy[n, c, h, w], p = r (k - 1) / 2, zero
+// padding: the weight gradient of a stride-1 'same' depthwise conv; x, dy (N, C, H, W), any layout.
+torch::Tensor depthwise_weight_grad(torch::Tensor x, torch::Tensor dy, int64_t k, int64_t r) {
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  auto xl = x.permute({0, 2, 3, 1}).contiguous();  // no copy for a channels_last x
+  auto dl = dy.permute({0, 2, 3, 1}).contiguous();
+  const int64_t blocks = (C + kBlock - 1) / kBlock, chunks = (N + kSamplesPerItem - 1) / kSamplesPerItem;
+  auto partial = torch::zeros({chunks, blocks, k * k, kBlock}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "depthwise_weight_grad", [&] {
+    const scalar_t* xp = xl.data_ptr<scalar_t>();
+    const scalar_t* dp = dl.data_ptr<scalar_t>();
+    scalar_t* pp = partial.data_ptr<scalar_t>();
+    at::parallel_for(0, chunks * blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> narrow(k * k * 8);
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t n0 = (item / blocks) * kSamplesPerItem, n1 = std::min(N, n0 + kSamplesPerItem);
+        const int64_t c0 = (item % blocks) * kBlock;
+        scalar_t* acc = pp + item * k * k * kBlock;
+        if (c0 + kBlock <= C) {
+          channel_block<scalar_t, kBlock>(acc, xp, dp, n0, n1, C, H, W, k, r, c0);
+          continue;
+        }
+        // The last block's C % 16 channels: 8 at once, then one by one, into lanes 0.. of the block's rows.
+        for (int64_t c = c0; c < C;) {
+          const int width = c + 8 <= C ? 8 : 1;
+          std::fill(narrow.begin(), narrow.end(), scalar_t(0));
+          if (width == 8) channel_block<scalar_t, 8>(narrow.data(), xp, dp, n0, n1, C, H, W, k, r, c);
+          else channel_block<scalar_t, 1>(narrow.data(), xp, dp, n0, n1, C, H, W, k, r, c);
+          for (int64_t tap = 0; tap < k * k; ++tap)
+            for (int j = 0; j < width; ++j) acc[tap * kBlock + c - c0 + j] = narrow[tap * width + j];
+          c += width;
+        }
+      }
+    });
+  });
+  // (chunks, blocks, k k, 16) -> (C, 1, k, k)
+  auto summed = partial.sum(0).permute({0, 2, 1}).reshape({blocks * kBlock, k, k}).narrow(0, 0, C);
+  return summed.unsqueeze(1).contiguous();
+}
+"""
+
+# Compiler flags per ATen CPU capability, so that a kernel built on one machine class never runs on an older one
+# through a shared cache (the capability is part of the extension's name).
+_CAPABILITY_FLAGS = {'AVX512': ['-mavx512f', '-mavx512vl', '-mfma'], 'AVX2': ['-mavx2', '-mfma']}
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_weight_grad_kernel():
+    """The compiled `depthwise_weight_grad(x, dy, k, r)`, built on first use (about 20 s, then cached by
+    torch.utils.cpp_extension), or None where it is turned off (`UNIREPLKNET_CPU_EXTENSION=0`) or cannot be built
+    (no C++ compiler or ninja): then the batch folding runs, with a warning saying why."""
+    if os.environ.get('UNIREPLKNET_CPU_EXTENSION', '1') == '0':
+        return None
+    capability = torch.backends.cpu.get_cpu_capability()
+    name = re.sub(r'\W', '_', f'unireplknet_cpu_{capability}_torch{torch.__version__}')
+    _logger.info(f'Building the CPU weight-gradient kernel {name} (once per machine class and torch version; '
+                 'UNIREPLKNET_CPU_EXTENSION=0 skips it).')
+    path = os.environ.get('PATH', '')
+    try:
+        if shutil.which('ninja') is None:  # the pip package's binary, where its venv is used without activating it
+            import ninja
+            os.environ['PATH'] = ninja.BIN_DIR + os.pathsep + path
+        from torch.utils.cpp_extension import load_inline
+        return load_inline(name, _WEIGHT_GRAD_SOURCE, functions=['depthwise_weight_grad'],
+                           extra_cflags=['-O3', '-fopenmp-simd'] + _CAPABILITY_FLAGS.get(capability, []))
+    except Exception as error:  # any build failure: the kernel is optional, the batch folding computes the same
+        warnings.warn(f'unireplknet_cpu: could not build the CPU weight-gradient kernel ({type(error).__name__}: '
+                      f'{str(error)[:300]}); using the slower batch folding. Install a C++ compiler and ninja, or '
+                      'set UNIREPLKNET_CPU_EXTENSION=0 to silence this.')
+        return None
+    finally:
+        os.environ['PATH'] = path
+
+
+def depthwise_conv_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel_size: int, dilation: int
+                               ) -> torch.Tensor:
+    """Weight gradient (C, 1, k, k) of a stride-1 'same' depthwise conv: by the compiled kernel for float32 and
+    float64 where it is built (not under torch.compile, whose fake tensors it cannot run), else by batch folding
+    (also for bfloat16 or autocast's mixed dtypes)."""
+    if x.dtype == grad_out.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling():
+        kernel = compiled_weight_grad_kernel()
+        if kernel is not None:
+            return kernel.depthwise_weight_grad(x, grad_out, kernel_size, dilation)
+    return depthwise_conv_weight_grad_by_batch_folding(x, grad_out, kernel_size, dilation)
+
+
 class _DepthwiseConvCPU(torch.autograd.Function):
     """Stride-1 'same' depthwise conv without bias whose backward uses the fastest CPU computations measured.
 
     The input gradient of a 'same' conv is the same conv of the output gradient with the flipped kernel; the weight
-    gradient comes from `depthwise_conv_weight_grad_by_batch_folding`. First-order gradients only.
+    gradient comes from `depthwise_conv_weight_grad`. First-order gradients only.
     """
 
     @staticmethod
@@ -128,7 +287,7 @@ class _DepthwiseConvCPU(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = same_depthwise_conv_forward(grad_out, weight.flip(-2, -1), dilation=ctx.dilation)
         if ctx.needs_input_grad[1]:
-            grad_weight = depthwise_conv_weight_grad_by_batch_folding(x, grad_out, weight.shape[-1], ctx.dilation)
+            grad_weight = depthwise_conv_weight_grad(x, grad_out, weight.shape[-1], ctx.dilation)
         return grad_x, grad_weight, None
 
 

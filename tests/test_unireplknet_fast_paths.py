@@ -5,11 +5,14 @@ Reference computations use plain F.conv2d with dilation and the block's own Batc
 fast_cpu_kernels=False, in float64 where any difference beyond rounding should show.
 """
 import copy
+import os
+import shutil
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.cpp_extension
 
 import unireplknet
 import unireplknet_cpu
@@ -114,6 +117,69 @@ def test_13x13_depthwise_conv_over_64_channels_equals_conv2d(as_15x15, monkeypat
         deployed.bias.copy_(bias)
         torch.testing.assert_close(deployed(x).double(), expected + bias.double().view(-1, 1, 1), rtol=1e-5, atol=1e-4)
     assert kernel_sizes[-1] == (15 if as_15x15 else 13)
+
+
+def built_weight_grad_kernel():
+    """The compiled weight-gradient kernel; it must build wherever a C++ compiler is installed (CI has one)."""
+    if shutil.which(os.environ.get('CXX', 'c++')) is None:
+        pytest.skip('no C++ compiler: unireplknet_cpu falls back to the batch folding (tested below)')
+    kernel = unireplknet_cpu.compiled_weight_grad_kernel()
+    assert kernel is not None, 'a C++ compiler is installed but the kernel did not build: see the warning'
+    return kernel
+
+
+@pytest.mark.parametrize('kernel, dilation', DRB_CONVS)
+def test_compiled_weight_grad_equals_conv2d_weight_gradient_in_float64(kernel, dilation):
+    # Channel counts with every tail of the 16-channel blocks (none, 8, 8 + 1s, 1s), batches over one and several
+    # 8-sample chunks, maps smaller than the kernel's reach; channels_last and NCHW inputs.
+    weight_grad = built_weight_grad_kernel().depthwise_weight_grad
+    for batch, channels, height, width, channels_last in [(9, 16, 9, 14, True), (2, 24, 3, 5, False),
+                                                          (17, 43, 12, 7, True), (1, 3, 24, 26, False)]:
+        x = torch.randn(batch, channels, height, width, dtype=torch.float64)
+        grad_out = torch.randn_like(x)
+        if channels_last:
+            x, grad_out = (t.contiguous(memory_format=torch.channels_last) for t in (x, grad_out))
+        expected = torch.nn.grad.conv2d_weight(x, (channels, 1, kernel, kernel), grad_out, dilation=dilation,
+                                               padding=dilation * (kernel - 1) // 2, groups=channels)
+        torch.testing.assert_close(weight_grad(x, grad_out, kernel, dilation), expected)
+
+
+def test_compiled_weight_grad_is_the_same_on_any_thread_count():
+    weight_grad = built_weight_grad_kernel().depthwise_weight_grad
+    x, grad_out = (t.contiguous(memory_format=torch.channels_last) for t in torch.randn(2, 20, 40, 14, 14))
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            results.append(weight_grad(x, grad_out, 7, 2))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0], results[1])
+
+
+def test_weight_grad_falls_back_to_batch_folding_when_the_kernel_is_off_or_cannot_build(monkeypatch):
+    x, grad_out = torch.randn(2, 2, 3, 8, 9, dtype=torch.float64).unbind()
+    expected = torch.nn.grad.conv2d_weight(x, (3, 1, 3, 3), grad_out, dilation=2, padding=2, groups=3)
+    folds = []
+    monkeypatch.setattr(unireplknet_cpu, 'depthwise_conv_weight_grad_by_batch_folding', lambda *args, f=(
+        unireplknet_cpu.depthwise_conv_weight_grad_by_batch_folding): (folds.append(1), f(*args))[1])
+    unireplknet_cpu.compiled_weight_grad_kernel.cache_clear()
+    try:
+        monkeypatch.setenv('UNIREPLKNET_CPU_EXTENSION', '0')
+        torch.testing.assert_close(unireplknet_cpu.depthwise_conv_weight_grad(x, grad_out, 3, 2), expected)
+        assert folds == [1]
+        unireplknet_cpu.compiled_weight_grad_kernel.cache_clear()
+        monkeypatch.delenv('UNIREPLKNET_CPU_EXTENSION')
+
+        def no_compiler(*args, **kwargs):
+            raise RuntimeError('Ninja is required to load C++ extensions')
+        monkeypatch.setattr(torch.utils.cpp_extension, 'load_inline', no_compiler)
+        with pytest.warns(UserWarning, match='could not build the CPU weight-gradient kernel'):
+            torch.testing.assert_close(unireplknet_cpu.depthwise_conv_weight_grad(x, grad_out, 3, 2), expected)
+        assert folds == [1, 1]
+    finally:
+        unireplknet_cpu.compiled_weight_grad_kernel.cache_clear()
 
 
 def test_same_depthwise_conv_gradients_pass_gradcheck():
