@@ -89,7 +89,7 @@ def same_depthwise_conv_forward(x: torch.Tensor, weight: torch.Tensor, bias=None
     if dilation > 1 and padding > 4 and not ONEDNN_DILATED_CONV_FAST_AT_ANY_PADDING:
         return dilated_depthwise_conv_padded_first(x, weight, dilation, bias)
     if (ONEDNN_13X13_DEPTHWISE_FASTER_AS_15X15 and dilation == 1 and kernel_size == 13 and x.shape[1] >= 64
-            and x.dtype in (torch.float32, torch.bfloat16)):
+            and x.dtype in (torch.float32, torch.bfloat16) and x.device.type == 'cpu'):
         weight, padding = F.pad(weight, (1, 1, 1, 1)), padding + 1
     return F.conv2d(x, weight, bias, padding=padding, dilation=dilation, groups=x.shape[1])
 
@@ -255,9 +255,10 @@ def compiled_weight_grad_kernel():
 def depthwise_conv_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel_size: int, dilation: int
                                ) -> torch.Tensor:
     """Weight gradient (C, 1, k, k) of a stride-1 'same' depthwise conv: by the compiled kernel for float32 and
-    float64 where it is built (not under torch.compile, whose fake tensors it cannot run), else by batch folding
+    float64 CPU tensors where it is built (not under torch.compile, whose fake tensors it cannot run), else by batch folding
     (also for bfloat16 or autocast's mixed dtypes)."""
-    if x.dtype == grad_out.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling():
+    if (x.dtype == grad_out.dtype in (torch.float32, torch.float64) and x.device.type == 'cpu'
+            and not torch.compiler.is_compiling()):
         kernel = compiled_weight_grad_kernel()
         if kernel is not None:
             return kernel.depthwise_weight_grad(x, grad_out, kernel_size, dilation)
