@@ -255,8 +255,8 @@ def compiled_weight_grad_kernel():
 def depthwise_conv_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel_size: int, dilation: int
                                ) -> torch.Tensor:
     """Weight gradient (C, 1, k, k) of a stride-1 'same' depthwise conv: by the compiled kernel for float32 and
-    float64 CPU tensors where it is built (not under torch.compile, whose fake tensors it cannot run), else by batch folding
-    (also for bfloat16 or autocast's mixed dtypes)."""
+    float64 CPU tensors where it is built (not under torch.compile, whose fake tensors it cannot run), else by
+    batch folding (also for bfloat16 or autocast's mixed dtypes)."""
     if (x.dtype == grad_out.dtype in (torch.float32, torch.float64) and x.device.type == 'cpu'
             and not torch.compiler.is_compiling()):
         kernel = compiled_weight_grad_kernel()
