@@ -294,8 +294,8 @@ class _DepthwiseConvCPU(torch.autograd.Function):
 
 def same_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int = 1) -> torch.Tensor:
     """F.conv2d(x, weight, padding=dilation * (k - 1) // 2, dilation=dilation, groups=C) for a (C, 1, k, k) kernel:
-    dilated or larger-than-5 kernels through `_DepthwiseConvCPU`, small undilated ones through F.conv2d."""
-    if dilation > 1 or weight.shape[-1] > 5:
+    dilated kernels and undilated ones larger than 3x3 through `_DepthwiseConvCPU`, 3x3 ones through F.conv2d."""
+    if dilation > 1 or weight.shape[-1] > 3:
         return _DepthwiseConvCPU.apply(x, weight, dilation)
     return F.conv2d(x, weight, padding=dilation * (weight.shape[-1] - 1) // 2, dilation=dilation, groups=x.shape[1])
 
