@@ -6,7 +6,9 @@ Answers, with measurements, which implementation of each piece is fastest on thi
      NCHW / channels_last, the dense (zero-inserted) equivalent kernel, the padding written out first, and
      unireplknet_cpu.same_depthwise_conv (what ships: custom backward, see its docstring);
   3. the pointwise FFN layers: nn.Linear on NHWC vs 1x1 conv in channels_last;
-each forward only and forward+backward (grads for input and weight, as in training).
+each forward only and forward+backward (grads for input and weight, as in training); and
+  4. the weight gradient of each conv of a K=13 DRB from (x, grad_out): unireplknet_cpu's compiled kernel (what
+     ships), the batch folding (its fallback) and oneDNN's own backward-weights kernel (one column).
 
     python benchmarks/micro_dwconv.py --batch 32 --threads 2 --repeats 7 --out micro_dwconv.md
 """
@@ -21,12 +23,17 @@ from timing import interleaved_medians, machine_summary, markdown_table, utc_now
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from unireplknet import dilated_to_dense_kernel  # noqa: E402
-from unireplknet_cpu import dilated_depthwise_conv_padded_first, same_depthwise_conv  # noqa: E402
+from unireplknet_cpu import (  # noqa: E402
+    compiled_weight_grad_kernel, depthwise_conv_weight_grad_by_batch_folding, dilated_depthwise_conv_padded_first,
+    same_depthwise_conv,
+)
 
 # (channels, resolution) of unireplknet_a's stages at 224x224 input.
 STAGE_SHAPES = {0: (40, 56), 1: (80, 28), 2: (160, 14), 3: (320, 7)}
 # Dilated branches of a K=13 DRB (facts A.6): (kernel, dilation).
 K13_BRANCHES = [(5, 1), (7, 2), (3, 3), (3, 4), (3, 5)]
+# Ops with this name prefix are weight gradients computed from (x, grad_out): timed without a backward.
+WEIGHT_GRAD = "weight grad"
 
 
 def as_layout(x, layout):
@@ -94,6 +101,24 @@ def dilated_branch_cases(batch, stage):
                 lambda x, w, d=dilation: same_depthwise_conv(x, w, d), (x_cl, w)
 
 
+def weight_grad_cases(batch):
+    """The weight gradient of each conv of a K=13 DRB at stages 1-3, three ways."""
+    kernel = compiled_weight_grad_kernel()
+    for stage in (1, 2, 3):
+        channels, res = STAGE_SHAPES[stage]
+        x, grad_out = (as_layout(torch.randn(batch, channels, res, res), "channels_last") for _ in range(2))
+        for k, r in [(13, 1)] + K13_BRANCHES:
+            name, shape = f"{WEIGHT_GRAD} k{k} r{r}", f"C={channels} {res}x{res}"
+            if kernel is not None:
+                yield name, shape, "compiled kernel", \
+                    lambda x, g, k=k, r=r: kernel.depthwise_weight_grad(x, g, k, r), (x, grad_out)
+            yield name, shape, "batch folding", \
+                lambda x, g, k=k, r=r: depthwise_conv_weight_grad_by_batch_folding(x, g, k, r), (x, grad_out)
+            yield name, shape, "oneDNN backward-weights", lambda x, g, k=k, r=r, c=channels: (
+                torch.nn.grad.conv2d_weight(x, (c, 1, k, k), g, padding=r * (k - 1) // 2, dilation=r, groups=c)), \
+                (x, grad_out)
+
+
 def pointwise_cases(batch):
     """The FFN's C->4C and 4C->C layers: Linear on NHWC vs 1x1 conv on channels_last NCHW."""
     for stage in (0, 1, 2, 3):
@@ -127,7 +152,8 @@ def main():
     torch.manual_seed(0)
 
     cases = [*dwconv_cases(args.batch), *dilated_branch_cases(args.batch, 1),
-             *dilated_branch_cases(args.batch, 2), *dilated_branch_cases(args.batch, 3), *pointwise_cases(args.batch)]
+             *dilated_branch_cases(args.batch, 2), *dilated_branch_cases(args.batch, 3), *pointwise_cases(args.batch),
+             *weight_grad_cases(args.batch)]
     # The implementations of one op at one shape are timed interleaved with each other.
     groups = {}
     for name, shape, variant, op, inputs in cases:
@@ -139,9 +165,13 @@ def main():
         steps = {}
         for variant, op, inputs in variants:
             steps[(variant, "fwd")], steps[(variant, "fwd+bwd")] = forward_and_train_steps(op, inputs)
+            if name.startswith(WEIGHT_GRAD):
+                del steps[(variant, "fwd+bwd")]
         ms = {key: seconds * 1e3 for key, seconds in interleaved_medians(steps, args.warmup, args.repeats).items()}
         for variant, _, _ in variants:
-            rows.append([name, shape, variant, f"{ms[(variant, 'fwd')]:.1f}", f"{ms[(variant, 'fwd+bwd')]:.1f}"])
+            backward = ms.get((variant, "fwd+bwd"))
+            rows.append([name, shape, variant, f"{ms[(variant, 'fwd')]:.1f}",
+                         "-" if backward is None else f"{backward:.1f}"])
             print(" | ".join(rows[-1]), flush=True)
 
     report = (f"Command: `python benchmarks/micro_dwconv.py --batch {args.batch} --threads {args.threads} "

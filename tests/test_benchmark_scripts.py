@@ -41,6 +41,14 @@ def test_micro_dwconv_times_the_dilated_branch_paths():
     assert 'padded first channels_last' in out and 'same_depthwise_conv channels_last' in out
 
 
+def test_micro_dwconv_times_the_weight_gradients_three_ways():
+    out = run_script('benchmarks/micro_dwconv.py', '--batch', '1', '--repeats', '1', '--warmup', '0', '--threads', '1',
+                     '--only', 'weight grad k7 r2')
+    rows = [line for line in out.splitlines() if line.startswith('| weight grad k7 r2 |')]
+    assert len(rows) == 9, out  # stages 1-3, three implementations each (CI builds the compiled kernel)
+    assert all(row.rstrip().endswith('| - |') for row in rows) and 'compiled kernel' in out
+
+
 def test_bench_models_times_each_mode_and_writes_its_block(tmp_path):
     report = tmp_path / 'report.md'
     report.write_text('# Kept\n')
