@@ -123,6 +123,13 @@ def depthwise_conv_weight_grad_by_batch_folding(x: torch.Tensor, grad_out: torch
 # result does not depend on the thread count.
 _WEIGHT_GRAD_SOURCE = r"""
 #include <ATen/Parallel.h>
+// Taps summed in one pass over a row: 8 sums of 16 floats fill 8 of AVX-512's 32 registers, but all 16 of AVX2's.
+#ifdef __AVX512F__
+#define MAX_GROUP 8
+#else
+#define MAX_GROUP 4
+#endif
+constexpr int kMaxGroup = MAX_GROUP;
 
 // acc[g] += sum_w x[w + s0 + r g] * dy[w] (B channels each) for G taps of one kernel row: x and dy are one row of a
 // channels_last image (channel stride 1, pixel stride C), zero outside [0, W).
@@ -168,9 +175,22 @@ static void channel_block(T* acc, const T* x, const T* dy, int64_t n0, int64_t n
         const T* xrow = x + ((n * H + hx) * W) * C + c0;
         T* acc_row = acc + u * k * B;
         int64_t v = 0;
-        for (; v + 4 <= k; v += 4) tap_group<T, B, 4>(acc_row + v * B, xrow, drow, W, C, r, r * v - p);
-        for (; v + 2 <= k; v += 2) tap_group<T, B, 2>(acc_row + v * B, xrow, drow, W, C, r, r * v - p);
-        for (; v < k; ++v) tap_group<T, B, 1>(acc_row + v * B, xrow, drow, W, C, r, r * v - p);
+        for (; v + kMaxGroup <= k; v += kMaxGroup)
+          tap_group<T, B, kMaxGroup>(acc_row + v * B, xrow, drow, W, C, r, r * v - p);
+        // The remaining k % kMaxGroup taps in one group: each group is one pass over the row, whose G sums are
+        // independent FMA chains (a lone tap would wait out the FMA latency at every pixel).
+        switch (k - v) {
+          case 1: tap_group<T, B, 1>(acc_row + v * B, xrow, drow, W, C, r, r * v - p); break;
+          case 2: tap_group<T, B, 2>(acc_row + v * B, xrow, drow, W, C, r, r * v - p); break;
+          case 3: tap_group<T, B, 3>(acc_row + v * B, xrow, drow, W, C, r, r * v - p); break;
+#if MAX_GROUP > 4
+          case 4: tap_group<T, B, 4>(acc_row + v * B, xrow, drow, W, C, r, r * v - p); break;
+          case 5: tap_group<T, B, 5>(acc_row + v * B, xrow, drow, W, C, r, r * v - p); break;
+          case 6: tap_group<T, B, 6>(acc_row + v * B, xrow, drow, W, C, r, r * v - p); break;
+          case 7: tap_group<T, B, 7>(acc_row + v * B, xrow, drow, W, C, r, r * v - p); break;
+#endif
+          default: break;
+        }
       }
     }
   }

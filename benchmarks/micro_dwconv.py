@@ -175,7 +175,8 @@ def main():
             print(" | ".join(rows[-1]), flush=True)
 
     report = (f"Command: `python benchmarks/micro_dwconv.py --batch {args.batch} --threads {args.threads} "
-              f"--repeats {args.repeats} --warmup {args.warmup}`, {utc_now()}, {machine_summary()}. "
+              f"--repeats {args.repeats} --warmup {args.warmup}"
+              + (f" --only '{args.only}'" if args.only else "") + f"`, {utc_now()}, {machine_summary()}. "
               f"Median ms per call (implementations of one op timed interleaved), batch {args.batch}, float32.\n\n"
               + markdown_table(["op", "shape", "implementation", "forward ms", "forward+backward ms"], rows))
     print(report)
