@@ -118,9 +118,10 @@ def depthwise_conv_weight_grad_by_batch_folding(x: torch.Tensor, grad_out: torch
 # The weight gradient written out for CPUs, compiled on first use. oneDNN's own depthwise backward-weights kernel and
 # the batch folding above both run far below the FMA rate at these shapes (a 7x7 kernel dilated by 2 over 80
 # channels at 28x28: 8-19 ms for 98 M multiply-adds); no library offers a better one. This kernel keeps, for a block
-# of 16 channels of a channels_last image, a few taps' sums in registers while it walks each row once: 2.5-10x
-# faster than the batch folding at the DRB's shapes (BENCHMARKS.md). Sums run over fixed blocks of 8 samples, so the
-# result does not depend on the thread count.
+# of 16 channels of a channels_last image, the sums of up to 8 taps of a kernel row in registers while it walks each
+# image row once: at the DRB's shapes mostly 1.5-6x faster than oneDNN and the batch folding (BENCHMARKS.md,
+# micro_dwconv.py's weight-gradient rows). Sums run over fixed blocks of 8 samples, so the result does not depend on
+# the thread count.
 _WEIGHT_GRAD_SOURCE = r"""
 #include <ATen/Parallel.h>
 // Taps summed in one pass over a row: 8 sums of 16 floats fill 8 of AVX-512's 32 registers, but all 16 of AVX2's.
