@@ -28,8 +28,8 @@ def single_thread():
 
 
 def skip_unless_ci(reason):
-    """Skip with the reason when a test's Debian extra (espeak-ng, flite, sox, SLURM) or the libcgal-demo meshes are
-    missing; fail instead when the CI variable is set, since .ci/run installs them and a skip would hide that."""
+    """Skip with the reason when a test's Debian extra (espeak-ng, flite, sox, SLURM, g++) or the libcgal-demo meshes
+    are missing; fail instead when the CI variable is set, since .ci/run installs them and a skip would hide that."""
     if os.environ.get('CI'):
         pytest.fail(f'{reason}; CI is set, so .ci/run should have provided it')
     pytest.skip(reason)

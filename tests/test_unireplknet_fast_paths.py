@@ -16,6 +16,7 @@ import torch.utils.cpp_extension
 
 import unireplknet
 import unireplknet_cpu
+from conftest import skip_unless_ci
 from unireplknet import DilatedReparamBlock, GRNwithNHWC
 from unireplknet_cpu import (
     FastGRN, convert_to_fast_cpu, dilated_depthwise_conv_padded_first, grn_then_linear, same_depthwise_conv,
@@ -122,7 +123,8 @@ def test_13x13_depthwise_conv_over_64_channels_equals_conv2d(as_15x15, monkeypat
 def built_weight_grad_kernel():
     """The compiled weight-gradient kernel; it must build wherever a C++ compiler is installed (CI has one)."""
     if shutil.which(os.environ.get('CXX', 'c++')) is None:
-        pytest.skip('no C++ compiler: unireplknet_cpu falls back to the batch folding (tested below)')
+        skip_unless_ci('needs a C++ compiler (.ci/run installs g++); without one unireplknet_cpu falls back to the '
+                       'batch folding, tested below')
     kernel = unireplknet_cpu.compiled_weight_grad_kernel()
     assert kernel is not None, 'a C++ compiler is installed but the kernel did not build: see the warning'
     return kernel
