@@ -247,15 +247,15 @@ _CAPABILITY_FLAGS = {'AVX512': ['-mavx512f', '-mavx512vl', '-mfma'], 'AVX2': ['-
 
 @functools.lru_cache(maxsize=None)
 def compiled_weight_grad_kernel():
-    """The compiled `depthwise_weight_grad(x, dy, k, r)`, built on first use (about 20 s, then cached by
+    """The compiled `depthwise_weight_grad(x, dy, k, r)`, built on first use (about 25 s, then cached by
     torch.utils.cpp_extension), or None where it is turned off (`UNIREPLKNET_CPU_EXTENSION=0`) or cannot be built
     (no C++ compiler or ninja): then the batch folding runs, with a warning saying why."""
     if os.environ.get('UNIREPLKNET_CPU_EXTENSION', '1') == '0':
         return None
     capability = torch.backends.cpu.get_cpu_capability()
     name = re.sub(r'\W', '_', f'unireplknet_cpu_{capability}_torch{torch.__version__}')
-    _logger.info(f'Building the CPU weight-gradient kernel {name} (once per machine class and torch version; '
-                 'UNIREPLKNET_CPU_EXTENSION=0 skips it).')
+    _logger.info(f'Loading the CPU weight-gradient kernel {name} (compiled once per machine class and torch version, '
+                 'about 25 s; UNIREPLKNET_CPU_EXTENSION=0 skips it).')
     path = os.environ.get('PATH', '')
     try:
         if shutil.which('ninja') is None:  # the pip package's binary, where its venv is used without activating it
