@@ -245,6 +245,19 @@ torch::Tensor depthwise_weight_grad(torch::Tensor x, torch::Tensor dy, int64_t k
 _CAPABILITY_FLAGS = {'AVX512': ['-mavx512f', '-mavx512vl', '-mfma'], 'AVX2': ['-mavx2', '-mfma']}
 
 
+def _import_load_inline():
+    """torch.utils.cpp_extension.load_inline, imported without the warning that module logs on a CPU-only machine
+    with a CUDA toolkit ("No CUDA runtime is found"), irrelevant to a CPU kernel."""
+    extension_logger = logging.getLogger('torch.utils.cpp_extension')
+    level = extension_logger.level
+    extension_logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils.cpp_extension import load_inline
+    finally:
+        extension_logger.setLevel(level)
+    return load_inline
+
+
 @functools.lru_cache(maxsize=None)
 def compiled_weight_grad_kernel():
     """The compiled `depthwise_weight_grad(x, dy, k, r)`, built on first use (about 25 s, then cached by
@@ -261,7 +274,7 @@ def compiled_weight_grad_kernel():
         if shutil.which('ninja') is None:  # the pip package's binary, where its venv is used without activating it
             import ninja
             os.environ['PATH'] = ninja.BIN_DIR + os.pathsep + path
-        from torch.utils.cpp_extension import load_inline
+        load_inline = _import_load_inline()
         return load_inline(name, _WEIGHT_GRAD_SOURCE, functions=['depthwise_weight_grad'],
                            extra_cflags=['-O3', '-fopenmp-simd'] + _CAPABILITY_FLAGS.get(capability, []))
     except Exception as error:  # any build failure: the kernel is optional, the batch folding computes the same
