@@ -839,6 +839,10 @@ def main(args):
                                    inference_model(model_without_ddp, args.reparam, args.compile), device,
                                    precision, distributed=args.dist_eval, channels_last=args.channels_last)
         print(task.summary('network', test_stats))
+        if args.skip_corrupt_images:  # --dist_eval: each rank read its own part; otherwise each read them all
+            skipped = count_skipped(dataset_val)
+            skipped = utils.sum_over_ranks(skipped, device) if args.dist_eval else skipped
+            print(f'--skip_corrupt: {skipped} unreadable evaluation samples skipped')
         if model_ema is not None and args.model_ema_eval:
             ema_stats = task.evaluate(data_loader_val,
                                       inference_model(model_ema.module, args.reparam, args.compile), ema_device,
@@ -896,8 +900,8 @@ def main(args):
         stop_if_requested(device, 'before the evaluation', checkpointer, epoch, steps_per_epoch)
         log_stats = {**{f'train_{k}': v for k, v in train_stats.items()}, 'epoch': epoch,
                      'n_parameters': n_parameters}
-        if args.skip_corrupt_images:  # cumulative over the run, as counted by this rank's loader
-            log_stats['train_skipped_images'] = count_skipped(dataset_train)
+        if args.skip_corrupt_images:  # cumulative over the run (since the last start), all ranks' loaders together
+            log_stats['train_skipped_images'] = utils.sum_over_ranks(count_skipped(dataset_train), device)
         if dataset_val is not None and evaluates_after(epoch, args):
             utils.broadcast_buffers(model_without_ddp)  # rank 0's BatchNorm statistics: one model is evaluated
             test_stats = evaluate_and_keep_best(task, model_without_ddp, data_loader_val, args, device, precision,

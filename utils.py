@@ -194,6 +194,15 @@ class ModelEma(ModelEmaV3):
         super().update(model, step)
 
 
+def sum_over_ranks(count: int, device) -> int:
+    """An integer summed over all ranks (every rank must call this; one tiny all-reduce), or itself in one process."""
+    if not is_dist_avail_and_initialized():
+        return count
+    total = torch.tensor(count, dtype=torch.int64, device=device)
+    dist.all_reduce(total)
+    return int(total.item())
+
+
 def any_rank_true(flags, device):
     """Element-wise OR of a list of booleans over all ranks (one tiny all-reduce)."""
     tensor = torch.tensor([float(flag) for flag in flags], device=device)

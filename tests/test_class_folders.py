@@ -219,6 +219,26 @@ def test_point_folder_resumes_bitwise_after_sigkill_with_skipped_files(point_tre
     assert read_log(interrupted)[0]['test_acc1'] == read_log(uninterrupted)[0]['test_acc1']
 
 
+@pytest.mark.slow
+def test_skip_count_sums_the_ranks_and_eval_prints_the_evaluation_sets(point_tree, tmp_path):
+    """Two ranks skip the unreadable training files of their own parts: log.txt counts all of them. --eval prints
+    the evaluation set's count, summed over --dist_eval's parts."""
+    tree = tmp_path / 'tree'
+    shutil.copytree(point_tree, tree)
+    training_files = sum(len(files) for _, _, files in os.walk(tree / 'train'))
+    broken = 2 + (training_files % 2)  # an even total, so that neither rank's part is padded with a repeat
+    for index in range(broken):
+        (tree / 'train' / MESHES[index % len(MESHES)] / f'99{index}_broken.npy').write_bytes(b'not numpy')
+    (tree / 'val' / MESHES[0] / '999_broken.npy').write_bytes(b'not numpy')
+    argv = [*POINT_FOLDER_ARGS, '--data_path', str(tree), '--skip_corrupt_images', 'true']
+    output = str(tmp_path / 'run')
+    assert_succeeded(run_main([*argv, '--epochs', '1', '--output_dir', output], nproc=2))
+    assert read_log(output)[0]['train_skipped_images'] == broken
+    evaluated = run_main([*argv, '--eval', 'true', '--resume', os.path.join(output, 'checkpoint-0.pth')], nproc=2)
+    assert_succeeded(evaluated)
+    assert '--skip_corrupt: 1 unreadable evaluation samples skipped' in evaluated.stdout, evaluated.stdout[-3000:]
+
+
 @pytest.fixture(scope='module')
 def spoken_word_tree(speech_tools, tmp_path_factory):
     """The synthesised Speech Commands words as class folders: training voices in train/, the others in val/."""
