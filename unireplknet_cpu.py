@@ -203,42 +203,31 @@ constexpr int64_t kBlock = 16, kSamplesPerItem = 8;
 // padding: the weight gradient of a stride-1 'same' depthwise conv; x, dy (N, C, H, W), any layout.
 torch::Tensor depthwise_weight_grad(torch::Tensor x, torch::Tensor dy, int64_t k, int64_t r) {
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  auto xl = x.permute({0, 2, 3, 1}).contiguous();  // no copy for a channels_last x
-  auto dl = dy.permute({0, 2, 3, 1}).contiguous();
-  const int64_t blocks = (C + kBlock - 1) / kBlock, chunks = (N + kSamplesPerItem - 1) / kSamplesPerItem;
+  // (N, H, W, C'), no copy for a channels_last x whose C is a multiple of 16; otherwise zero channels up to one.
+  const int64_t Cp = (C + kBlock - 1) / kBlock * kBlock;
+  auto channels_last_rows = [&](const torch::Tensor& t) {
+    auto rows = t.permute({0, 2, 3, 1});
+    return (Cp == C ? rows : at::constant_pad_nd(rows, {0, Cp - C})).contiguous();
+  };
+  auto xl = channels_last_rows(x), dl = channels_last_rows(dy);
+  const int64_t blocks = Cp / kBlock, chunks = (N + kSamplesPerItem - 1) / kSamplesPerItem;
   auto partial = torch::zeros({chunks, blocks, k * k, kBlock}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "depthwise_weight_grad", [&] {
     const scalar_t* xp = xl.data_ptr<scalar_t>();
     const scalar_t* dp = dl.data_ptr<scalar_t>();
     scalar_t* pp = partial.data_ptr<scalar_t>();
     at::parallel_for(0, chunks * blocks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> narrow(k * k * 8);
       for (int64_t item = begin; item < end; ++item) {
         const int64_t n0 = (item / blocks) * kSamplesPerItem, n1 = std::min(N, n0 + kSamplesPerItem);
-        const int64_t c0 = (item % blocks) * kBlock;
-        scalar_t* acc = pp + item * k * k * kBlock;
-        if (c0 + kBlock <= C) {
-          channel_block<scalar_t, kBlock>(acc, xp, dp, n0, n1, C, H, W, k, r, c0);
-          continue;
-        }
-        // The last block's C % 16 channels: 8 at once, then one by one, into lanes 0.. of the block's rows.
-        for (int64_t c = c0; c < C;) {
-          const int width = c + 8 <= C ? 8 : 1;
-          std::fill(narrow.begin(), narrow.end(), scalar_t(0));
-          if (width == 8) channel_block<scalar_t, 8>(narrow.data(), xp, dp, n0, n1, C, H, W, k, r, c);
-          else channel_block<scalar_t, 1>(narrow.data(), xp, dp, n0, n1, C, H, W, k, r, c);
-          for (int64_t tap = 0; tap < k * k; ++tap)
-            for (int j = 0; j < width; ++j) acc[tap * kBlock + c - c0 + j] = narrow[tap * width + j];
-          c += width;
-        }
+        channel_block<scalar_t, kBlock>(pp + item * k * k * kBlock, xp, dp, n0, n1, Cp, H, W, k, r,
+                                        (item % blocks) * kBlock);
       }
     });
   });
   // (chunks, blocks, k k, 16) -> (C, 1, k, k)
-  auto summed = partial.sum(0).permute({0, 2, 1}).reshape({blocks * kBlock, k, k}).narrow(0, 0, C);
+  auto summed = partial.sum(0).permute({0, 2, 1}).reshape({Cp, k, k}).narrow(0, 0, C);
   return summed.unsqueeze(1).contiguous();
-}
-"""
+}"""
 
 # Compiler flags per ATen CPU capability, so that a kernel built on one machine class never runs on an older one
 # through a shared cache (the capability is part of the extension's name).
